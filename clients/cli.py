@@ -1,0 +1,184 @@
+"""The `megaclass` command: one entry point, one subcommand per job.
+
+Subcommands import their modules lazily so that `megaclass classify` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from megaclass.export.config import load_config
+
+
+def _add_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it)")
+    p.add_argument("--http-port", type=int, default=None)
+    p.add_argument("--grpc-port", type=int, default=None)
+    p.add_argument("--metrics-port", type=int, default=None)
+
+
+def _serving_overrides(args: argparse.Namespace) -> dict:
+    keys = {"host": args.host, "http_port": args.http_port, "grpc_port": args.grpc_port, "metrics_port": args.metrics_port}
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from megaclass.clients.demo import run_demo
+
+    overrides: dict = {"serving": _serving_overrides(args)}
+    if args.max_classes is not None:
+        overrides["glyphs"] = {"max_classes": args.max_classes}
+    if args.minutes is not None:
+        overrides["train"] = {"max_minutes": args.minutes}
+    cfg = load_config(args.config, overrides, defaults="demo")
+    return run_demo(cfg, keep_serving=args.keep_serving, repository=Path(args.repository))
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from megaclass.python_backend.triton_server import TritonError, start_server
+
+    s = load_config(args.config, {"serving": _serving_overrides(args)}).serving
+    try:
+        server = start_server(
+            Path(args.repository),
+            host=s.host,
+            http_port=s.http_port,
+            grpc_port=s.grpc_port,
+            metrics_port=s.metrics_port,
+            explicit=args.explicit,
+            ready_timeout_s=s.ready_timeout_s,
+            shm_default_byte_size=s.shm_default_byte_size,
+        )
+    except TritonError as exc:
+        print(f"megaclass serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    print(f"server log: {server.log_path}   (Ctrl-C or SIGTERM stops it)")
+    _wait_for_signal()
+    code = server.stop()
+    print(f"server stopped (exit code {code})")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from megaclass.clients.client import Client, MegaclassError
+
+    try:
+        with Client(args.url, args.protocol, timeout_s=args.timeout) as client:
+            result = client.classify(args.images, top_k=args.top_k)
+    except (MegaclassError, OSError, ValueError) as exc:
+        print(f"megaclass classify: {exc}", file=sys.stderr)
+        return 1
+    rows = [
+        {"image": img, "predictions": [p.__dict__ for p in result.predictions(i)], "index_version": result.index_versions[i]}
+        for i, img in enumerate(args.images)
+    ]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"megaclass classify ({args.protocol} {args.url})")
+    table.add_column("image")
+    table.add_column("rank", justify="right")
+    table.add_column("class id", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for row in rows:
+        for rank, p in enumerate(row["predictions"], 1):
+            table.add_row(row["image"] if rank == 1 else "", str(rank), str(p["class_id"]), p["label"], f"{p['score']:.3f}")
+    Console().print(table)
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from megaclass.loadtest.perf import PerfAnalyzerError, run_perf, write_csv
+
+    shapes = dict(s.split(":", 1) for s in args.shape)
+    shapes = {k: [int(d) for d in v.split(",")] for k, v in shapes.items()}
+    if not shapes:
+        shapes = {"IMAGE": [1, 32, 32]} if args.model == "classify" else {}
+    try:
+        points = run_perf(
+            args.model,
+            args.url,
+            protocol=args.protocol,
+            concurrency=[int(c) for c in args.concurrency.split(",")],
+            batch_size=args.batch_size,
+            shapes=shapes,
+            measurement_ms=args.measurement_ms,
+        )
+    except PerfAnalyzerError as exc:
+        print(f"megaclass loadtest perf: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'concurrency':>11} {'infer/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for p in points:
+        print(f"{p.concurrency:>11} {p.throughput:>10.1f} {p.p50_us/1e3:>8.2f} {p.p95_us/1e3:>8.2f} {p.p99_us/1e3:>8.2f}")
+    if args.out:
+        write_csv(points, Path(args.out))
+        print(f"CSV written to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megaclass", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="TOML configuration file (every field optional)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="glyphs -> train -> ONNX -> index -> Triton -> classify, end to end")
+    p.add_argument("--keep-serving", action="store_true", help="leave the server up and print how to call it")
+    p.add_argument("--max-classes", type=int, default=None, help="cap the number of glyph classes")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--repository", default="model_repository", help="model repository to write and serve")
+    _add_server_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="start the bundled tritonserver on a model repository")
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--explicit", action="store_true", help="explicit model control (load/unload through the API)")
+    _add_server_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("classify", help="classify image files through the classify ensemble")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_classify)
+
+    lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
+    p = lt.add_parser("perf", help="perf_analyzer concurrency sweep")
+    p.add_argument("--model", default="classify")
+    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--shape", action="append", default=[], help="NAME:d1,d2,... for inputs with variable dims")
+    p.add_argument("--measurement-ms", type=int, default=3000)
+    p.add_argument("--out", default=None, help="write the sweep as CSV")
+    p.set_defaults(func=cmd_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

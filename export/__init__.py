@@ -1,0 +1,1 @@
+"""Offline side: data sets, training, export, prototypes, index building, publishing."""

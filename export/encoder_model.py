@@ -1,0 +1,87 @@
+"""The glyph encoder: a small CNN mapping a 1×S×S image to an L2-normalised embedding.
+
+Three stages of conv-bn-relu blocks (width w, 2w, 4w), each ending in a 2×2 max pool, then
+global average and max pooling concatenated and a linear head. It works for any S ≥ 8, is
+cheap enough to train on a laptop CPU, and exports to ONNX (only Conv, BatchNorm folded,
+Relu, MaxPool, GlobalAveragePool, GlobalMaxPool, Gemm and an L2 normalisation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+
+
+def _block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class GlyphEncoder(nn.Module):
+    """`[B, 1, S, S]` float in [0, 1] -> `[B, embedding_dim]` with unit L2 norm."""
+
+    def __init__(self, embedding_dim: int = 128, width: int = 32, in_channels: int = 1) -> None:
+        super().__init__()
+        self.args: dict[str, Any] = {"embedding_dim": embedding_dim, "width": width, "in_channels": in_channels}
+        w = width
+        self.features = nn.Sequential(
+            *_block(in_channels, w),
+            nn.MaxPool2d(2),
+            *_block(w, 2 * w),
+            *_block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *_block(2 * w, 4 * w),
+            *_block(4 * w, 4 * w),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(8 * w, embedding_dim)
+        self.embedding_dim = embedding_dim
+
+    def forward_unnormalized(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding before L2 normalisation (what a plain softmax head reads)."""
+        h = self.features(x)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.forward_unnormalized(x), dim=1)
+
+
+def build_encoder(cfg: TrainConfig, image_size: int) -> GlyphEncoder:
+    """The encoder described by `cfg` for `image_size`×`image_size` inputs."""
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 (three 2×2 pools), got {image_size}")
+    return GlyphEncoder(embedding_dim=cfg.embedding_dim, width=cfg.width)
+
+
+class VectorEncoder(nn.Module):
+    """`[B, input_dim]` float -> `[B, embedding_dim]` unit-norm: an MLP for vector inputs."""
+
+    def __init__(self, input_dim: int, embedding_dim: int = 128, hidden: int = 256) -> None:
+        super().__init__()
+        self.args: dict[str, Any] = {"input_dim": input_dim, "embedding_dim": embedding_dim, "hidden": hidden}
+        self.body = nn.Sequential(
+            nn.Linear(input_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, embedding_dim),
+        )
+        self.embedding_dim = embedding_dim
+
+    def forward_unnormalized(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding before L2 normalisation."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.body(x), dim=1)
+
+
+# Encoder classes by name, so a checkpoint can say which one to rebuild.
+ENCODERS: dict[str, type[nn.Module]] = {"GlyphEncoder": GlyphEncoder, "VectorEncoder": VectorEncoder}

@@ -1,0 +1,1 @@
+"""Load tests: perf_analyzer sweeps, Locust, reports."""

@@ -1,0 +1,116 @@
+"""perf_analyzer sweeps: run the tritonclient wheel's perf_analyzer and collect its CSV rows.
+
+perf_analyzer links libcudart.so.12 even for CPU-only runs; the PyPI package
+nvidia-cuda-runtime-cu12 provides it, and `perf_environment` puts it on LD_LIBRARY_PATH.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class PerfAnalyzerError(RuntimeError):
+    """perf_analyzer is missing or failed; the message quotes its output."""
+
+
+def perf_analyzer_binary() -> Path:
+    """perf_analyzer next to this interpreter (installed by tritonclient[all]) or on PATH."""
+    here = Path(sys.executable).parent / "perf_analyzer"
+    found = here if here.exists() else shutil.which("perf_analyzer")
+    if not found:
+        raise PerfAnalyzerError("perf_analyzer not found: install tritonclient[all]==2.51.0 (make setup)")
+    return Path(found)
+
+
+def perf_environment() -> dict[str, str]:
+    """Environment with libcudart (nvidia-cuda-runtime-cu12) on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    try:
+        import nvidia.cuda_runtime as cr
+
+        libdir = str(Path(next(iter(cr.__path__))) / "lib")
+        env["LD_LIBRARY_PATH"] = ":".join(filter(None, [libdir, env.get("LD_LIBRARY_PATH")]))
+    except ImportError:
+        pass
+    return env
+
+
+@dataclass(frozen=True)
+class PerfPoint:
+    """One perf_analyzer measurement."""
+
+    model: str
+    protocol: str
+    concurrency: int
+    throughput: float  # inferences per second
+    p50_us: float
+    p90_us: float
+    p95_us: float
+    p99_us: float
+    batch_size: int
+
+
+def run_perf(
+    model: str,
+    url: str,
+    *,
+    protocol: str = "grpc",
+    concurrency: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    batch_size: int = 1,
+    shapes: dict[str, Sequence[int]] | None = None,
+    measurement_ms: int = 3000,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 600,
+) -> list[PerfPoint]:
+    """Sweep concurrency for `model`; one perf_analyzer run per level, latency in microseconds."""
+    points = []
+    for c in concurrency:
+        cmd = [
+            str(perf_analyzer_binary()),
+            "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
+            f"--concurrency-range={c}",
+            f"--measurement-interval={measurement_ms}",
+            "--percentile=99",
+            "--max-threads=" + str(max(16, c)),
+            "-f", "/dev/stdout",
+        ]  # fmt: skip
+        for name, dims in (shapes or {}).items():
+            cmd += ["--shape", f"{name}:{','.join(map(str, dims))}"]
+        cmd += list(extra_args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_environment(), timeout=timeout_s)
+        if proc.returncode != 0:
+            raise PerfAnalyzerError(f"perf_analyzer failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        points.append(_parse_csv(proc.stdout, model, protocol, batch_size))
+    return points
+
+
+def _parse_csv(stdout: str, model: str, protocol: str, batch_size: int) -> PerfPoint:
+    """The CSV block perf_analyzer writes with `-f`: header 'Concurrency,Inferences/Second,...'."""
+    start = stdout.find("Concurrency,")
+    if start < 0:
+        raise PerfAnalyzerError(f"no CSV in perf_analyzer output:\n{stdout[-2000:]}")
+    rows = list(csv.DictReader(io.StringIO(stdout[start:])))
+    r = rows[-1]
+    return PerfPoint(
+        model, protocol, int(r["Concurrency"]), float(r["Inferences/Second"]),
+        float(r["p50 latency"]), float(r["p90 latency"]), float(r["p95 latency"]), float(r["p99 latency"]),
+        batch_size,
+    )  # fmt: skip
+
+
+def write_csv(points: Sequence[PerfPoint], path: Path) -> None:
+    """Keep the sweep as CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PerfPoint.__dataclass_fields__)
+        for p in points:
+            w.writerow(p.__dict__.values())

@@ -1,0 +1,1 @@
+"""The routed index library, the Triton server launcher and the Python-backend models."""

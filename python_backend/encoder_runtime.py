@@ -1,0 +1,38 @@
+"""The CPU encoder: an ONNX model run by ONNX Runtime, as the Triton encoder model uses it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_threads_per_instance(instances: int) -> int:
+    """Cores per model instance, so that instances do not fight over cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, instances))
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session with the export contract's input and output names."""
+
+    def __init__(self, path: Path, threads: int = 1, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = tuple(inp.shape[1:])
+        self.output_name = self.session.get_outputs()[0].name
+        self.provider = self.session.get_providers()[0]
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """float32 `[N, 1, S, S]` -> float32 `[N, D]` embeddings."""
+        (out,) = self.session.run([self.output_name], {self.input_name: images})
+        return np.ascontiguousarray(out, dtype=np.float32)

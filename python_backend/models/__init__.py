@@ -1,0 +1,1 @@
+"""Triton Python-backend model files (`<name>/model.py`), copied into the model repository."""

@@ -1,0 +1,42 @@
+"""Triton Python-backend model `encoder`: images -> embeddings with ONNX Runtime (CPU server).
+
+Thin by design: parse tensors, call `megaclass.python_backend`, return tensors.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from megaclass.python_backend.encoder_runtime import OnnxEncoder, cpu_threads_per_instance
+from megaclass.python_backend.request_batching import TensorSpec, check_input, run_batched
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        instances = int(params.get("instance_count", "1"))
+        self.encoder = OnnxEncoder(version_dir / params.get("onnx_file", "encoder.onnx"), cpu_threads_per_instance(instances))
+        inp, out = config["input"][0], config["output"][0]
+        self.spec = TensorSpec(inp["name"], np.float32, tuple(int(d) for d in inp["dims"]))
+        self.output_name = out["name"]
+        self.max_rows = int(config.get("max_batch_size", 0)) or None
+
+    def execute(self, requests):
+        inputs = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, self.spec.name)
+            try:
+                inputs.append(check_input(self.spec, None if tensor is None else tensor.as_numpy(), self.max_rows))
+            except Exception as exc:
+                inputs.append(exc)
+        responses = []
+        for result in run_batched(inputs, lambda x: [self.encoder.embed(x)]):
+            if isinstance(result, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"encoder: {result}")))
+            else:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, result[0])]))
+        return responses

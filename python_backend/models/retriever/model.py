@@ -1,0 +1,67 @@
+"""Triton Python-backend model `retriever`: embeddings -> top-k classes from the routed index.
+
+Thin by design: parse tensors, call `megaclass.python_backend`, return tensors. Options per
+request: optional inputs TOP_K (INT32) and THRESHOLD (FP32), or request parameters
+`top_k` / `threshold`.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from megaclass.python_backend.request_batching import TensorSpec, check_input
+from megaclass.python_backend.retriever_service import RetrieverRequest, answer_requests, parse_options
+from megaclass.python_backend.routed_index import RoutedIndex
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.index = RoutedIndex.load(version_dir / params.get("index_dir", "index"))
+        self.version = f"{args['model_version']}:{self.index.manifest.get('index_id', '')}".encode()
+        self.spec = TensorSpec("EMBEDDING", np.float32, (self.index.dim,))
+        self.max_rows = int(config.get("max_batch_size", 0)) or None
+        self.default_top_k = int(params.get("default_top_k", "5"))
+        self.max_top_k = int(params.get("max_top_k", "100"))
+
+    def _parse(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, "EMBEDDING")
+        embeddings = check_input(self.spec, None if tensor is None else tensor.as_numpy(), self.max_rows)
+        top_k = pb_utils.get_input_tensor_by_name(request, "TOP_K")
+        threshold = pb_utils.get_input_tensor_by_name(request, "THRESHOLD")
+        k, t = parse_options(
+            None if top_k is None else top_k.as_numpy(),
+            None if threshold is None else threshold.as_numpy(),
+            request.parameters(),
+            default_top_k=self.default_top_k,
+            max_top_k=self.max_top_k,
+            num_classes=self.index.num_classes,
+        )
+        return RetrieverRequest(embeddings, k, t)
+
+    def execute(self, requests):
+        parsed = []
+        for request in requests:
+            try:
+                parsed.append(self._parse(request))
+            except Exception as exc:
+                parsed.append(exc)
+        responses = []
+        for answer in answer_requests(self.index, parsed):
+            if isinstance(answer, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"retriever: {answer}")))
+                continue
+            n = answer.class_ids.shape[0]
+            labels = np.array([[s.encode() for s in row] for row in answer.labels], dtype=np.object_)
+            outputs = [
+                pb_utils.Tensor("CLASS_IDS", answer.class_ids.astype(np.int64)),
+                pb_utils.Tensor("LABELS", labels),
+                pb_utils.Tensor("SCORES", answer.scores.astype(np.float32)),
+                pb_utils.Tensor("INDEX_VERSION", np.full((n, 1), self.version, dtype=np.object_)),
+            ]
+            responses.append(pb_utils.InferenceResponse(outputs))
+        return responses

@@ -1,0 +1,73 @@
+"""Batch Triton requests ourselves: the Python backend hands `execute` a list of requests.
+
+Concatenate the valid requests' inputs, run the model or search once, and split the outputs
+back into one response per request. Invalid requests are answered with their own error and
+do not take the rest of the batch down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """A request's input is unusable; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What one input must look like: dtype and the shape after the batch axis."""
+
+    name: str
+    dtype: np.dtype
+    item_shape: tuple[int, ...]
+
+
+def check_input(spec: TensorSpec, array: np.ndarray | None, max_rows: int | None = None) -> np.ndarray:
+    """Validate one request's batch for `spec`; returns it as a C-contiguous array."""
+    if array is None:
+        raise InputError(f"input {spec.name} is missing")
+    if array.dtype != spec.dtype:
+        raise InputError(f"input {spec.name} must be {np.dtype(spec.dtype).name}, got {array.dtype.name}")
+    if array.ndim != 1 + len(spec.item_shape) or tuple(array.shape[1:]) != spec.item_shape:
+        want = "[batch, " + ", ".join(map(str, spec.item_shape)) + "]"
+        raise InputError(f"input {spec.name} must have shape {want}, got {list(array.shape)}")
+    if array.shape[0] == 0:
+        raise InputError(f"input {spec.name} is an empty batch")
+    if max_rows is not None and array.shape[0] > max_rows:
+        raise InputError(f"input {spec.name} has {array.shape[0]} rows, more than the limit {max_rows}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError(f"input {spec.name} contains NaN or Inf values")
+    return np.ascontiguousarray(array)
+
+
+def run_batched(
+    inputs: Sequence[np.ndarray | Exception],
+    fn: Callable[[np.ndarray], list],
+) -> list[list | Exception]:
+    """Run `fn` once over the concatenation of the valid inputs; split its outputs per request.
+
+    `inputs[i]` is request i's validated array or the exception that rejected it. `fn` gets
+    the stacked rows and returns a list of per-row-aligned arrays; each request gets its slice
+    of every output, or its own exception.
+    """
+    valid = [i for i, x in enumerate(inputs) if not isinstance(x, Exception)]
+    results: list[list | Exception] = [x if isinstance(x, Exception) else [] for x in inputs]
+    if not valid:
+        return results
+    stacked = np.concatenate([inputs[i] for i in valid]) if len(valid) > 1 else inputs[valid[0]]
+    try:
+        outputs = fn(stacked)
+    except Exception as exc:  # one failure answers every request of this batch with it
+        for i in valid:
+            results[i] = exc
+        return results
+    start = 0
+    for i in valid:
+        n = inputs[i].shape[0]
+        results[i] = [out[start : start + n] for out in outputs]
+        start += n
+    return results

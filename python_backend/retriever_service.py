@@ -1,0 +1,95 @@
+"""What the Triton retriever does, without Triton: per-request options, one search per batch.
+
+Every request of a dynamic batch may ask for its own `top_k` and score threshold. The batch
+is searched once with the largest `top_k`; each request then gets its rows, its first
+`top_k` columns, and its threshold applied (scores below it become class -1, "<unknown>").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from megaclass.python_backend.request_batching import InputError
+
+UNKNOWN_LABEL = "<unknown>"
+
+
+@dataclass(frozen=True)
+class RetrieverRequest:
+    """One validated request: its embedding rows and options."""
+
+    embeddings: np.ndarray
+    top_k: int
+    threshold: float | None
+
+
+@dataclass(frozen=True)
+class RetrieverAnswer:
+    """Per-request answer, rows aligned with the request's embeddings."""
+
+    class_ids: np.ndarray  # int64 [n, top_k]
+    labels: np.ndarray  # object (str) [n, top_k]
+    scores: np.ndarray  # float32 [n, top_k]
+
+
+def parse_options(
+    top_k: np.ndarray | None,
+    threshold: np.ndarray | None,
+    parameters_json: str | None,
+    *,
+    default_top_k: int,
+    max_top_k: int,
+    num_classes: int,
+) -> tuple[int, float | None]:
+    """Read `top_k` / `threshold` from optional inputs or request parameters, and check them."""
+    params = json.loads(parameters_json) if parameters_json else {}
+    k = int(top_k.reshape(-1)[0]) if top_k is not None and top_k.size else params.get("top_k", default_top_k)
+    t = float(threshold.reshape(-1)[0]) if threshold is not None and threshold.size else params.get("threshold")
+    if not isinstance(k, int | np.integer) or isinstance(k, bool):
+        raise InputError(f"top_k must be an integer, got {k!r}")
+    limit = min(max_top_k, num_classes)
+    if not 1 <= k <= limit:
+        raise InputError(
+            f"top_k must be between 1 and {limit} (the index has {num_classes} classes, "
+            f"the server allows at most {max_top_k}), got {k}"
+        )
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not -1.0 <= t <= 1.0:
+            raise InputError(f"threshold is a cosine similarity and must be a number in [-1, 1], got {t!r}")
+        t = float(t)
+    return int(k), t
+
+
+def answer_requests(index, requests: Sequence[RetrieverRequest | Exception]) -> list[RetrieverAnswer | Exception]:
+    """Search all valid requests as one batch and split the answer per request."""
+    valid = [r for r in requests if isinstance(r, RetrieverRequest)]
+    if not valid:
+        return list(requests)
+    k = max(r.top_k for r in valid)
+    queries = np.concatenate([r.embeddings for r in valid]) if len(valid) > 1 else valid[0].embeddings
+    try:
+        result = index.search(queries, top_k=k)
+    except Exception as exc:
+        return [exc if isinstance(r, RetrieverRequest) else r for r in requests]
+    answers: list[RetrieverAnswer | Exception] = []
+    start = 0
+    for r in requests:
+        if not isinstance(r, RetrieverRequest):
+            answers.append(r)
+            continue
+        rows = slice(start, start + r.embeddings.shape[0])
+        start = rows.stop
+        ids = result.class_ids[rows, : r.top_k].copy()
+        labels = result.labels[rows, : r.top_k].copy()
+        scores = result.scores[rows, : r.top_k].copy()
+        if r.threshold is not None:
+            below = scores < r.threshold
+            ids[below] = -1
+            labels[below] = UNKNOWN_LABEL
+        answers.append(RetrieverAnswer(ids, labels, scores))
+    return answers

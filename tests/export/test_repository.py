@@ -1,0 +1,104 @@
+"""Model repository generation: configs parse as Triton's ModelConfig; versions are atomic."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
+from megaclass.export.repository import (
+    ModelShapes,
+    classify_config,
+    config_text,
+    encoder_config,
+    model_file,
+    parse_config,
+    publish_version,
+    retriever_config,
+    versions,
+    write_config,
+)
+
+SHAPES = ModelShapes(image_size=32, embedding_dim=128)
+
+
+@pytest.mark.parametrize("make", [encoder_config, retriever_config, classify_config])
+def test_generated_configs_parse_as_model_config(make, tmp_path):
+    serving, export = ServingConfig(), ExportConfig()
+    cfg = make(serving, export, SHAPES) if make is not retriever_config else make(serving, SHAPES)
+    write_config(tmp_path / cfg.name, cfg)
+    parsed = parse_config((tmp_path / cfg.name / "config.pbtxt").read_text())
+    assert parsed == cfg
+    assert parsed.max_batch_size > 0
+
+
+def test_batching_settings_come_from_serving_config():
+    s = ServingConfig(encoder=ModelServingConfig(max_batch_size=32, preferred_batch_sizes=(8, 16, 64), instances=3))
+    cfg = encoder_config(s, ExportConfig(), SHAPES)
+    assert cfg.max_batch_size == 32
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]  # 64 > max_batch_size is dropped
+    assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 1024
+    assert cfg.instance_group[0].count == 3 and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert list(cfg.input[0].dims) == [1, 32, 32] and list(cfg.output[0].dims) == [128]
+    no_batching = ServingConfig(encoder=ModelServingConfig(dynamic_batching=False))
+    assert not encoder_config(no_batching, ExportConfig(), SHAPES).HasField("dynamic_batching")
+
+
+def test_ensemble_wires_encoder_into_retriever():
+    cfg = classify_config(ServingConfig(), ExportConfig(), SHAPES)
+    enc, ret = cfg.ensemble_scheduling.step
+    assert (enc.model_name, ret.model_name) == ("encoder", "retriever")
+    assert enc.output_map["EMBEDDING"] == ret.input_map["EMBEDDING"]
+    assert {o.name for o in cfg.output} == {"CLASS_IDS", "LABELS", "SCORES", "INDEX_VERSION"}
+    assert cfg.max_batch_size == min(ServingConfig().encoder.max_batch_size, ServingConfig().retriever.max_batch_size)
+
+
+def test_config_text_rejects_garbage():
+    with pytest.raises(Exception, match="no field named"):
+        parse_config(config_text(encoder_config(ServingConfig(), ExportConfig(), SHAPES)) + "\nbogus_field: 1\n")
+
+
+def test_model_files_are_packaged():
+    for name in ("encoder", "retriever"):
+        assert "class TritonPythonModel" in model_file(name).read_text()
+
+
+def test_publish_version_numbers_and_keeps_last_n(tmp_path: Path):
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    model = tmp_path / "m"
+    for expected in (1, 2, 3, 4):
+        assert publish_version(model, {"a.txt": src}, keep=2) == expected
+    assert versions(model) == [3, 4]
+    assert (model / "4" / "a.txt").read_text() == "x"
+    assert not [p for p in model.iterdir() if p.name.startswith(".staging")]
+
+
+def test_publish_is_atomic_for_readers(tmp_path: Path):
+    """A reader polling the model dir never sees a version without all its files."""
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(200):
+        (big / f"f{i}").write_bytes(b"0" * 1000)
+    model = tmp_path / "m"
+    seen_partial = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            for v in versions(model):
+                d = model / str(v) / "big"
+                if d.exists() and len(list(d.iterdir())) != 200:
+                    seen_partial.append(v)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for _ in range(5):
+        publish_version(model, {"big": big})
+    stop.set()
+    t.join()
+    assert seen_partial == []
+    assert versions(model) == [1, 2, 3, 4, 5]

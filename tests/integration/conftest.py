@@ -1,0 +1,82 @@
+"""A tiny but real stack for integration tests: a small encoder exported to ONNX, a routed
+index over its embeddings, a model repository, and the real tritonserver on free ports.
+Built in seconds; the same computation is available in-process to check the answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megaclass.export.config import ExportConfig, IndexConfig, ModelServingConfig, ServingConfig, TrainConfig
+from megaclass.python_backend.triton_server import TritonServer, free_port, start_server
+
+IMAGE_SIZE = 16
+NUM_CLASSES = 40
+
+
+@dataclass
+class TinyStack:
+    server: TritonServer
+    repo: Path
+    index: object  # RoutedIndex, loaded in-process
+    encoder: object  # OnnxEncoder, in-process
+    images: np.ndarray  # uint8 [N, S, S]
+    class_ids: np.ndarray  # int64 [N]
+    serving: ServingConfig
+
+
+def class_patterns(num_classes: int, per_class: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images that look alike within a class: a random blob pattern per class plus noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((num_classes, size // 4, size // 4)) > 0.5
+    base = base.repeat(4, axis=1).repeat(4, axis=2).astype(np.float32) * 220
+    imgs = base.repeat(per_class, axis=0) + rng.normal(0, 20, (num_classes * per_class, size, size))
+    ids = np.repeat(np.arange(1000, 1000 + num_classes), per_class).astype(np.int64)
+    return np.clip(imgs, 0, 255).astype(np.uint8), ids
+
+
+def build_tiny_repository(root: Path, serving: ServingConfig) -> tuple[Path, Path, Path]:
+    """Encoder ONNX + index + repository under `root`; returns (repo, onnx, index_dir)."""
+    import torch
+
+    from megaclass.export.embedding import embed_images
+    from megaclass.export.encoder_model import build_encoder
+    from megaclass.export.onnx_export import export_onnx
+    from megaclass.export.prototypes import class_prototypes
+    from megaclass.export.repository import ModelShapes, build_repository
+    from megaclass.python_backend.routed_index import RoutedIndex
+
+    torch.manual_seed(0)
+    model = build_encoder(TrainConfig(embedding_dim=16, width=8), IMAGE_SIZE).eval()
+    onnx_path = root / "encoder.onnx"
+    export_onnx(model, onnx_path, ExportConfig(), image_size=IMAGE_SIZE)
+    images, ids = class_patterns(NUM_CLASSES, 4, IMAGE_SIZE)
+    protos, proto_ids = class_prototypes(embed_images(model, images), ids)
+    labels = {int(c): f"class-{int(c)}" for c in np.unique(ids)}
+    index = RoutedIndex.build(protos, proto_ids, labels, IndexConfig(nlist=4, nprobe=4))
+    index.save(root / "index")
+    repo = root / "repo"
+    build_repository(repo, onnx_path, root / "index", ModelShapes(IMAGE_SIZE, 16), serving, ExportConfig())
+    return repo, onnx_path, root / "index"
+
+
+@pytest.fixture(scope="session")
+def tiny_stack(tmp_path_factory) -> TinyStack:
+    from megaclass.python_backend.encoder_runtime import OnnxEncoder
+    from megaclass.python_backend.routed_index import RoutedIndex
+
+    root = tmp_path_factory.mktemp("stack")
+    small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=5000)
+    serving = ServingConfig(encoder=small, retriever=small, default_top_k=5, max_top_k=20)
+    repo, onnx_path, index_dir = build_tiny_repository(root, serving)
+    images, ids = class_patterns(NUM_CLASSES, 3, IMAGE_SIZE, seed=1)
+    server = start_server(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=root / "triton"
+    )
+    try:
+        yield TinyStack(server, repo, RoutedIndex.load(index_dir), OnnxEncoder(onnx_path), images, ids, serving)
+    finally:
+        server.stop()

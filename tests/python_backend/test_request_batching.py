@@ -1,0 +1,52 @@
+"""Request validation and self-batching, as the Triton models use them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megaclass.python_backend.request_batching import InputError, TensorSpec, check_input, run_batched
+
+SPEC = TensorSpec("EMBEDDING", np.float32, (4,))
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (None, "is missing"),
+        (np.zeros((2, 4), np.float64), "must be float32"),
+        (np.zeros((2, 5), np.float32), r"shape \[batch, 4\]"),
+        (np.zeros((4,), np.float32), r"shape \[batch, 4\]"),
+        (np.zeros((0, 4), np.float32), "empty batch"),
+        (np.zeros((9, 4), np.float32), "more than the limit 8"),
+        (np.array([[0, np.nan, 0, 0]], np.float32), "NaN or Inf"),
+        (np.array([[0, np.inf, 0, 0]], np.float32), "NaN or Inf"),
+    ],
+)
+def test_check_input_rejects_with_clear_message(array, message):
+    with pytest.raises(InputError, match=message):
+        check_input(SPEC, array, max_rows=8)
+
+
+def test_run_batched_runs_once_and_splits_back():
+    calls = []
+
+    def fn(x):
+        calls.append(x.shape[0])
+        return [x * 2, x.sum(axis=1)]
+
+    a, b = np.ones((2, 4), np.float32), np.full((3, 4), 2, np.float32)
+    bad = InputError("nope")
+    out = run_batched([a, bad, b], fn)
+    assert calls == [5]
+    np.testing.assert_array_equal(out[0][0], a * 2)
+    assert out[1] is bad
+    np.testing.assert_array_equal(out[2][1], [8, 8, 8])
+
+
+def test_run_batched_failure_answers_every_valid_request():
+    def fn(x):
+        raise RuntimeError("backend down")
+
+    out = run_batched([np.ones((1, 4), np.float32), InputError("bad")], fn)
+    assert isinstance(out[0], RuntimeError) and isinstance(out[1], InputError)
