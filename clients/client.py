@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
-
 from megaclass.export.preprocess import load_image, to_model_input
+from PIL import Image
 
 Protocol = Literal["grpc", "http"]
 ImageLike = np.ndarray | Image.Image | str | Path
@@ -179,13 +178,13 @@ class Client:
         if list(batch.shape[1:]) != dims:
             raise MegaclassError(f"images must be {dims[-2]}x{dims[-1]}, got {list(batch.shape[2:])}")
         step = meta["max_batch_size"]
-        parts = [self._infer(self.classify_model, {input_name: batch[i : i + step]}) for i in range(0, len(batch), step)]
+        parts = [
+            self._infer(self.classify_model, {input_name: batch[i : i + step]}) for i in range(0, len(batch), step)
+        ]
         result = SearchResults.concat(parts)
         return _truncate(result, top_k)
 
-    def search(
-        self, embeddings: np.ndarray, top_k: int | None = None, threshold: float | None = None
-    ) -> SearchResults:
+    def search(self, embeddings: np.ndarray, top_k: int | None = None, threshold: float | None = None) -> SearchResults:
         """Nearest classes for embeddings (float32 `[N, D]`) from the retriever."""
         emb = np.ascontiguousarray(np.atleast_2d(embeddings), dtype=np.float32)
         step = self._model(self.retriever_model)["max_batch_size"]

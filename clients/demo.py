@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
-
 from megaclass.export import artifacts
 from megaclass.export.config import MegaclassConfig, config_hash
+from rich.console import Console
+from rich.table import Table
 
 console = Console()
 
@@ -120,7 +119,11 @@ def build_artifacts(cfg: MegaclassConfig) -> tuple[DemoArtifacts, object, dict]:
         artifacts.mark_done(index_dir, {"build_s": time.perf_counter() - t0})
     console.print(f"{index.num_classes} classes, {index.num_prototypes} prototypes, dimension {index.dim}")
     dim = index.dim
-    return DemoArtifacts(onnx_path, index_dir / "index", cfg.glyphs.image_size, dim), (ds, splits, rows), report
+    return (
+        DemoArtifacts(onnx_path, index_dir / "index", cfg.glyphs.image_size, dim),
+        (ds, splits, rows),
+        report,
+    )
 
 
 def evaluate_answers(true_ids: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -133,7 +136,6 @@ def evaluate_answers(true_ids: np.ndarray, predicted: np.ndarray) -> dict[str, f
 
 def run_demo(cfg: MegaclassConfig, keep_serving: bool = False, repository: Path = Path("model_repository")) -> int:
     from megaclass.clients.client import Client
-    from megaclass.export.repository import ModelShapes, build_repository
     from megaclass.python_backend.triton_server import TritonError, start_server
 
     t_start = time.perf_counter()
@@ -180,7 +182,10 @@ def run_demo(cfg: MegaclassConfig, keep_serving: bool = False, repository: Path 
         table = Table(title="accuracy on held-out fonts")
         for col in ("queries", "classes", "precision@1", "hit rate@5", "chance"):
             table.add_column(col, justify="right")
-        for name, mask in [("seen classes, held-out fonts", ~is_new), ("new classes (enrolled, never trained)", is_new)]:
+        for name, mask in [
+            ("seen classes, held-out fonts", ~is_new),
+            ("new classes (enrolled, never trained)", is_new),
+        ]:
             if name in results:
                 m = results[name]
                 table.add_row(
@@ -188,7 +193,11 @@ def run_demo(cfg: MegaclassConfig, keep_serving: bool = False, repository: Path 
                     f"{m['precision@1']:.3f}", f"{m['hit_rate@5']:.3f}", f"{1 / len(ds.codepoints):.4f}",
                 )  # fmt: skip
         console.print(table)
-        summary = {"results": results, "seconds": time.perf_counter() - t_start, "http_grpc_top1_agreement": agree}
+        summary = {
+            "results": results,
+            "seconds": time.perf_counter() - t_start,
+            "http_grpc_top1_agreement": agree,
+        }
         (Path(cfg.work_dir) / "demo_results.json").write_text(json.dumps(summary, indent=2))
         console.print(f"demo finished in {summary['seconds']:.0f}s")
         if keep_serving:

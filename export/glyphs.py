@@ -114,22 +114,27 @@ class GlyphSplits:
 
 
 def _font_files(font_dirs: Iterable[str | Path]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every font file under `font_dirs`, sorted, symlinks resolved once."""
+    """(path, size, mtime_ns) of every font file under `font_dirs`, sorted by path.
+
+    A file reached through several paths (symlinks) is listed once, under its first path.
+    """
+    paths = sorted(
+        os.path.join(root, name)
+        for d in font_dirs
+        for root, _, names in os.walk(d)
+        for name in names
+        if name.lower().endswith(FONT_SUFFIXES)
+    )
     seen: set[str] = set()
     out = []
-    for d in font_dirs:
-        for root, _, names in os.walk(d):
-            for name in names:
-                if not name.lower().endswith(FONT_SUFFIXES):
-                    continue
-                path = os.path.join(root, name)
-                real = os.path.realpath(path)
-                if real in seen or not os.path.isfile(real):
-                    continue
-                seen.add(real)
-                st = os.stat(real)
-                out.append((path, st.st_size, st.st_mtime_ns))
-    return sorted(out)
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen or not os.path.isfile(real):
+            continue
+        seen.add(real)
+        st = os.stat(real)
+        out.append((path, st.st_size, st.st_mtime_ns))
+    return out
 
 
 def _split_spec(spec: str) -> tuple[str, int]:
@@ -143,7 +148,7 @@ def _split_spec(spec: str) -> tuple[str, int]:
 def find_fonts(font_dirs: Iterable[str | Path]) -> list[str]:
     """Every usable font face under `font_dirs` (recursive): "path", or "path#face" for .ttc faces.
 
-    A file or face that fontTools or FreeType cannot open, or that has no Unicode cmap, is
+    A file or face that fontTools or FreeType cannot open, or that has no cmap table, is
     skipped with a warning.
     """
     specs = []
@@ -160,8 +165,8 @@ def find_fonts(font_dirs: Iterable[str | Path]) -> list[str]:
         for spec in candidates:
             try:
                 file, face = _split_spec(spec)
-                if not TTFont(file, fontNumber=face, lazy=True).getBestCmap():
-                    raise ValueError("no Unicode cmap")
+                if "cmap" not in TTFont(file, fontNumber=face, lazy=True):
+                    raise ValueError("no cmap table")
                 ImageFont.truetype(file, 16, index=face)
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"skipping font {spec}: {e}", stacklevel=2)
@@ -451,25 +456,26 @@ def _render_selection(
     """Render candidate classes in rounds until the (balanced) selection is complete.
 
     Without `max_classes` one round renders every candidate. With it, each script's candidates
-    are rendered in seeded order until the script has as many surviving classes as its share.
+    are rendered in seeded order until the script has as many surviving classes as its share;
+    shares are computed from each script's estimated usable classes (its survival rate so far
+    times its candidates), so a script whose first batch has no survivors gets no share.
     """
     perms = _script_permutations(candidates, cfg.seed)
     done = dict.fromkeys(perms, 0)  # candidates of each script rendered so far (a prefix of perms)
     survivors: dict[str, list[int]] = {g: [] for g in perms}
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    want = dict.fromkeys(perms, 0)
+    want = {g: len(p) for g, p in perms.items()}
     while True:
-        if cfg.max_classes is None:
-            want = {g: len(p) for g, p in perms.items()}
-        else:
-            # Upper bound of each script's usable classes: all not yet found to fail.
-            sizes = {g: len(p) - (done[g] - len(survivors[g])) for g, p in perms.items()}
+        # A script's usable classes, estimated from its survival rate so far (1 before any render).
+        rate = {g: len(survivors[g]) / done[g] if done[g] else 1.0 for g in perms}
+        if cfg.max_classes is not None:
+            sizes = {g: len(survivors[g]) + int(rate[g] * (len(p) - done[g])) for g, p in perms.items()}
             want = balanced_shares(sizes, cfg.max_classes)
         todo = {}
         for g, p in perms.items():
             need = want[g] - len(survivors[g])
             if need > 0 and done[g] < len(p):
-                n = len(p) if cfg.max_classes is None else need + need // 4 + 16
+                n = int(np.ceil(need / max(rate[g], 0.05) * 1.1)) + 16
                 todo[g] = p[done[g] : done[g] + n]
                 done[g] += len(todo[g])
         if not todo:

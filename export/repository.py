@@ -16,9 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
 from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
+from tritonclient.grpc import model_config_pb2 as mc
 
 ENCODER, RETRIEVER, CLASSIFY = "encoder", "retriever", "classify"
 RETRIEVER_OUTPUTS = [

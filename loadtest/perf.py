@@ -87,7 +87,9 @@ def run_perf(
         cmd += list(extra_args)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_environment(), timeout=timeout_s)
         if proc.returncode != 0:
-            raise PerfAnalyzerError(f"perf_analyzer failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            raise PerfAnalyzerError(
+                f"perf_analyzer failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+            )
         points.append(_parse_csv(proc.stdout, model, protocol, batch_size))
     return points
 

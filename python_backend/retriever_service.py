@@ -7,13 +7,13 @@ is searched once with the largest `top_k`; each request then gets its rows, its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from megaclass.python_backend.request_batching import InputError
 
 UNKNOWN_LABEL = "<unknown>"
@@ -35,6 +35,13 @@ class RetrieverAnswer:
     class_ids: np.ndarray  # int64 [n, top_k]
     labels: np.ndarray  # object (str) [n, top_k]
     scores: np.ndarray  # float32 [n, top_k]
+
+
+def index_fingerprint(manifest: dict) -> str:
+    """A short id of an index's content (the checksums of its files), shown with every answer."""
+    files = manifest.get("files", {})
+    blob = json.dumps({k: v.get("sha256") for k, v in files.items()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def parse_options(

@@ -213,7 +213,9 @@ def start_server(
         raise TritonError(f"model repository {model_repository} does not exist")
     for name, port in [("HTTP", http_port), ("gRPC", grpc_port), ("metrics", metrics_port)]:
         if not port_is_free(host, port):
-            raise TritonError(f"{name} port {port} on {host} is already in use; choose another with --{name.lower()}-port")
+            raise TritonError(
+                f"{name} port {port} on {host} is already in use; choose another with --{name.lower()}-port"
+            )
     install = locate_triton()
     work_dir = Path(work_dir or Path(tempfile.gettempdir()) / "megaclass-triton")
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ def blob_set(classes: int, per_class: int, seed: int) -> tuple[np.ndarray, np.nd
     for i, c in enumerate(labels):
         dy, dx = rng.integers(-3, 4, size=2)
         img = np.roll(patterns[c], (dy, dx), axis=(0, 1)) * rng.uniform(0.6, 1.0)
-        images[i] = img + rng.normal(0, 0.45, img.shape)
+        images[i] = img + rng.normal(0, 0.35, img.shape)
     return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels.astype(np.int64), patterns
 
 

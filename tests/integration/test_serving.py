@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
-
 from megaclass.clients.client import Client, MegaclassError
 from megaclass.export.preprocess import to_model_input
+from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ["grpc", "http"]
@@ -30,7 +29,10 @@ def assert_same_answers(got, want, atol: float = 1e-4) -> None:
     """Same scores; same classes except where two scores tie within atol."""
     np.testing.assert_allclose(got.scores, want.scores, atol=atol)
     differs = got.class_ids != want.class_ids
-    assert not differs.any() or np.all(np.abs(np.diff(want.scores, axis=1)).min() < atol), (got.class_ids, want.class_ids)
+    assert not differs.any() or np.all(np.abs(np.diff(want.scores, axis=1)).min() < atol), (
+        got.class_ids,
+        want.class_ids,
+    )
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -130,3 +132,42 @@ def test_metrics_endpoint_reports_requests(tiny_stack):
 
     text = urllib.request.urlopen(tiny_stack.server.metrics_url, timeout=5).read().decode()
     assert 'nv_inference_request_success{model="classify"' in text
+
+
+def test_cli_classify_image_files(tiny_stack, tmp_path, capsys):
+    from megaclass.clients.cli import main
+    from PIL import Image
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(tiny_stack.images[i]).save(p)
+        paths.append(str(p))
+    assert main(["classify", *paths, "--url", tiny_stack.server.grpc_url, "--top-k", "2", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    want = _in_process(tiny_stack, tiny_stack.images[:3], top_k=2)
+    assert [[p["class_id"] for p in r["predictions"]] for r in rows] == want.class_ids.tolist()
+
+
+def test_cli_classify_unreachable_server_is_a_clear_error(tmp_path, capsys):
+    from megaclass.clients.cli import main
+    from megaclass.python_backend.triton_server import free_port
+
+    p = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(p)
+    assert main(["classify", str(p), "--url", f"127.0.0.1:{free_port()}", "--timeout", "2"]) == 1
+    assert "megaclass classify:" in capsys.readouterr().err
+
+
+def test_perf_analyzer_sweep_runs(tiny_stack):
+    from megaclass.loadtest.perf import run_perf
+
+    points = run_perf(
+        "classify", tiny_stack.server.grpc_url, concurrency=[1, 4], shapes={"IMAGE": [1, 16, 16]}, measurement_ms=800
+    )
+    assert [p.concurrency for p in points] == [1, 4]
+    assert all(p.throughput > 0 and p.p99_us >= p.p50_us > 0 for p in points)

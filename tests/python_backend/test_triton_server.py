@@ -6,7 +6,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from megaclass.python_backend.triton_server import (
     TritonError,
     free_port,

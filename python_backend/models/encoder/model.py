@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from megaclass.python_backend.encoder_runtime import OnnxEncoder, cpu_threads_per_instance
 from megaclass.python_backend.request_batching import TensorSpec, check_input, run_batched
 
@@ -19,7 +18,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         instances = int(params.get("instance_count", "1"))
-        self.encoder = OnnxEncoder(version_dir / params.get("onnx_file", "encoder.onnx"), cpu_threads_per_instance(instances))
+        self.encoder = OnnxEncoder(
+            version_dir / params.get("onnx_file", "encoder.onnx"), cpu_threads_per_instance(instances)
+        )
         inp, out = config["input"][0], config["output"][0]
         self.spec = TensorSpec(inp["name"], np.float32, tuple(int(d) for d in inp["dims"]))
         self.output_name = out["name"]

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from megaclass.python_backend.request_batching import TensorSpec, check_input
-from megaclass.python_backend.retriever_service import RetrieverRequest, answer_requests, parse_options
+from megaclass.python_backend.retriever_service import (
+    RetrieverRequest,
+    answer_requests,
+    index_fingerprint,
+    parse_options,
+)
 from megaclass.python_backend.routed_index import RoutedIndex
 
 
@@ -22,7 +26,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.index = RoutedIndex.load(version_dir / params.get("index_dir", "index"))
-        self.version = f"{args['model_version']}:{self.index.manifest.get('index_id', '')}".encode()
+        self.version = f"{args['model_version']}:{index_fingerprint(self.index.manifest)}".encode()
         self.spec = TensorSpec("EMBEDDING", np.float32, (self.index.dim,))
         self.max_rows = int(config.get("max_batch_size", 0)) or None
         self.default_top_k = int(params.get("default_top_k", "5"))
