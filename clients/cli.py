@@ -81,8 +81,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from megaclass.clients.client import Client, MegaclassError
 
     try:
-        with Client(args.url, args.protocol, timeout_s=args.timeout) as client:
-            result = client.classify(args.images, top_k=args.top_k)
+        with Client(
+            args.url, args.protocol, timeout_s=args.timeout, retries=args.retries, shared_memory=args.shared_memory
+        ) as client:
+            result = client.classify(args.images, top_k=args.top_k, threshold=args.threshold)
     except (MegaclassError, OSError, ValueError) as exc:
         print(f"megaclass classify: {exc}", file=sys.stderr)
         return 1
@@ -119,6 +121,56 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from megaclass.export.publish import PublishError, load_models, publish_encoder, publish_index
+
+    if not (args.index or args.onnx):
+        print("megaclass publish: give --index DIR and/or --onnx FILE", file=sys.stderr)
+        return 2
+    try:
+        done = []
+        if args.onnx:
+            done.append(publish_encoder(Path(args.repository), Path(args.onnx), keep=args.keep))
+        if args.index:
+            done.append(publish_index(Path(args.repository), Path(args.index), keep=args.keep))
+        for p in done:
+            print(f"published {p.model} version {p.version} in {args.repository}")
+        if args.load:
+            load_models(args.url, [p.model for p in done], args.protocol, _headers(args))
+            print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
+    except PublishError as exc:
+        print(f"megaclass publish: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from megaclass.export.publish import PublishError, load_models, rollback
+
+    try:
+        version = rollback(Path(args.repository), args.model)
+        print(f"{args.model}: newest version is now {version}")
+        if args.load:
+            load_models(args.url, [args.model], args.protocol, _headers(args))
+            print(f"reloaded {args.model} on {args.url}")
+    except PublishError as exc:
+        print(f"megaclass rollback: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _headers(args: argparse.Namespace) -> dict[str, str]:
+    return dict(h.split(":", 1) for h in args.header)
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repository", default="model_repository")
+    p.add_argument("--load", action="store_true", help="load it on a server in explicit model-control mode")
+    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
+    p.add_argument("--header", action="append", default=[], help="KEY:VALUE for the model-control API")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megaclass", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="TOML configuration file (every field optional)")
@@ -143,9 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="127.0.0.1:8001")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--threshold", type=float, default=None, help="below this cosine score answer <unknown>")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    p.add_argument("--retries", type=int, default=3, help="retries with back-off while the server is unavailable")
+    p.add_argument("--shared-memory", action="store_true", help="send tensors through system shared memory (same host)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("publish", help="publish a new encoder and/or index version (atomically)")
+    p.add_argument("--index", default=None, help="index directory to publish as the next retriever version")
+    p.add_argument("--onnx", default=None, help="ONNX encoder to publish as the next encoder version")
+    p.add_argument("--keep", type=int, default=3, help="versions to keep per model")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("rollback", help="retire the newest version of a model")
+    p.add_argument("--model", default="retriever", choices=["encoder", "retriever"])
+    _add_load_args(p)
+    p.set_defaults(func=cmd_rollback)
 
     # Each area registers its own subcommands (argparse only; work is imported lazily).
     from megaclass.loadtest.commands import add_commands as add_loadtest_commands

@@ -1,13 +1,18 @@
 """A typed client for the megaclass models on Triton, over gRPC or HTTP.
 
 `Client(url, protocol="grpc")` wraps tritonclient: `classify(images)` calls the ensemble,
-`search(embeddings)` the retriever directly (for callers with their own encoder). Large
-inputs are split into server-sized requests; server errors surface as `MegaclassError`
-carrying the server's message; an unavailable server is retried with back-off.
+`search(embeddings)` the retriever directly (for callers with their own encoder). Images may
+be numpy arrays, PIL images or file paths. Large inputs are split into server-sized requests;
+every failure surfaces as `MegaclassError` carrying the server's message; an unavailable
+server is retried with back-off (`RetryPolicy`). `shared_memory=True` moves the tensors
+through Triton system shared memory instead of the socket (client and server on one host).
+`AsyncClient` (megaclass.clients.async_client) is the asyncio variant with the same API.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,15 +20,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from megaclass.clients.errors import INVALID, MegaclassError, RetryPolicy, catchable, to_megaclass_error
+from megaclass.clients.shared_memory import SharedMemoryRegion, SlotLayout
 from megaclass.export.preprocess import load_image, to_model_input
 from PIL import Image
 
+__all__ = ["Client", "ImageLike", "MegaclassError", "Prediction", "Protocol", "RetryPolicy", "SearchResults"]
+
 Protocol = Literal["grpc", "http"]
 ImageLike = np.ndarray | Image.Image | str | Path
-
-
-class MegaclassError(RuntimeError):
-    """A request failed; the message is the server's (or says the server was unreachable)."""
+OUTPUTS = ("CLASS_IDS", "LABELS", "SCORES", "INDEX_VERSION")
+NUMERIC_OUTPUTS = {"CLASS_IDS": np.dtype(np.int64), "SCORES": np.dtype(np.float32)}  # shm-capable
 
 
 @dataclass(frozen=True)
@@ -62,13 +69,184 @@ class SearchResults:
             [v for p in parts for v in p.index_versions],
         )
 
+    def truncated(self, top_k: int | None) -> SearchResults:
+        """The first `top_k` columns (all when None)."""
+        if top_k is None:
+            return self
+        return SearchResults(
+            self.class_ids[:, :top_k], self.labels[:, :top_k], self.scores[:, :top_k], self.index_versions
+        )
 
-def _decode(arr: np.ndarray) -> np.ndarray:
+
+# --- pieces shared by Client and AsyncClient ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the client needs to know of a served model, asked once."""
+
+    name: str
+    max_batch_size: int
+    inputs: dict[str, list[int]]  # name -> dims after the batch axis
+    parameters: dict[str, str]
+
+
+def model_info(name: str, config: dict) -> ModelInfo:
+    """From a model config as JSON (either protocol)."""
+    config = config.get("config", config)
+    return ModelInfo(
+        name,
+        int(config.get("max_batch_size", 0)) or 1,
+        {i["name"]: [int(d) for d in i["dims"]] for i in config.get("input", [])},
+        {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()},
+    )
+
+
+def image_batch(images: np.ndarray | ImageLike | Sequence[ImageLike], dims: Sequence[int]) -> np.ndarray:
+    """Images as the encoder input float32 `[N, 1, S, S]`.
+
+    An array is taken as pixels as they are: uint8 `[N, S, S]` / `[S, S]` (0..255) or float
+    `[N, 1, S, S]` / `[N, S, S]` in [0, 1]. PIL images and paths (one, or a sequence, mixed
+    with arrays) are loaded, made grey, resized and inverted to bright-on-dark like the
+    training glyphs (`megaclass.export.preprocess.load_image`).
+    """
+    size = int(dims[-1])
+    if isinstance(images, str | Path | Image.Image):
+        images = [images]
+    if not isinstance(images, np.ndarray):
+        images = list(images)
+        if not images:
+            raise MegaclassError("no images given", INVALID)
+        images = np.stack([load_image(x, size) for x in images])
+    try:
+        batch = to_model_input(images)
+    except ValueError as exc:
+        raise MegaclassError(str(exc), INVALID) from exc
+    if list(batch.shape[1:]) != list(dims):
+        raise MegaclassError(
+            f"images must be {dims[-2]}x{dims[-1]} (the served encoder's size), got {list(batch.shape[2:])}; "
+            "pass PIL images or paths to have them resized",
+            INVALID,
+        )
+    if batch.shape[0] == 0:
+        raise MegaclassError("no images given", INVALID)
+    return batch
+
+
+def search_inputs(
+    embeddings: np.ndarray, dim: int | None, top_k: int | None, threshold: float | None
+) -> dict[str, np.ndarray]:
+    """The retriever's inputs for a batch of embeddings and its options."""
+    emb = np.ascontiguousarray(np.atleast_2d(np.asarray(embeddings)), dtype=np.float32)
+    if emb.ndim != 2 or (dim is not None and emb.shape[1] != dim) or emb.shape[0] == 0:
+        want = f"[N, {dim}]" if dim is not None else "[N, D]"
+        raise MegaclassError(f"embeddings must have shape {want}, got {list(emb.shape)}", INVALID)
+    inputs = {"EMBEDDING": emb}
+    if top_k is not None:
+        inputs["TOP_K"] = np.full((len(emb), 1), top_k, dtype=np.int32)
+    if threshold is not None:
+        inputs["THRESHOLD"] = np.full((len(emb), 1), threshold, dtype=np.float32)
+    return inputs
+
+
+def classify_parameters(top_k: int | None, threshold: float | None) -> dict[str, Any]:
+    """Request parameters the ensemble passes on to the retriever."""
+    params: dict[str, Any] = {}
+    if top_k is not None:
+        params["top_k"] = int(top_k)
+    if threshold is not None:
+        params["threshold"] = float(threshold)
+    return params
+
+
+def split_rows(inputs: dict[str, np.ndarray], step: int) -> list[dict[str, np.ndarray]]:
+    """Server-sized chunks of `step` rows (every input is batched along its first axis)."""
+    n = len(next(iter(inputs.values())))
+    return [{k: v[i : i + step] for k, v in inputs.items()} for i in range(0, n, step)]
+
+
+def decode_strings(arr: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else str(b), otypes=[object])(arr)
 
 
+def build_request(tc, inputs: dict[str, np.ndarray], shm: _ShmSlot | None = None) -> tuple[list, list]:
+    """tritonclient InferInputs and InferRequestedOutputs; with `shm`, the first input and the
+    numeric outputs live in its slot."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    infer_inputs = []
+    for i, (name, arr) in enumerate(inputs.items()):
+        x = tc.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        if shm is not None and i == 0:
+            x.set_shared_memory(shm.region.name, shm.write_input(arr), shm.offset("input"))
+        else:
+            x.set_data_from_numpy(arr)
+        infer_inputs.append(x)
+    outputs = []
+    for name in OUTPUTS:
+        o = tc.InferRequestedOutput(name)
+        if shm is not None and name in NUMERIC_OUTPUTS:
+            o.set_shared_memory(shm.region.name, shm.layout.sizes[name], shm.offset(name))
+        outputs.append(o)
+    return infer_inputs, outputs
+
+
+def parse_result(res, shm: _ShmSlot | None = None) -> SearchResults:
+    """SearchResults from a tritonclient InferResult (outputs in the response or in `shm`)."""
+
+    def numeric(name: str) -> np.ndarray:
+        if shm is None:
+            return res.as_numpy(name)
+        out = res.get_output(name)
+        shape = tuple(int(d) for d in (out["shape"] if isinstance(out, dict) else out.shape))
+        return shm.region.read(shm.offset(name), NUMERIC_OUTPUTS[name], shape)
+
+    return SearchResults(
+        numeric("CLASS_IDS"),
+        decode_strings(res.as_numpy("LABELS")),
+        numeric("SCORES"),
+        [str(v) for v in decode_strings(res.as_numpy("INDEX_VERSION")).reshape(-1)],
+    )
+
+
+class _ShmSlot:
+    """One request's share of a shared-memory region: input bytes and the numeric outputs."""
+
+    def __init__(self, region: SharedMemoryRegion, layout: SlotLayout, index: int):
+        self.region, self.layout, self.base = region, layout, index * layout.slot_bytes
+
+    def offset(self, part: str) -> int:
+        return self.base + self.layout.offsets[part]
+
+    def write_input(self, arr: np.ndarray) -> int:
+        if arr.nbytes > self.layout.sizes["input"]:
+            raise MegaclassError(f"input of {arr.nbytes} bytes exceeds the shared-memory slot", INVALID)
+        return self.region.write(self.offset("input"), arr)
+
+
+def shm_layout(model: ModelInfo, input_name: str, max_top_k: int) -> SlotLayout:
+    """Slot sizes for one server-sized request of `model`: its first input, then the outputs."""
+    item = int(np.prod(model.inputs[input_name])) * 4  # FP32 inputs (IMAGE, EMBEDDING)
+    rows = model.max_batch_size
+    return SlotLayout(
+        {"input": rows * item, **{n: rows * max_top_k * dt.itemsize for n, dt in NUMERIC_OUTPUTS.items()}}
+    )
+
+
+def max_top_k(retriever: ModelInfo) -> int:
+    return int(retriever.parameters.get("max_top_k", "100") or 100)
+
+
+# --- the synchronous client -----------------------------------------------------------------
+
+
 class Client:
-    """Synchronous client for `classify` (images) and `retriever` (embeddings)."""
+    """Synchronous client for `classify` (images) and `retriever` (embeddings).
+
+    Safe to share between threads: over HTTP up to `max_in_flight` calls use their own
+    connection, with shared memory up to `max_in_flight` calls use their own slot of the
+    region (further calls wait); gRPC multiplexes any number of calls on one channel.
+    """
 
     def __init__(
         self,
@@ -78,24 +256,48 @@ class Client:
         timeout_s: float = 30.0,
         retries: int = 3,
         backoff_s: float = 0.2,
+        retry: RetryPolicy | None = None,
+        shared_memory: bool = False,
+        max_in_flight: int = 4,
         classify_model: str = "classify",
         retriever_model: str = "retriever",
     ):
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.protocol, self.url, self.timeout_s = protocol, url, timeout_s
-        self.retries, self.backoff_s = retries, backoff_s
+        self.retry = retry or RetryPolicy(retries=retries, backoff_s=backoff_s)
         self.classify_model, self.retriever_model = classify_model, retriever_model
+        self.shared_memory, self.max_in_flight = shared_memory, max(1, max_in_flight)
         if protocol == "grpc":
             import tritonclient.grpc as tc
+
+            self._client = tc.InferenceServerClient(url)
         else:
             import tritonclient.http as tc
+
+            self._client = tc.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s, concurrency=self.max_in_flight
+            )
         self._tc = tc
-        kwargs = {} if protocol == "grpc" else {"connection_timeout": timeout_s, "network_timeout": timeout_s}
-        self._client = tc.InferenceServerClient(url, **kwargs)
-        self._meta: dict[str, dict] = {}
+        self._meta: dict[str, ModelInfo] = {}
+        self._shm: dict[str, tuple[SharedMemoryRegion, SlotLayout, queue.Queue]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def retries(self) -> int:
+        return self.retry.retries
 
     def close(self) -> None:
+        """Unregister and remove shared-memory regions, close the connection."""
+        for region, _, _ in self._shm.values():
+            try:
+                self._client.unregister_system_shared_memory(region.name)
+            except catchable():
+                pass
+            region.close()
+        self._shm.clear()
         self._client.close()
 
     def __enter__(self) -> Client:
@@ -108,99 +310,88 @@ class Client:
     def is_ready(self) -> bool:
         try:
             return bool(self._client.is_server_ready())
-        except Exception:
+        except catchable():
             return False
 
-    def _model(self, name: str) -> dict:
-        """Max batch size and input shapes of a model, asked once."""
+    def model(self, name: str) -> ModelInfo:
+        """Max batch size, input shapes and parameters of a served model, asked once."""
         if name not in self._meta:
-            cfg = self._call(lambda: self._client.get_model_config(name))
-            cfg = cfg["config"] if self.protocol == "grpc" and isinstance(cfg, dict) else cfg
-            if self.protocol == "grpc" and not isinstance(cfg, dict):
-                from google.protobuf.json_format import MessageToDict
-
-                cfg = MessageToDict(cfg.config, preserving_proto_field_name=True)
-            inputs = {i["name"]: [int(d) for d in i["dims"]] for i in cfg["input"]}
-            self._meta[name] = {"max_batch_size": int(cfg.get("max_batch_size", 0)) or 1, "inputs": inputs}
+            kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+            if self.protocol == "grpc":
+                kwargs["client_timeout"] = self.timeout_s
+            self._meta[name] = model_info(name, self._call(lambda: self._client.get_model_config(name, **kwargs)))
         return self._meta[name]
 
     # --- calls ----------------------------------------------------------------------------
     def _call(self, fn: Callable[[], Any]) -> Any:
-        """Run fn, retrying with back-off while the server is unreachable."""
-        from tritonclient.utils import InferenceServerException
-
-        for attempt in range(self.retries + 1):
+        """Run fn; retry with back-off while the server is unavailable; raise MegaclassError."""
+        delays = self.retry.delays()
+        while True:
             try:
                 return fn()
-            except InferenceServerException as exc:
-                msg = exc.message() or str(exc)
-                unavailable = any(s in msg.lower() for s in ("unavailable", "connection refused", "failed to connect"))
-                if unavailable and attempt < self.retries:
-                    time.sleep(self.backoff_s * 2**attempt)
-                    continue
-                raise MegaclassError(msg) from exc
-            except (ConnectionError, OSError) as exc:
-                if attempt < self.retries:
-                    time.sleep(self.backoff_s * 2**attempt)
-                    continue
-                raise MegaclassError(f"cannot reach the server at {self.url}: {exc}") from exc
-        raise AssertionError("unreachable")
+            except catchable() as exc:
+                error = to_megaclass_error(exc, self.url)
+                delay = next(delays, None) if self.retry.should_retry(error) else None
+                if delay is None:
+                    raise error from exc
+                time.sleep(delay)
 
-    def _infer(self, model: str, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> SearchResults:
-        tc = self._tc
-        from tritonclient.utils import np_to_triton_dtype
+    def _slots(self, model: ModelInfo, input_name: str) -> tuple[SharedMemoryRegion, SlotLayout, queue.Queue]:
+        with self._lock:
+            if model.name not in self._shm:
+                layout = shm_layout(model, input_name, max_top_k(self.model(self.retriever_model)))
+                region = SharedMemoryRegion(layout.slot_bytes * self.max_in_flight)
+                try:
+                    self._call(
+                        lambda: self._client.register_system_shared_memory(region.name, region.key, region.byte_size)
+                    )
+                except MegaclassError:
+                    region.close()
+                    raise
+                free: queue.Queue = queue.Queue()
+                for i in range(self.max_in_flight):
+                    free.put(i)
+                self._shm[model.name] = (region, layout, free)
+            return self._shm[model.name]
 
-        infer_inputs = []
-        for name, arr in inputs.items():
-            x = tc.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
-            x.set_data_from_numpy(arr)
-            infer_inputs.append(x)
-        outputs = [tc.InferRequestedOutput(n) for n in ("CLASS_IDS", "LABELS", "SCORES", "INDEX_VERSION")]
-        kwargs: dict[str, Any] = {"parameters": parameters} if parameters else {}
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout_s
-        res = self._call(lambda: self._client.infer(model, infer_inputs, outputs=outputs, **kwargs))
-        return SearchResults(
-            res.as_numpy("CLASS_IDS"),
-            _decode(res.as_numpy("LABELS")),
-            res.as_numpy("SCORES"),
-            [str(v) for v in _decode(res.as_numpy("INDEX_VERSION")).reshape(-1)],
-        )
+    def _infer(self, model: ModelInfo, inputs: dict[str, np.ndarray], parameters: dict | None = None) -> SearchResults:
+        kwargs: dict[str, Any] = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        if parameters:
+            kwargs["parameters"] = parameters
+        if not self.shared_memory:
+            infer_inputs, outputs = build_request(self._tc, inputs)
+            res = self._call(lambda: self._client.infer(model.name, infer_inputs, outputs=outputs, **kwargs))
+            return parse_result(res)
+        region, layout, free = self._slots(model, next(iter(inputs)))
+        index = free.get()
+        try:
+            slot = _ShmSlot(region, layout, index)
+            infer_inputs, outputs = build_request(self._tc, inputs, slot)
+            res = self._call(lambda: self._client.infer(model.name, infer_inputs, outputs=outputs, **kwargs))
+            return parse_result(res, slot)
+        finally:
+            free.put(index)
 
-    def classify(self, images: np.ndarray | Sequence[ImageLike], top_k: int | None = None) -> SearchResults:
-        """Classify images: a uint8 `[N, S, S]` / float `[N, 1, S, S]` array, or PIL images / paths."""
-        meta = self._model(self.classify_model)
-        (input_name, dims), *_ = meta["inputs"].items()
-        size = dims[-1]
-        if not isinstance(images, np.ndarray):
-            images = np.stack([load_image(x, size) for x in images])
-        batch = to_model_input(images)
-        if list(batch.shape[1:]) != dims:
-            raise MegaclassError(f"images must be {dims[-2]}x{dims[-1]}, got {list(batch.shape[2:])}")
-        step = meta["max_batch_size"]
-        parts = [
-            self._infer(self.classify_model, {input_name: batch[i : i + step]}) for i in range(0, len(batch), step)
-        ]
-        result = SearchResults.concat(parts)
-        return _truncate(result, top_k)
+    def classify(
+        self,
+        images: np.ndarray | ImageLike | Sequence[ImageLike],
+        top_k: int | None = None,
+        threshold: float | None = None,
+    ) -> SearchResults:
+        """Classify images: a uint8 `[N, S, S]` / float `[N, 1, S, S]` array, PIL images or paths.
+
+        `top_k` and `threshold` travel as request parameters through the ensemble to the
+        retriever (server defaults when None).
+        """
+        meta = self.model(self.classify_model)
+        (input_name, dims), *_ = meta.inputs.items()
+        batch = image_batch(images, dims)
+        params = classify_parameters(top_k, threshold)
+        parts = [self._infer(meta, c, params) for c in split_rows({input_name: batch}, meta.max_batch_size)]
+        return SearchResults.concat(parts)
 
     def search(self, embeddings: np.ndarray, top_k: int | None = None, threshold: float | None = None) -> SearchResults:
         """Nearest classes for embeddings (float32 `[N, D]`) from the retriever."""
-        emb = np.ascontiguousarray(np.atleast_2d(embeddings), dtype=np.float32)
-        step = self._model(self.retriever_model)["max_batch_size"]
-        parts = []
-        for i in range(0, len(emb), step):
-            chunk = emb[i : i + step]
-            inputs = {"EMBEDDING": chunk}
-            if top_k is not None:
-                inputs["TOP_K"] = np.full((len(chunk), 1), top_k, dtype=np.int32)
-            if threshold is not None:
-                inputs["THRESHOLD"] = np.full((len(chunk), 1), threshold, dtype=np.float32)
-            parts.append(self._infer(self.retriever_model, inputs))
-        return SearchResults.concat(parts)
-
-
-def _truncate(r: SearchResults, top_k: int | None) -> SearchResults:
-    if top_k is None:
-        return r
-    return SearchResults(r.class_ids[:, :top_k], r.labels[:, :top_k], r.scores[:, :top_k], r.index_versions)
+        meta = self.model(self.retriever_model)
+        inputs = search_inputs(embeddings, meta.inputs.get("EMBEDDING", [None])[-1], top_k, threshold)
+        return SearchResults.concat([self._infer(meta, chunk) for chunk in split_rows(inputs, meta.max_batch_size)])

@@ -75,14 +75,12 @@ def build_artifacts(cfg: MegaclassConfig) -> tuple[DemoArtifacts, object, dict]:
         console.print(f"reusing the trained encoder in {train_dir}")
         model = load_encoder(train_dir / "checkpoint.pt")
     else:
-        from functools import partial
-
         from megaclass.export.augment import augment_batch
 
         artifacts.start_stage(train_dir)
         labels = ds.codepoints[splits.train.class_index]
         result = train_encoder(
-            splits.train.images, labels, cfg.train, train_dir, augment=partial(augment_batch, cfg=cfg.augment)
+            splits.train.images, labels, cfg.train, train_dir, augment=lambda x, g: augment_batch(x, cfg.augment, g)
         )
         model = result.model
         artifacts.mark_done(train_dir, {"history": result.history})
@@ -179,7 +177,8 @@ def run_demo(cfg: MegaclassConfig, keep_serving: bool = False, repository: Path 
             results["new classes (enrolled, never trained)"] = evaluate_answers(
                 true_ids[is_new], grpc_res.class_ids[is_new]
             )
-        table = Table(title="accuracy on held-out fonts")
+        table = Table(title="accuracy on held-out fonts (gRPC answers)")
+        table.add_column("split")
         for col in ("queries", "classes", "precision@1", "hit rate@5", "chance"):
             table.add_column(col, justify="right")
         for name, mask in [
@@ -189,7 +188,7 @@ def run_demo(cfg: MegaclassConfig, keep_serving: bool = False, repository: Path 
             if name in results:
                 m = results[name]
                 table.add_row(
-                    f"{name}: {mask.sum()}", str(len(np.unique(true_ids[mask]))),
+                    name, str(mask.sum()), str(len(np.unique(true_ids[mask]))),
                     f"{m['precision@1']:.3f}", f"{m['hit_rate@5']:.3f}", f"{1 / len(ds.codepoints):.4f}",
                 )  # fmt: skip
         console.print(table)

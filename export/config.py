@@ -140,6 +140,11 @@ class ServingConfig:
     retriever: ModelServingConfig = field(
         default_factory=lambda: ModelServingConfig(max_batch_size=256, preferred_batch_sizes=(64, 128, 256))
     )
+    # Which encoder form the repository is generated for: the Python backend with ONNX Runtime
+    # (CPU server), Triton's ONNX Runtime backend with the TensorRT accelerator, or a TensorRT plan.
+    target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt"] = "cpu"
+    trt_fp16: bool = True
+    trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
     default_top_k: int = 5
     max_top_k: int = 100
     host: str = "127.0.0.1"

@@ -64,19 +64,13 @@ def _contrastive(cfg: TrainConfig, num_classes: int, dim: int) -> LossBundle:
 
 
 def _cosface(cfg: TrainConfig, num_classes: int, dim: int) -> LossBundle:
-    loss = PartialFCLoss(
-        num_classes, dim, kind="cosface", margin=cfg.cosface_margin, scale=cfg.softmax_scale,
-        num_sampled=cfg.partial_fc_classes, seed=cfg.seed,
-    )
-    return LossBundle(loss, None, True)
+    m, s, k = cfg.cosface_margin, cfg.softmax_scale, cfg.partial_fc_classes
+    return LossBundle(PartialFCLoss(num_classes, dim, "cosface", m, s, k, cfg.seed), None, True)
 
 
 def _arcface(cfg: TrainConfig, num_classes: int, dim: int) -> LossBundle:
-    loss = PartialFCLoss(
-        num_classes, dim, kind="arcface", margin=cfg.arcface_margin, scale=cfg.softmax_scale,
-        num_sampled=cfg.partial_fc_classes, seed=cfg.seed,
-    )
-    return LossBundle(loss, None, True)
+    m, s, k = cfg.arcface_margin, cfg.softmax_scale, cfg.partial_fc_classes
+    return LossBundle(PartialFCLoss(num_classes, dim, "arcface", m, s, k, cfg.seed), None, True)
 
 
 class SoftmaxClassifierLoss(nn.Module):

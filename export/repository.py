@@ -36,7 +36,12 @@ class ModelShapes:
     embedding_dim: int
 
 
-def _batching(config: mc.ModelConfig, s: ModelServingConfig) -> None:
+def encoder_file_name(target: str) -> str:
+    """The encoder artifact's file name in a version directory, per serving target."""
+    return {"cpu": "encoder.onnx", "gpu-onnxruntime": "model.onnx", "gpu-tensorrt": "model.plan"}[target]
+
+
+def _batching(config: mc.ModelConfig, s: ModelServingConfig, gpu: bool = False) -> None:
     config.max_batch_size = s.max_batch_size
     if s.dynamic_batching:
         db = config.dynamic_batching
@@ -44,7 +49,7 @@ def _batching(config: mc.ModelConfig, s: ModelServingConfig) -> None:
         db.max_queue_delay_microseconds = s.max_queue_delay_us
         db.default_queue_policy.max_queue_size = s.max_queue_size
     group = config.instance_group.add()
-    group.kind = mc.ModelInstanceGroup.KIND_CPU
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     group.count = s.instances
     config.version_policy.latest.num_versions = 1
     config.parameters["instance_count"].string_value = str(s.instances)
@@ -59,13 +64,30 @@ def _tensor(container, name: str, dtype: int, dims: list[int], optional: bool = 
 
 
 def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
-    """The CPU encoder: Python backend running ONNX Runtime."""
-    c = mc.ModelConfig(name=ENCODER, backend="python")
-    _batching(c, serving.encoder)
+    """The encoder for `serving.target`.
+
+    cpu: Python backend running ONNX Runtime (this project's CPU server has no ONNX Runtime
+    backend). gpu-onnxruntime: Triton's ONNX Runtime backend with the TensorRT execution
+    accelerator (FP16, engine cache). gpu-tensorrt: a TensorRT plan.
+    """
+    target = serving.target
+    if target == "cpu":
+        c = mc.ModelConfig(name=ENCODER, backend="python")
+        c.parameters["onnx_file"].string_value = encoder_file_name(target)
+    elif target == "gpu-onnxruntime":
+        c = mc.ModelConfig(name=ENCODER, platform="onnxruntime_onnx", default_model_filename="model.onnx")
+        trt = c.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = "FP16" if serving.trt_fp16 else "FP32"
+        trt.parameters["trt_engine_cache_enable"] = "true"
+        trt.parameters["trt_engine_cache_path"] = serving.trt_engine_cache_path
+    elif target == "gpu-tensorrt":
+        c = mc.ModelConfig(name=ENCODER, platform="tensorrt_plan", default_model_filename="model.plan")
+    else:
+        raise ValueError(f"unknown serving target {target!r}")
+    _batching(c, serving.encoder, gpu=target != "cpu")
     image_dims = [1, shapes.image_size, shapes.image_size]
     _tensor(c.input, export.input_name, mc.TYPE_FP32, image_dims)
     _tensor(c.output, export.output_name, mc.TYPE_FP32, [shapes.embedding_dim])
-    c.parameters["onnx_file"].string_value = "encoder.onnx"
     warm = c.model_warmup.add(name="zeros", batch_size=1)
     warm.inputs[export.input_name].data_type = mc.TYPE_FP32
     warm.inputs[export.input_name].dims.extend(image_dims)
@@ -76,7 +98,11 @@ def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSh
 def retriever_config(serving: ServingConfig, shapes: ModelShapes) -> mc.ModelConfig:
     """The retriever: Python backend wrapping the routed index."""
     c = mc.ModelConfig(name=RETRIEVER, backend="python")
-    _batching(c, serving.retriever)
+    gpu = serving.target != "cpu"
+    _batching(c, serving.retriever, gpu=gpu)
+    if gpu:  # let the encoder's output arrive on the GPU (DLPack, no host copy); search there
+        c.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+        c.parameters["device"].string_value = "cuda"
     _tensor(c.input, "EMBEDDING", mc.TYPE_FP32, [shapes.embedding_dim])
     _tensor(c.input, "TOP_K", mc.TYPE_INT32, [1], optional=True)
     _tensor(c.input, "THRESHOLD", mc.TYPE_FP32, [1], optional=True)
@@ -183,15 +209,19 @@ def build_repository(
     export: ExportConfig,
     keep: int = 3,
 ) -> dict[str, int]:
-    """Publish encoder, retriever and the classify ensemble into `repo_dir`; returns versions."""
+    """Publish encoder, retriever and the classify ensemble into `repo_dir`; returns versions.
+
+    `onnx_path` is the encoder artifact: ONNX, or a TensorRT plan for the gpu-tensorrt target.
+    """
     repo_dir = Path(repo_dir)
     write_config(repo_dir / ENCODER, encoder_config(serving, export, shapes))
     write_config(repo_dir / RETRIEVER, retriever_config(serving, shapes))
     write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
+    encoder_files = {encoder_file_name(serving.target): onnx_path}
+    if serving.target == "cpu":
+        encoder_files["model.py"] = model_file(ENCODER)
     published = {
-        ENCODER: publish_version(
-            repo_dir / ENCODER, {"model.py": model_file(ENCODER), "encoder.onnx": onnx_path}, keep=keep
-        ),
+        ENCODER: publish_version(repo_dir / ENCODER, encoder_files, keep=keep),
         RETRIEVER: publish_version(
             repo_dir / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": index_dir}, keep=keep
         ),

@@ -67,10 +67,16 @@ def run_perf(
     batch_size: int = 1,
     shapes: dict[str, Sequence[int]] | None = None,
     measurement_ms: int = 3000,
+    stability_percent: float = 25.0,
+    max_trials: int = 10,
     extra_args: Sequence[str] = (),
     timeout_s: float = 600,
 ) -> list[PerfPoint]:
-    """Sweep concurrency for `model`; one perf_analyzer run per level, latency in microseconds."""
+    """Sweep concurrency for `model`; one perf_analyzer run per level, latency in microseconds.
+
+    perf_analyzer repeats a window until throughput and p99 agree within `stability_percent`
+    over three windows (at most `max_trials` windows); a busy machine needs a looser bound.
+    """
     points = []
     for c in concurrency:
         cmd = [
@@ -78,6 +84,8 @@ def run_perf(
             "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
             f"--concurrency-range={c}",
             f"--measurement-interval={measurement_ms}",
+            f"--stability-percentage={stability_percent}",
+            f"--max-trials={max_trials}",
             "--percentile=99",
             "--max-threads=" + str(max(16, c)),
             "-f", "/dev/stdout",

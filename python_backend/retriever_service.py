@@ -72,17 +72,23 @@ def parse_options(
     return int(k), t
 
 
-def answer_requests(index, requests: Sequence[RetrieverRequest | Exception]) -> list[RetrieverAnswer | Exception]:
-    """Search all valid requests as one batch and split the answer per request."""
+def answer_requests(
+    index, requests: Sequence[RetrieverRequest | Exception]
+) -> tuple[list[RetrieverAnswer | Exception], dict]:
+    """Search all valid requests as one batch and split the answer per request.
+
+    Returns the per-request answers (or errors) and the search's statistics (queries,
+    nprobe, candidates scanned, as the index reports them).
+    """
     valid = [r for r in requests if isinstance(r, RetrieverRequest)]
     if not valid:
-        return list(requests)
+        return list(requests), {}
     k = max(r.top_k for r in valid)
     queries = np.concatenate([r.embeddings for r in valid]) if len(valid) > 1 else valid[0].embeddings
     try:
         result = index.search(queries, top_k=k)
     except Exception as exc:
-        return [exc if isinstance(r, RetrieverRequest) else r for r in requests]
+        return [exc if isinstance(r, RetrieverRequest) else r for r in requests], {}
     answers: list[RetrieverAnswer | Exception] = []
     start = 0
     for r in requests:
@@ -99,4 +105,4 @@ def answer_requests(index, requests: Sequence[RetrieverRequest | Exception]) -> 
             ids[below] = -1
             labels[below] = UNKNOWN_LABEL
         answers.append(RetrieverAnswer(ids, labels, scores))
-    return answers
+    return answers, {"queries": len(queries), **getattr(result, "stats", {})}

@@ -59,10 +59,10 @@ def write_index_dir(
             files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         for name, obj in json_files.items():
             path = target / name
-            path.write_text(json.dumps(obj, ensure_ascii=False))
+            path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
             files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest, "files": files}
-        (target / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, ensure_ascii=False))
+        (target / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8")
         if fresh:
             os.replace(target, directory)
     except BaseException:
@@ -77,7 +77,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IndexIntegrityError(f"{path}: manifest missing (not a saved index, or an unfinished save)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexIntegrityError(f"{path}: manifest unreadable: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -125,6 +125,6 @@ def load_json(directory: Path, name: str) -> Any:
     """Read a JSON file of the index; a malformed file raises IndexIntegrityError."""
     path = Path(directory) / name
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexIntegrityError(f"{path}: unreadable JSON: {e}") from e

@@ -92,6 +92,7 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     # Each model instance is its own process: keep BLAS and OpenMP from oversubscribing.
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("PYTHONUTF8", "1")  # labels are Unicode whatever the locale
     return env
 
 

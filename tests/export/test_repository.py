@@ -101,3 +101,25 @@ def test_publish_is_atomic_for_readers(tmp_path: Path):
     t.join()
     assert seen_partial == []
     assert versions(model) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "target, platform, accelerator",
+    [("gpu-onnxruntime", "onnxruntime_onnx", "tensorrt"), ("gpu-tensorrt", "tensorrt_plan", None)],
+)
+def test_gpu_targets(target, platform, accelerator, tmp_path):
+    serving = ServingConfig(target=target)
+    enc = encoder_config(serving, ExportConfig(), SHAPES)
+    assert enc.platform == platform and not enc.backend
+    assert enc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    accels = enc.optimization.execution_accelerators.gpu_execution_accelerator
+    assert [a.name for a in accels] == ([accelerator] if accelerator else [])
+    if accelerator:
+        assert accels[0].parameters["precision_mode"] == "FP16"
+        assert accels[0].parameters["trt_engine_cache_enable"] == "true"
+    ret = retriever_config(serving, SHAPES)
+    assert ret.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
+    assert ret.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    for cfg in (enc, ret):
+        write_config(tmp_path / cfg.name, cfg)
+        assert parse_config((tmp_path / cfg.name / "config.pbtxt").read_text()) == cfg

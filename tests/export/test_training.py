@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from megaclass.export.config import TrainConfig
+from megaclass.export.config import TrainConfig, replace
 from megaclass.export.embedding import embed_images
 from megaclass.export.training import (
     batch_size_for,
@@ -46,12 +45,13 @@ def precision_at_1(model: torch.nn.Module, query, q_labels, gallery, g_labels) -
     return float(np.mean(g_labels[nearest] == q_labels))
 
 
-CFG = TrainConfig(embedding_dim=32, width=8, batch_size=80, samples_per_class=4, epochs=4, lr=3e-3, threads=2)
+# One thread: the CI machine is small and shared; OpenMP threads spin badly under contention.
+CFG = TrainConfig(embedding_dim=32, width=8, batch_size=80, samples_per_class=4, epochs=6, lr=5e-3, threads=1)
 
 
 @pytest.fixture(scope="module")
 def data():
-    train = blob_set(20, 24, seed=1)
+    train = blob_set(20, 40, seed=1)
     test = blob_set(20, 6, seed=2)
     return train, test
 
@@ -81,21 +81,28 @@ def load_like(cfg: TrainConfig):
 
 def test_loss_falls_and_precision_rises(trained):
     result, untrained, _ = trained
-    losses = [h["loss"] for h in result.history]
     assert len(result.history) == CFG.epochs
-    assert losses[-1] < 0.6 * losses[0], losses
     p1 = result.history[-1]["precision_at_1"]
-    assert p1 > 0.6 > 3 * 1 / 20, (untrained, p1)  # chance is 0.05
-    assert p1 > untrained
+    assert p1 > 0.75 and p1 > untrained + 0.3, (untrained, p1)  # chance is 0.05
+    # With semi-hard mining the loss is a mean over the (ever fewer) violating triplets,
+    # so it falls only a little; with every triplet it falls clearly.
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_loss_falls_with_all_triplets(data, tmp_path):
+    (x, y, _), _ = data
+    result = train_encoder(x, y, replace(CFG, mining="all"), tmp_path, progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.75 * losses[0], losses
 
 
 def test_metrics_file_and_checkpoint(trained):
     result, _, out = trained
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "train_s", "elapsed_s", "lr", "precision_at_1"} <= set(lines[0])
     ckpt = torch.load(result.checkpoint_path, weights_only=True)
-    assert ckpt["epoch"] == 4 and ckpt["config"]["loss"] == "triplet"
+    assert ckpt["epoch"] == 6 and ckpt["config"]["loss"] == "triplet"
     assert ckpt["model_args"] == {"embedding_dim": 32, "width": 8, "in_channels": 1}
     model = load_encoder(result.checkpoint_path)
     x = torch.rand(5, 1, SIZE, SIZE)
@@ -106,22 +113,37 @@ def test_metrics_file_and_checkpoint(trained):
 
 def test_resume_equals_uninterrupted(data, tmp_path):
     (x, y, _), _ = data
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2})
-    straight = train_encoder(x, y, cfg, tmp_path / "a", progress=False)
-    first = train_encoder(x, y, TrainConfig(**{**cfg.__dict__, "epochs": 1}), tmp_path / "b", progress=False)
-    resumed = train_encoder(x, y, cfg, tmp_path / "b", progress=False, resume=True)
+    cfg = replace(CFG, epochs=2)
+    steps_per_epoch = len(x) // cfg.batch_size
+    calls = []
+
+    def interrupt_in_epoch_2(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) > steps_per_epoch:
+            raise KeyboardInterrupt
+        return batch
+
+    def identity(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return batch
+
+    straight = train_encoder(x, y, cfg, tmp_path / "a", augment=identity, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(x, y, cfg, tmp_path / "b", augment=interrupt_in_epoch_2, progress=False)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = train_encoder(x, y, cfg, tmp_path / "b", augment=identity, progress=False, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
-    assert first.history[0]["loss"] == straight.history[0]["loss"]
-    assert resumed.history[1]["loss"] == pytest.approx(straight.history[1]["loss"], rel=1e-6)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
+    again = train_encoder(x, y, cfg, tmp_path / "b", progress=False, resume=True)  # already done: no-op
+    assert again.history == resumed.history
 
 
 def test_time_budget_stops_early(data, tmp_path):
     (x, y, _), _ = data
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 1000, "max_minutes": 0.02})
+    cfg = replace(CFG, epochs=1000, max_minutes=0.02)
     result = train_encoder(x, y, cfg, tmp_path, progress=False)
     assert 1 <= len(result.history) < 1000
     assert result.history[-1]["stopped"] == "time budget"
@@ -136,7 +158,7 @@ def test_augment_is_called_with_seeded_generator(data, tmp_path):
         seen.append(batch.shape)
         return (batch + 0.05 * torch.randn(batch.shape, generator=gen)).clamp(0, 1)
 
-    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    cfg = replace(CFG, epochs=1)
     a = train_encoder(x, y, cfg, tmp_path / "a", augment=augment, progress=False)
     b = train_encoder(x, y, cfg, tmp_path / "b", augment=augment, progress=False)
     assert seen and seen[0] == (80, 1, SIZE, SIZE)

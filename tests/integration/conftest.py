@@ -73,7 +73,7 @@ def build_tiny_repository(root: Path, serving: ServingConfig) -> tuple[Path, Pat
     export_onnx(model, onnx_path, ExportConfig(), image_size=IMAGE_SIZE)
     images, ids = class_patterns(NUM_CLASSES, 4, IMAGE_SIZE)
     protos, proto_ids = class_prototypes(embed_images(model, images), ids)
-    labels = {int(c): f"class-{int(c)}" for c in np.unique(ids)}
+    labels = {int(c): f"class-{int(c)}-{chr(0x4E00 + int(c))}" for c in np.unique(ids)}
     index = RoutedIndex.build(protos, proto_ids, labels, IndexConfig(nlist=4, nprobe=4))
     index.save(root / "index")
     repo = root / "repo"

@@ -167,7 +167,25 @@ def test_perf_analyzer_sweep_runs(tiny_stack):
     from megaclass.loadtest.perf import run_perf
 
     points = run_perf(
-        "classify", tiny_stack.server.grpc_url, concurrency=[1, 4], shapes={"IMAGE": [1, 16, 16]}, measurement_ms=800
+        "classify",
+        tiny_stack.server.grpc_url,
+        concurrency=[1, 4],
+        shapes={"IMAGE": [1, 16, 16]},
+        measurement_ms=800,
+        stability_percent=100,
+        max_trials=5,
     )
     assert [p.concurrency for p in points] == [1, 4]
     assert all(p.throughput > 0 and p.p99_us >= p.p50_us > 0 for p in points)
+
+
+def test_retriever_custom_metrics(tiny_stack):
+    import urllib.request
+
+    emb = tiny_stack.encoder.embed(to_model_input(tiny_stack.images[:3]))
+    with _client(tiny_stack, "grpc") as client:
+        client.search(emb)
+    text = urllib.request.urlopen(tiny_stack.server.metrics_url, timeout=5).read().decode()
+    queries = [ln for ln in text.splitlines() if ln.startswith("megaclass_retriever_queries_total")]
+    assert queries and float(queries[0].split()[-1]) >= 3
+    assert "megaclass_retriever_nprobe" in text and "megaclass_retriever_index_info" in text

@@ -65,10 +65,11 @@ def test_answer_requests_searches_once_and_slices_per_request():
         InputError("bad request"),
         RetrieverRequest(np.array([[4.0]], np.float32), top_k=3, threshold=-1.5),
     ]
-    out = answer_requests(index, reqs)
+    out, stats = answer_requests(index, reqs)
+    assert stats["queries"] == 3
     assert index.calls == [(3, 3)]
     assert out[0].class_ids.tolist() == [[2], [7]]
     assert isinstance(out[1], InputError)
     assert out[2].class_ids.tolist() == [[4, 3, 5]]
-    strict = answer_requests(index, [RetrieverRequest(np.array([[4.0]], np.float32), 3, threshold=-0.5)])[0]
+    strict = answer_requests(index, [RetrieverRequest(np.array([[4.0]], np.float32), 3, threshold=-0.5)])[0][0]
     assert strict.class_ids.tolist() == [[4, -1, -1]] and strict.labels[0, 1] == UNKNOWN_LABEL

@@ -2,7 +2,7 @@
 
 Thin by design: parse tensors, call `megaclass.python_backend`, return tensors. Options per
 request: optional inputs TOP_K (INT32) and THRESHOLD (FP32), or request parameters
-`top_k` / `threshold`.
+`top_k` / `threshold`. Custom metrics: queries, candidates scanned, nprobe, index version.
 """
 
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from megaclass.python_backend.request_batching import TensorSpec, check_input
 from megaclass.python_backend.retriever_service import (
     RetrieverRequest,
@@ -26,11 +27,29 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.index = RoutedIndex.load(version_dir / params.get("index_dir", "index"))
-        self.version = f"{args['model_version']}:{index_fingerprint(self.index.manifest)}".encode()
+        fingerprint = index_fingerprint(self.index.manifest)
+        self.version = f"{args['model_version']}:{fingerprint}".encode()
         self.spec = TensorSpec("EMBEDDING", np.float32, (self.index.dim,))
         self.max_rows = int(config.get("max_batch_size", 0)) or None
         self.default_top_k = int(params.get("default_top_k", "5"))
         self.max_top_k = int(params.get("max_top_k", "100"))
+        self._init_metrics(args["model_version"], fingerprint)
+
+    def _init_metrics(self, version, fingerprint):
+        # The families must stay referenced as long as their metrics (see DESIGN.md).
+        labels = {"model": "retriever", "version": version}
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        self.metric_families = {
+            "queries": pb_utils.MetricFamily("megaclass_retriever_queries_total", "Queries searched", counter),
+            "candidates": pb_utils.MetricFamily(
+                "megaclass_retriever_candidates_scanned_total", "Prototype candidates scored", counter
+            ),
+            "nprobe": pb_utils.MetricFamily("megaclass_retriever_nprobe", "Clusters probed per query", gauge),
+            "index": pb_utils.MetricFamily("megaclass_retriever_index_info", "Loaded index (value: classes)", gauge),
+        }
+        self.metrics = {k: f.Metric(labels=labels) for k, f in self.metric_families.items() if k != "index"}
+        self.metrics["index"] = self.metric_families["index"].Metric(labels={**labels, "index": fingerprint})
+        self.metrics["index"].set(self.index.num_classes)
 
     def _parse(self, request):
         tensor = pb_utils.get_input_tensor_by_name(request, "EMBEDDING")
@@ -47,6 +66,14 @@ class TritonPythonModel:
         )
         return RetrieverRequest(embeddings, k, t)
 
+    def _record(self, stats):
+        if not stats:
+            return
+        self.metrics["queries"].increment(stats["queries"])
+        self.metrics["candidates"].increment(stats.get("candidates_scanned", stats.get("fetched_per_query", 0)))
+        if "nprobe" in stats:
+            self.metrics["nprobe"].set(stats["nprobe"])
+
     def execute(self, requests):
         parsed = []
         for request in requests:
@@ -54,8 +81,10 @@ class TritonPythonModel:
                 parsed.append(self._parse(request))
             except Exception as exc:
                 parsed.append(exc)
+        answers, stats = answer_requests(self.index, parsed)
+        self._record(stats)
         responses = []
-        for answer in answer_requests(self.index, parsed):
+        for answer in answers:
             if isinstance(answer, Exception):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"retriever: {answer}")))
                 continue

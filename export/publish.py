@@ -1,0 +1,137 @@
+"""Publish new model versions into a live repository, load them, and roll back.
+
+A version is checked before it is published (the index passes its checksums and matches the
+encoder's embedding dimension), written aside and renamed into place (never touching the
+version being served), and — with a server in explicit model-control mode — loaded through
+the model-control API. Triton keeps answering with the old version until the new one is
+ready (version policy `latest 1`), and the ensemble follows the newest retriever.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from megaclass.export.repository import (
+    ENCODER,
+    RETRIEVER,
+    encoder_file_name,
+    model_file,
+    parse_config,
+    publish_version,
+    versions,
+)
+
+
+class PublishError(RuntimeError):
+    """The artifacts cannot be published; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Published:
+    model: str
+    version: int
+
+
+def _embedding_dim(repo: Path) -> int | None:
+    cfg_path = repo / ENCODER / "config.pbtxt"
+    if not cfg_path.exists():
+        return None
+    cfg = parse_config(cfg_path.read_text())
+    return int(cfg.output[0].dims[-1])
+
+
+def check_index(index_dir: Path, repo: Path) -> dict:
+    """Load the index (verifying checksums) and check its dimension against the encoder's."""
+    from megaclass.python_backend.routed_index import IndexIntegrityError, RoutedIndex
+
+    try:
+        index = RoutedIndex.load(index_dir)
+    except (IndexIntegrityError, OSError, ValueError) as exc:
+        raise PublishError(f"index {index_dir} is not publishable: {exc}") from exc
+    dim = _embedding_dim(repo)
+    if dim is not None and index.dim != dim:
+        raise PublishError(
+            f"index {index_dir} has dimension {index.dim} but the encoder in {repo} outputs {dim}: "
+            "build the index with embeddings from this encoder"
+        )
+    return index.manifest
+
+
+def publish_index(repo: Path, index_dir: Path, keep: int = 3) -> Published:
+    """Publish `index_dir` as the next retriever version."""
+    repo = Path(repo)
+    if not (repo / RETRIEVER / "config.pbtxt").exists():
+        raise PublishError(f"{repo} has no retriever model: build the repository first (megaclass demo)")
+    check_index(Path(index_dir), repo)
+    try:
+        v = publish_version(repo / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": Path(index_dir)}, keep=keep)
+    except OSError as exc:
+        raise PublishError(f"could not write {repo / RETRIEVER}: {exc}; the serving version is untouched") from exc
+    return Published(RETRIEVER, v)
+
+
+def _encoder_target(repo: Path) -> str:
+    """The serving target the repository's encoder config was generated for."""
+    cfg_path = Path(repo) / ENCODER / "config.pbtxt"
+    if not cfg_path.exists():
+        raise PublishError(f"{repo} has no encoder model: build the repository first (megaclass demo)")
+    platform = parse_config(cfg_path.read_text()).platform
+    return {"onnxruntime_onnx": "gpu-onnxruntime", "tensorrt_plan": "gpu-tensorrt"}.get(platform, "cpu")
+
+
+def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
+    """Publish `onnx_path` (a TensorRT plan for a gpu-tensorrt repository) as the next encoder version."""
+    if _encoder_target(repo) != "gpu-tensorrt":
+        import onnx
+
+        try:
+            onnx.checker.check_model(str(onnx_path))
+        except Exception as exc:
+            raise PublishError(f"{onnx_path} is not a valid ONNX model: {exc}") from exc
+    files = {encoder_file_name(_encoder_target(repo)): Path(onnx_path)}
+    if _encoder_target(repo) == "cpu":
+        files["model.py"] = model_file(ENCODER)
+    try:
+        v = publish_version(repo / ENCODER, files, keep=keep)
+    except OSError as exc:
+        raise PublishError(f"could not write {repo / ENCODER}: {exc}; the serving version is untouched") from exc
+    return Published(ENCODER, v)
+
+
+def model_control_client(url: str, protocol: str = "grpc", headers: dict[str, str] | None = None):
+    """A tritonclient for the model-control API (load/unload)."""
+    if protocol == "grpc":
+        import tritonclient.grpc as tc
+    else:
+        import tritonclient.http as tc
+    return tc.InferenceServerClient(url), headers or {}
+
+
+def load_models(url: str, models: list[str], protocol: str = "grpc", headers: dict[str, str] | None = None) -> None:
+    """Ask a server in explicit model-control mode to (re)load `models`.
+
+    Triton loads the newest version beside the one serving and switches when it is ready;
+    a version that fails to load leaves the old one serving and raises here.
+    """
+    from tritonclient.utils import InferenceServerException
+
+    client, hdrs = model_control_client(url, protocol, headers)
+    for name in models:
+        try:
+            client.load_model(name, headers=hdrs)
+        except InferenceServerException as exc:
+            raise PublishError(f"server refused to load {name}: {exc.message()}") from exc
+
+
+def rollback(repo: Path, model: str) -> int:
+    """Retire the newest version of `model` (moved aside, kept on disk); returns the version now newest."""
+    model_dir = Path(repo) / model
+    vs = versions(model_dir)
+    if len(vs) < 2:
+        raise PublishError(f"{model} has {len(vs)} version(s) in {repo}: nothing to roll back to")
+    retired = model_dir / f".retired-{vs[-1]}"
+    shutil.rmtree(retired, ignore_errors=True)
+    (model_dir / str(vs[-1])).rename(retired)
+    return vs[-2]

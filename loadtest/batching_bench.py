@@ -1,0 +1,119 @@
+"""Dynamic batching on vs off: perf_analyzer concurrency sweeps of `classify` and `retriever`.
+
+Builds two repositories from the same artifacts that differ only in `dynamic_batching`,
+serves each in turn on the same machine, and sweeps concurrency with perf_analyzer. Writes
+the CSV, a Markdown table and a PNG plot, and prints the throughput ratio at each level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from pathlib import Path
+
+from megaclass.export.config import ExportConfig, ServingConfig
+from megaclass.export.repository import ModelShapes, build_repository
+from megaclass.loadtest.perf import PerfPoint, run_perf, write_csv
+from megaclass.python_backend.triton_server import free_port, running_server
+
+
+def with_batching(serving: ServingConfig, on: bool) -> ServingConfig:
+    """The same settings with dynamic batching on or off for both members."""
+    return dataclasses.replace(
+        serving,
+        encoder=dataclasses.replace(serving.encoder, dynamic_batching=on),
+        retriever=dataclasses.replace(serving.retriever, dynamic_batching=on),
+    )
+
+
+def sweep(
+    onnx_path: Path,
+    index_dir: Path,
+    shapes: ModelShapes,
+    serving: ServingConfig,
+    export: ExportConfig,
+    out_dir: Path,
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
+    measurement_ms: int = 3000,
+    models: tuple[str, ...] = ("classify", "retriever"),
+) -> list[dict]:
+    """Rows: mode, model, concurrency, throughput, p50/p95/p99 (ms)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    input_shapes = {
+        "classify": {export.input_name: [1, shapes.image_size, shapes.image_size]},
+        "retriever": {},
+    }
+    rows = []
+    for mode in ("off", "on"):
+        repo = out_dir / f"repository-batching-{mode}"
+        build_repository(repo, onnx_path, index_dir, shapes, with_batching(serving, mode == "on"), export)
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        with running_server(repo, work_dir=out_dir / "triton", **ports) as server:
+            for model in models:
+                points: list[PerfPoint] = run_perf(
+                    model, server.grpc_url, concurrency=concurrency, shapes=input_shapes[model],
+                    measurement_ms=measurement_ms,
+                )  # fmt: skip
+                write_csv(points, out_dir / f"perf-{model}-batching-{mode}.csv")
+                for p in points:
+                    rows.append(
+                        {"mode": mode, "model": model, "concurrency": p.concurrency, "throughput": p.throughput,
+                         "p50_ms": p.p50_us / 1e3, "p95_ms": p.p95_us / 1e3, "p99_ms": p.p99_us / 1e3}
+                    )  # fmt: skip
+    (out_dir / "batching.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One table per model: on vs off per concurrency, with the throughput ratio."""
+    lines = []
+    for model in sorted({r["model"] for r in rows}):
+        lines += [
+            f"**{model}** (infer/s; latency ms p50 / p95 / p99)",
+            "",
+            "| concurrency | no batching | p50/p95/p99 | dynamic batching | p50/p95/p99 | ratio |",
+            "| ---: | ---: | --- | ---: | --- | ---: |",
+        ]
+        by = {(r["mode"], r["concurrency"]): r for r in rows if r["model"] == model}
+        for c in sorted({c for _, c in by}):
+            off, on = by[("off", c)], by[("on", c)]
+            lat = lambda r: f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f}"  # noqa: E731
+            lines.append(
+                f"| {c} | {off['throughput']:.0f} | {lat(off)} | {on['throughput']:.0f} | {lat(on)} "
+                f"| {on['throughput'] / off['throughput']:.2f}× |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Throughput and p99 latency against concurrency, on vs off, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for j, model in enumerate(models):
+        for mode, style in (("off", "o--"), ("on", "o-")):
+            pts = sorted((r for r in rows if r["model"] == model and r["mode"] == mode), key=lambda r: r["concurrency"])
+            xs = [r["concurrency"] for r in pts]
+            axes[0, j].plot(xs, [r["throughput"] for r in pts], style, label=f"dynamic batching {mode}")
+            axes[1, j].plot(xs, [r["p99_ms"] for r in pts], style, label=f"dynamic batching {mode}")
+        axes[0, j].set(title=f"{model}: throughput", xlabel="concurrency", ylabel="inferences / s", xscale="log")
+        axes[1, j].set(title=f"{model}: p99 latency", xlabel="concurrency", ylabel="ms", xscale="log")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.suptitle(f"perf_analyzer, gRPC, {platform.machine()} CPU ({_cores()} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1

@@ -1,0 +1,392 @@
+"""Load-test reports: Locust and perf_analyzer CSVs -> one Markdown and one HTML page with PNG plots.
+
+A report is a list of blocks (headings, paragraphs, tables, images) rendered twice, as
+Markdown and as standalone HTML, so the two never disagree. Plots (matplotlib, Agg):
+throughput vs concurrency and latency percentiles vs throughput (perf_analyzer), and request
+rate, latency and error rate over time (Locust's history CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from megaclass.loadtest.locust_run import LocustStat, read_stats
+
+# --- blocks and their two renderings ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: str  # relative to the report
+    caption: str
+
+
+Block = Heading | Paragraph | Table | Figure
+
+
+def to_markdown(blocks: Sequence[Block]) -> str:
+    out = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Paragraph):
+            out.append(b.text)
+        elif isinstance(b, Table):
+            out.append("| " + " | ".join(b.header) + " |")
+            out.append("|" + "|".join(" ---: " if i else " --- " for i in range(len(b.header))) + "|")
+            out.extend("| " + " | ".join(r) + " |" for r in b.rows)
+        elif isinstance(b, Figure):
+            out.append(f"![{b.caption}]({b.path})")
+        out.append("")
+    return "\n".join(out)
+
+
+def _inline_html(text: str) -> str:
+    """Escape, then the little Markdown the paragraphs use: **bold**, `code`."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def to_html(blocks: Sequence[Block], title: str) -> str:
+    body = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            body.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+        elif isinstance(b, Paragraph):
+            body.append(f"<p>{_inline_html(b.text)}</p>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(b, Figure):
+            cap = html.escape(b.caption)
+            body.append(f'<figure><img src="{html.escape(b.path)}" alt="{cap}"><figcaption>{cap}</figcaption></figure>')
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{color:#555}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def update_doc_section(doc: Path, key: str, markdown: str, title: str = "# Benchmarks") -> None:
+    """Replace (or append) the section between `<!-- megaclass:key:begin/end -->` markers in `doc`;
+    the rest of the file, other people's sections included, is left as it is."""
+    begin, end = f"<!-- megaclass:{key}:begin -->", f"<!-- megaclass:{key}:end -->"
+    section = f"{begin}\n{markdown.rstrip()}\n{end}\n"
+    text = doc.read_text() if doc.exists() else f"{title}\n\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerfRow:
+    """One row of a perf_analyzer sweep CSV (as `megaclass loadtest perf --out` writes it)."""
+
+    model: str
+    protocol: str
+    concurrency: int
+    request_rate: float
+    throughput: float
+    p50_us: float
+    p90_us: float
+    p95_us: float
+    p99_us: float
+    batch_size: int
+
+    @property
+    def series(self) -> str:
+        return f"{self.model} {self.protocol} b={self.batch_size}"
+
+
+def _f(row: dict, key: str, default: float = float("nan")) -> float:
+    try:
+        return float(row.get(key, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def read_perf_csv(path: Path) -> list[PerfRow]:
+    with open(path, newline="") as f:
+        return [
+            PerfRow(
+                r.get("model", "?"),
+                r.get("protocol", "?"),
+                int(_f(r, "concurrency", 0)),
+                _f(r, "request_rate", 0.0),
+                _f(r, "throughput"),
+                _f(r, "p50_us"),
+                _f(r, "p90_us"),
+                _f(r, "p95_us"),
+                _f(r, "p99_us"),
+                int(_f(r, "batch_size", 1)),
+            )  # fmt: skip
+            for r in csv.DictReader(f)
+        ]
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One second of a Locust run (the Aggregated row of `_stats_history.csv`)."""
+
+    t: float  # seconds since the first row
+    users: int
+    rps: float
+    failures_per_s: float
+    p50_ms: float
+    p95_ms: float
+    total_requests: int
+    total_failures: int
+
+
+def read_locust_history(path: Path) -> list[HistoryPoint]:
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("Name") == "Aggregated"]
+    if not rows:
+        return []
+    t0 = _f(rows[0], "Timestamp", 0.0)
+    return [
+        HistoryPoint(
+            _f(r, "Timestamp", 0.0) - t0,
+            int(_f(r, "User Count", 0)),
+            _f(r, "Requests/s", 0.0),
+            _f(r, "Failures/s", 0.0),
+            _f(r, "50%"),
+            _f(r, "95%"),
+            int(_f(r, "Total Request Count", 0)),
+            int(_f(r, "Total Failure Count", 0)),
+        )  # fmt: skip
+        for r in rows
+    ]
+
+
+def locust_prefix(path: Path) -> Path:
+    """`run_stats.csv`, `run_stats_history.csv`, `run.html` or `run` -> the prefix `run`."""
+    s = str(path)
+    for suffix in ("_stats_history.csv", "_stats.csv", "_failures.csv", "_exceptions.csv", ".html"):
+        if s.endswith(suffix):
+            return Path(s[: -len(suffix)])
+    return Path(s)
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_perf(rows: Sequence[PerfRow], out_dir: Path) -> list[Figure]:
+    """Throughput vs concurrency, and p50/p90/p99 latency vs throughput, one line per series."""
+    plt = _pyplot()
+    series: dict[str, list[PerfRow]] = defaultdict(list)
+    for r in rows:
+        series[r.series].append(r)
+    figures = []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, rs in series.items():
+        rs = sorted((r for r in rs if r.concurrency > 0), key=lambda r: r.concurrency)
+        if rs:
+            ax.plot([r.concurrency for r in rs], [r.throughput for r in rs], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="concurrency (requests in flight)", ylabel="inferences / s", title="Throughput vs concurrency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "perf_throughput.png", dpi=110)
+    plt.close(fig)
+    figures.append(Figure("plots/perf_throughput.png", "perf_analyzer: throughput vs concurrency"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (name, rs) in enumerate(series.items()):
+        rs = sorted(rs, key=lambda r: r.throughput)
+        color = f"C{i % 10}"
+        for key, style in (("p50_us", ":"), ("p90_us", "--"), ("p99_us", "-")):
+            ax.plot(
+                [r.throughput for r in rs], [getattr(r, key) / 1e3 for r in rs], style, marker=".", color=color,
+                label=f"{name} {key[:3]}",
+            )  # fmt: skip
+    ax.set(xlabel="inferences / s", ylabel="latency (ms)", title="Latency percentiles vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_dir / "perf_latency.png", dpi=110)
+    plt.close(fig)
+    figures.append(Figure("plots/perf_latency.png", "perf_analyzer: p50 (dotted), p90 (dashed), p99 (solid)"))
+    return figures
+
+
+def plot_locust_history(histories: dict[str, list[HistoryPoint]], out_dir: Path) -> list[Figure]:
+    """Requests/s, latency (p50, p95) and error rate over time, one line per Locust run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(7, 7.5), sharex=True)
+    for i, (name, hist) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        t = [h.t for h in hist]
+        axes[0].plot(t, [h.rps for h in hist], color=color, label=name)
+        axes[1].plot(t, [h.p50_ms for h in hist], ":", color=color)
+        axes[1].plot(t, [h.p95_ms for h in hist], "-", color=color)
+        rate = [100 * h.failures_per_s / h.rps if h.rps > 0 else 0.0 for h in hist]
+        axes[2].plot(t, rate, color=color)
+    axes[0].set(ylabel="requests / s", title="Locust: over time")
+    axes[1].set(ylabel="latency ms (p50 dotted, p95)")
+    axes[2].set(ylabel="errors (% of requests)", xlabel="seconds")
+    axes[2].set_ylim(bottom=0)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "locust_over_time.png", dpi=110)
+    plt.close(fig)
+    return [Figure("plots/locust_over_time.png", "Locust: request rate, latency and error rate over time")]
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+def locust_blocks(prefixes: Sequence[Path], plots_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading("Locust")]
+    histories = {}
+    for prefix in prefixes:
+        stats: list[LocustStat] = read_stats(Path(f"{prefix}_stats.csv"))
+        total = next((s for s in stats if s.name == "Aggregated"), None)
+        blocks.append(Heading(prefix.name, 3))
+        if total is not None:
+            rate = 100 * total.failures / total.requests if total.requests else 0.0
+            blocks.append(
+                Paragraph(
+                    f"{total.requests} requests, {total.failures} failures ({rate:.2f} %), "
+                    f"{total.rps:.1f} requests/s; HTML report: `{prefix.name}.html`."
+                )
+            )
+        blocks.append(
+            Table(
+                ["request", "requests", "failures", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms"],
+                [
+                    [
+                        f"{s.type} {s.name}".strip(),
+                        str(s.requests),
+                        str(s.failures),
+                        f"{s.rps:.1f}",
+                        _ms(s.p50_ms),
+                        _ms(s.p90_ms),
+                        _ms(s.p95_ms),
+                        _ms(s.p99_ms),
+                        _ms(s.max_ms),
+                    ]
+                    for s in stats
+                ],
+            )  # fmt: skip
+        )
+        failures = Path(f"{prefix}_failures.csv")
+        if failures.exists():
+            with open(failures, newline="") as f:
+                rows = [[r["Method"], r["Name"], r["Error"][:120], r["Occurrences"]] for r in csv.DictReader(f)]
+            if rows:
+                blocks.append(Table(["method", "request", "error", "count"], rows))
+        history = Path(f"{prefix}_stats_history.csv")
+        if history.exists():
+            histories[prefix.name] = read_locust_history(history)
+    if any(histories.values()):
+        blocks.extend(plot_locust_history({k: v for k, v in histories.items() if v}, plots_dir))
+    return blocks
+
+
+def perf_blocks(paths: Sequence[Path], plots_dir: Path) -> list[Block]:
+    rows = [r for p in paths for r in read_perf_csv(p)]
+    blocks: list[Block] = [Heading("perf_analyzer")]
+    blocks.append(
+        Table(
+            ["series", "concurrency", "request rate", "infer/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms"],
+            [
+                [
+                    r.series,
+                    str(r.concurrency),
+                    f"{r.request_rate:g}" if r.request_rate else "–",
+                    f"{r.throughput:.1f}",
+                    _ms(r.p50_us / 1e3),
+                    _ms(r.p90_us / 1e3),
+                    _ms(r.p95_us / 1e3),
+                    _ms(r.p99_us / 1e3),
+                ]
+                for r in rows
+            ],
+        )  # fmt: skip
+    )
+    if rows:
+        blocks.extend(plot_perf(rows, plots_dir))
+    return blocks
+
+
+def build_report(
+    out_dir: Path,
+    locust: Sequence[Path] = (),
+    perf: Sequence[Path] = (),
+    title: str = "megaclass load test report",
+    notes: Sequence[str] = (),
+) -> tuple[Path, Path]:
+    """Write `out_dir/report.md`, `out_dir/report.html` and `out_dir/plots/*.png`."""
+    if not locust and not perf:
+        raise ValueError("nothing to report: give Locust CSV prefixes and/or perf_analyzer CSVs")
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    blocks: list[Block] = [Heading(title, 1), *(Paragraph(n) for n in notes)]
+    if locust:
+        prefixes = list(dict.fromkeys(locust_prefix(Path(p)) for p in locust))
+        missing = [p for p in prefixes if not Path(f"{p}_stats.csv").exists()]
+        if missing:
+            raise FileNotFoundError(f"no Locust statistics at {', '.join(f'{p}_stats.csv' for p in missing)}")
+        blocks += locust_blocks(prefixes, plots)
+    if perf:
+        blocks += perf_blocks([Path(p) for p in perf], plots)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    md.write_text(to_markdown(blocks))
+    page.write_text(to_html(blocks, title))
+    return md, page
