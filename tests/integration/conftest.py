@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from megaclass.export.config import ExportConfig, IndexConfig, ModelServingConfig, ServingConfig
 from megaclass.python_backend.triton_server import TritonServer, free_port, start_server
 

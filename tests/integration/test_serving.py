@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
 from megaclass.clients.client import Client, MegaclassError
 from megaclass.export.preprocess import to_model_input
-from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ["grpc", "http"]
@@ -135,8 +136,9 @@ def test_metrics_endpoint_reports_requests(tiny_stack):
 
 
 def test_cli_classify_image_files(tiny_stack, tmp_path, capsys):
-    from megaclass.clients.cli import main
     from PIL import Image
+
+    from megaclass.clients.cli import main
 
     paths = []
     for i in range(3):

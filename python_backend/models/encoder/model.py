@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
 from megaclass.python_backend.encoder_runtime import OnnxEncoder, cpu_threads_per_instance
 from megaclass.python_backend.request_batching import TensorSpec, check_input, run_batched
 
