@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -65,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             explicit=args.explicit,
             ready_timeout_s=s.ready_timeout_s,
             shm_default_byte_size=s.shm_default_byte_size,
+            admin_key=s.admin_key or os.environ.get("MEGACLASS_ADMIN_KEY"),
         )
     except TritonError as exc:
         print(f"megaclass serve: {exc}", file=sys.stderr)
@@ -136,7 +138,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         for p in done:
             print(f"published {p.model} version {p.version} in {args.repository}")
         if args.load:
-            load_models(args.url, [p.model for p in done], args.protocol, _headers(args))
+            load_models(args.url, [p.model for p in done], args.protocol, args.admin_key)
             print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
     except PublishError as exc:
         print(f"megaclass publish: {exc}", file=sys.stderr)
@@ -151,7 +153,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         version = rollback(Path(args.repository), args.model)
         print(f"{args.model}: newest version is now {version}")
         if args.load:
-            load_models(args.url, [args.model], args.protocol, _headers(args))
+            load_models(args.url, [args.model], args.protocol, args.admin_key)
             print(f"reloaded {args.model} on {args.url}")
     except PublishError as exc:
         print(f"megaclass rollback: {exc}", file=sys.stderr)
@@ -159,16 +161,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _headers(args: argparse.Namespace) -> dict[str, str]:
-    return dict(h.split(":", 1) for h in args.header)
-
-
 def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", default="model_repository")
     p.add_argument("--load", action="store_true", help="load it on a server in explicit model-control mode")
     p.add_argument("--url", default="127.0.0.1:8001")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
-    p.add_argument("--header", action="append", default=[], help="KEY:VALUE for the model-control API")
+    p.add_argument("--admin-key", default=None, help="key for a restricted model-control API (or MEGACLASS_ADMIN_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -147,7 +147,10 @@ class ServingConfig:
     trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
     default_top_k: int = 5
     max_top_k: int = 100
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the server; an explicit choice
+    # Key required (header `megaclass-admin-key`) for model load/unload; None: the environment
+    # variable MEGACLASS_ADMIN_KEY, or unrestricted when that is unset too.
+    admin_key: str | None = None
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002

@@ -179,11 +179,7 @@ def allowed_codepoints(ranges: Sequence[tuple[int, int]]) -> np.ndarray:
     """Code points in the inclusive `ranges`, minus whitespace, controls, unassigned and private use."""
     cps = sorted({cp for lo, hi in ranges for cp in range(lo, hi + 1)})
     return np.array(
-        [
-            cp
-            for cp in cps
-            if unicodedata.category(chr(cp)) not in EXCLUDED_CATEGORIES and not chr(cp).isspace()
-        ],
+        [cp for cp in cps if unicodedata.category(chr(cp)) not in EXCLUDED_CATEGORIES and not chr(cp).isspace()],
         dtype=np.int64,
     )
 
@@ -483,9 +479,7 @@ def _render_selection(
         new = np.sort(np.concatenate(list(todo.values())))
         pairs = {fi: cps[np.isin(cps, new)] for fi, cps in cover.items()}
         pairs = {fi: cps for fi, cps in pairs.items() if len(cps)}
-        tasks = [
-            (fi, fonts[fi], c[i : i + CHUNK], cfg) for fi, c in pairs.items() for i in range(0, len(c), CHUNK)
-        ]
+        tasks = [(fi, fonts[fi], c[i : i + CHUNK], cfg) for fi, c in pairs.items() for i in range(0, len(c), CHUNK)]
         bar.total += sum(len(t[2]) for t in tasks)
         bar.refresh()
         chunks = []

@@ -100,27 +100,29 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
     return Published(ENCODER, v)
 
 
-def model_control_client(url: str, protocol: str = "grpc", headers: dict[str, str] | None = None):
-    """A tritonclient for the model-control API (load/unload)."""
+def load_models(url: str, models: list[str], protocol: str = "grpc", admin_key: str | None = None) -> None:
+    """Ask a server in explicit model-control mode to (re)load `models`.
+
+    Triton loads the newest version beside the one serving and switches when it is ready;
+    a version that fails to load leaves the old one serving and raises here. `admin_key`
+    (default: the environment's MEGACLASS_ADMIN_KEY) unlocks a restricted model-control API.
+    """
+    import os
+
+    from tritonclient.utils import InferenceServerException
+
+    from megaclass.python_backend.triton_server import admin_headers
+
     if protocol == "grpc":
         import tritonclient.grpc as tc
     else:
         import tritonclient.http as tc
-    return tc.InferenceServerClient(url), headers or {}
-
-
-def load_models(url: str, models: list[str], protocol: str = "grpc", headers: dict[str, str] | None = None) -> None:
-    """Ask a server in explicit model-control mode to (re)load `models`.
-
-    Triton loads the newest version beside the one serving and switches when it is ready;
-    a version that fails to load leaves the old one serving and raises here.
-    """
-    from tritonclient.utils import InferenceServerException
-
-    client, hdrs = model_control_client(url, protocol, headers)
+    client = tc.InferenceServerClient(url)
+    admin_key = admin_key or os.environ.get("MEGACLASS_ADMIN_KEY")
+    headers = admin_headers(admin_key, protocol) if admin_key else None
     for name in models:
         try:
-            client.load_model(name, headers=hdrs)
+            client.load_model(name, headers=headers)
         except InferenceServerException as exc:
             raise PublishError(f"server refused to load {name}: {exc.message()}") from exc
 

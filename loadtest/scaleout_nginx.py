@@ -10,10 +10,14 @@ What the configuration does:
   over the replicas, with kept-alive upstream connections.
 - Open-source nginx has passive health checks only: a replica that refuses or drops a request
   is marked down for `fail_timeout_s` (`max_fails`), and the request is retried on the next
-  replica (`*_next_upstream`). Inference is a pure function of its input, so requests already
-  sent are retried too (`non_idempotent`), bounded by `next_upstream_tries` and
-  `next_upstream_timeout_s`. Active readiness checks are the job of the orchestrator (compose
-  `healthcheck`, Kubernetes `readinessProbe`).
+  replica (`*_next_upstream`), bounded by `next_upstream_tries` and `next_upstream_timeout_s`.
+  Inference is a pure function of its input, so HTTP requests already sent to a replica that
+  died are retried too (`non_idempotent`; the body is buffered). gRPC request bodies are
+  streamed to the replica, so nginx retries a gRPC request only when it was not sent yet
+  (connection refused); those in flight on a replica that dies fail with UNAVAILABLE, and the
+  client retries them (the megaclass client does). The scale-out run measures both. Active
+  readiness checks are the job of the orchestrator (compose `healthcheck`, Kubernetes
+  `readinessProbe`).
 - Every request is bounded: connect, send and read timeouts.
 """
 
@@ -113,7 +117,7 @@ http {{
     uwsgi_temp_path {t}/nginx-uwsgi;
     scgi_temp_path {t}/nginx-scgi;
     client_max_body_size {lb.max_body};
-    client_body_buffer_size 1m;  # keep request bodies in memory so they can be retried
+    client_body_buffer_size 1m;  # HTTP bodies stay in memory, so a request can be retried on another replica
 
 {grpc}
 

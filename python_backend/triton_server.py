@@ -29,6 +29,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+ADMIN_HEADER = "megaclass-admin-key"
+RESTRICTED_APIS = ("model-repository", "trace", "logging")
+
+
+def admin_headers(admin_key: str, protocol: str) -> dict[str, str]:
+    """The header that unlocks the restricted APIs (gRPC prefixes it with `triton-grpc-protocol-`)."""
+    name = ADMIN_HEADER if protocol == "http" else f"triton-grpc-protocol-{ADMIN_HEADER}"
+    return {name: admin_key}
+
 
 class TritonError(RuntimeError):
     """The server could not be started or a model failed to load (message quotes the server)."""
@@ -201,13 +210,17 @@ def start_server(
     ready_timeout_s: float = 180.0,
     extra_args: Sequence[str] = (),
     shm_default_byte_size: int | None = None,
+    admin_key: str | None = None,
     echo_log: bool = False,
 ) -> TritonServer:
     """Start tritonserver on `model_repository` and wait until it and every model are ready.
 
     `models` names the models that must be ready (all in the repository when empty). With
     `explicit=True` the server runs with explicit model control and loads just `models`.
-    Raises `TritonError` quoting the server's log when it exits or a model fails to load.
+    With `admin_key`, the model-repository (load/unload), trace and logging APIs require the
+    header `ADMIN_HEADER: <admin_key>` on both protocols, so a client that may classify cannot
+    replace models. Raises `TritonError` quoting the server's log when it exits or a model
+    fails to load.
     """
     model_repository = Path(model_repository).resolve()
     if not model_repository.is_dir():
@@ -240,6 +253,9 @@ def start_server(
     ]
     if shm_default_byte_size:
         cmd.append(f"--backend-config=python,shm-default-byte-size={shm_default_byte_size}")
+    if admin_key:
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin_key}"
+        cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
     if explicit:
         cmd.append("--model-control-mode=explicit")
         cmd += [f"--load-model={m}" for m in models]

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+
 from megaclass.export import augment as A
 from megaclass.export.config import AugmentConfig, replace
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from fontTools.fontBuilder import FontBuilder
 from fontTools.pens.ttGlyphPen import TTGlyphPen
+
 from megaclass.export import glyphs as G
 from megaclass.export.config import GlyphDataConfig, replace
 
