@@ -169,6 +169,23 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-key", default=None, help="key for a restricted model-control API (or MEGACLASS_ADMIN_KEY)")
 
 
+def cmd_bench_batching(args: argparse.Namespace) -> int:
+    from megaclass.loadtest.batching_bench import run_batching_bench
+
+    cfg = load_config(args.config, defaults="demo")
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    doc = Path(args.doc) if args.doc else None
+    run_batching_bench(cfg, Path(args.out), concurrency, args.measurement_ms, doc, args.stability_percent)
+    return 0
+
+
+def _subcommands(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """The subcommands of group `name` (e.g. `bench`), created if no area has made it yet."""
+    if name not in sub.choices:
+        sub.add_parser(name, help=help).add_subparsers(dest=name, required=True)
+    return sub.choices[name]._subparsers._group_actions[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megaclass", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="TOML configuration file (every field optional)")
@@ -216,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     from megaclass.loadtest.commands import add_commands as add_loadtest_commands
 
     add_loadtest_commands(sub)
+    p = _subcommands(sub, "bench", "benchmarks that print tables and save plots").add_parser("batching", help="dynamic batching on vs off: perf_analyzer sweeps of classify, retriever")
+    p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    p.add_argument("--measurement-ms", type=int, default=3000)
+    p.add_argument("--out", default=".cache/megaclass/bench/batching")
+    p.add_argument("--stability-percent", type=float, default=25.0, help="perf_analyzer's stability bound")
+    p.add_argument("--doc", default="docs/benchmarks.md", help="Markdown file to update ('' for none)")
+    p.set_defaults(func=cmd_bench_batching)
     return parser
 
 

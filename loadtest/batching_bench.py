@@ -27,6 +27,22 @@ def with_batching(serving: ServingConfig, on: bool) -> ServingConfig:
     )
 
 
+def sample_inputs(out_dir: Path, shapes: ModelShapes, export: ExportConfig, n: int = 16) -> dict[str, Path]:
+    """perf_analyzer input files: random glyph-like images for classify, unit vectors for retriever."""
+    import numpy as np
+
+    from megaclass.loadtest.perf import write_input_data
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((n, 1, shapes.image_size, shapes.image_size)) > 0.8).astype(np.float32)
+    emb = rng.normal(size=(n, shapes.embedding_dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return {
+        "classify": write_input_data(out_dir / "input-classify.json", [{export.input_name: x} for x in images]),
+        "retriever": write_input_data(out_dir / "input-retriever.json", [{"EMBEDDING": e} for e in emb]),
+    }
+
+
 def sweep(
     onnx_path: Path,
     index_dir: Path,
@@ -37,13 +53,11 @@ def sweep(
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
     measurement_ms: int = 3000,
     models: tuple[str, ...] = ("classify", "retriever"),
+    stability_percent: float = 25.0,
 ) -> list[dict]:
     """Rows: mode, model, concurrency, throughput, p50/p95/p99 (ms)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    input_shapes = {
-        "classify": {export.input_name: [1, shapes.image_size, shapes.image_size]},
-        "retriever": {},
-    }
+    inputs = sample_inputs(out_dir, shapes, export)
     rows = []
     for mode in ("off", "on"):
         repo = out_dir / f"repository-batching-{mode}"
@@ -52,8 +66,8 @@ def sweep(
         with running_server(repo, work_dir=out_dir / "triton", **ports) as server:
             for model in models:
                 points: list[PerfPoint] = run_perf(
-                    model, server.grpc_url, concurrency=concurrency, shapes=input_shapes[model],
-                    measurement_ms=measurement_ms,
+                    model, server.grpc_url, concurrency=concurrency, input_data=inputs[model],
+                    measurement_ms=measurement_ms, stability_percent=stability_percent,
                 )  # fmt: skip
                 write_csv(points, out_dir / f"perf-{model}-batching-{mode}.csv")
                 for p in points:
@@ -117,3 +131,39 @@ def _cores() -> int:
     import os
 
     return os.cpu_count() or 1
+
+
+def run_batching_bench(
+    cfg, out_dir: Path, concurrency: tuple[int, ...], measurement_ms: int, doc: Path | None,
+    stability_percent: float = 25.0,
+) -> list[dict]:
+    """Build (or reuse) the demo's artifacts, sweep with batching off and on, report."""
+    from megaclass.clients.demo import build_artifacts
+    from megaclass.loadtest.report import update_doc_section
+
+    art, _, _ = build_artifacts(cfg)
+    shapes = ModelShapes(art.image_size, art.embedding_dim)
+    rows = sweep(
+        art.onnx_path, art.index_dir, shapes, cfg.serving, cfg.export, out_dir, concurrency, measurement_ms,
+        stability_percent=stability_percent,
+    )  # fmt: skip
+    plot(rows, out_dir / "batching.png")
+    table = markdown_table(rows)
+    print(table)
+    if doc is not None:
+        png = doc.parent / "img" / "batching.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes((out_dir / "batching.png").read_bytes())
+        s = cfg.serving
+        text = (
+            "## Dynamic batching on vs off (perf_analyzer)\n\n"
+            f"Machine: {platform.machine()} CPU, {_cores()} cores, no GPU; Triton 2.51 (nvidia-pytriton wheel), "
+            "gRPC, one request = one image (classify) or one embedding (retriever). Same repository built twice, "
+            f"differing only in `dynamic_batching` (encoder max batch {s.encoder.max_batch_size}, retriever "
+            f"{s.retriever.max_batch_size}, queue delay {s.encoder.max_queue_delay_us} µs, "
+            f"{s.encoder.instances} instance each). Reproduce: `.venv/bin/megaclass bench batching`.\n\n"
+            + table
+            + "\n![throughput and p99 latency, batching on vs off](img/batching.png)\n"
+        )
+        update_doc_section(doc, "batching", text)
+    return rows

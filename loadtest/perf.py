@@ -58,6 +58,23 @@ class PerfPoint:
     batch_size: int
 
 
+def write_input_data(path: Path, samples: Sequence[dict[str, "np.ndarray"]]) -> Path:
+    """perf_analyzer's `--input-data` JSON: one entry per sample, each input without its batch axis.
+
+    Real inputs matter: perf_analyzer's own random data holds NaN/Inf for FP32 (rejected by
+    our validation) and would fill optional inputs such as TOP_K with nonsense.
+    """
+    import json
+
+    data = [
+        {name: {"content": arr.reshape(-1).tolist(), "shape": list(arr.shape)} for name, arr in sample.items()}
+        for sample in samples
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
 def run_perf(
     model: str,
     url: str,
@@ -67,6 +84,7 @@ def run_perf(
     batch_size: int = 1,
     shapes: dict[str, Sequence[int]] | None = None,
     measurement_ms: int = 3000,
+    input_data: Path | None = None,
     stability_percent: float = 25.0,
     max_trials: int = 10,
     extra_args: Sequence[str] = (),
@@ -90,6 +108,8 @@ def run_perf(
             "--max-threads=" + str(max(16, c)),
             "-f", "/dev/stdout",
         ]  # fmt: skip
+        if input_data is not None:
+            cmd += ["--input-data", str(input_data)]
         for name, dims in (shapes or {}).items():
             cmd += ["--shape", f"{name}:{','.join(map(str, dims))}"]
         cmd += list(extra_args)

@@ -57,6 +57,7 @@ class ScaleoutConfig:
     client_timeout_s: float = 10.0  # deadline of every request
     kill_after_s: float | None = None  # failover: kill a replica this long into the phase (None: phase_s / 2)
     direct_baseline: bool = True
+    scaling: bool = True  # the nginx phases with 1 .. replicas replicas
     failover: bool = True
     repository: Path | None = None  # None: build the tiny test repository
     work_dir: Path = Path("runs/scaleout")
@@ -490,7 +491,8 @@ def run_scaleout(cfg: ScaleoutConfig = ScaleoutConfig(), log=print) -> ScaleoutR
         plan: list[tuple[str, int, bool, int | None]] = []
         if cfg.direct_baseline:
             plan.append(("direct x1", 1, False, None))
-        plan += [(f"nginx x{n}", n, True, None) for n in range(1, cfg.replicas + 1)]
+        if cfg.scaling:
+            plan += [(f"nginx x{n}", n, True, None) for n in range(1, cfg.replicas + 1)]
         if cfg.failover:
             plan.append((f"failover x{cfg.replicas}", cfg.replicas, True, cfg.replicas - 1))
         for name, n, via_nginx, kill in plan:
