@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from megaclass.clients.client import (
     ImageLike,
     ModelInfo,

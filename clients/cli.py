@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megaclass.loadtest.commands import add_commands as add_loadtest_commands
 
     add_loadtest_commands(sub)
-    p = _subcommands(sub, "bench", "benchmarks that print tables and save plots").add_parser("batching", help="dynamic batching on vs off: perf_analyzer sweeps of classify, retriever")
+    p = _subcommands(sub, "bench", "benchmarks that print tables and save plots").add_parser(
+        "batching", help="dynamic batching on vs off: perf_analyzer sweeps of classify, retriever"
+    )
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     p.add_argument("--measurement-ms", type=int, default=3000)
     p.add_argument("--out", default=".cache/megaclass/bench/batching")

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
+
 from megaclass.clients.errors import INVALID, MegaclassError, RetryPolicy, catchable, to_megaclass_error
 from megaclass.clients.shared_memory import SharedMemoryRegion, SlotLayout
 from megaclass.export.preprocess import load_image, to_model_input
-from PIL import Image
 
 __all__ = ["Client", "ImageLike", "MegaclassError", "Prediction", "Protocol", "RetryPolicy", "SearchResults"]
 
@@ -243,9 +244,9 @@ def max_top_k(retriever: ModelInfo) -> int:
 class Client:
     """Synchronous client for `classify` (images) and `retriever` (embeddings).
 
-    Safe to share between threads: over HTTP up to `max_in_flight` calls use their own
-    connection, with shared memory up to `max_in_flight` calls use their own slot of the
-    region (further calls wait); gRPC multiplexes any number of calls on one channel.
+    Safe to share between threads: gRPC calls share one channel, HTTP calls use one connection
+    per thread; with shared memory up to `max_in_flight` calls use their own slot of the
+    region at once (further calls wait for a free slot).
     """
 
     def __init__(
@@ -272,18 +273,33 @@ class Client:
         self.shared_memory, self.max_in_flight = shared_memory, max(1, max_in_flight)
         if protocol == "grpc":
             import tritonclient.grpc as tc
-
-            self._client = tc.InferenceServerClient(url)
         else:
             import tritonclient.http as tc
-
-            self._client = tc.InferenceServerClient(
-                url, connection_timeout=timeout_s, network_timeout=timeout_s, concurrency=self.max_in_flight
-            )
         self._tc = tc
         self._meta: dict[str, ModelInfo] = {}
         self._shm: dict[str, tuple[SharedMemoryRegion, SlotLayout, queue.Queue]] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
+        self._connections: list = []
+
+    @property
+    def _client(self):
+        """The tritonclient of this thread: one gRPC channel is shared by all threads, while
+        tritonclient's HTTP client (gevent-based) may only be used by the thread that made it."""
+        if self.protocol == "grpc" and self._connections:
+            return self._connections[0]
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "grpc":
+                client = self._tc.InferenceServerClient(self.url)
+            else:
+                client = self._tc.InferenceServerClient(
+                    self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+                )
+            self._local.client = client
+            with self._lock:
+                self._connections.append(client)
+        return client
 
     @property
     def retries(self) -> int:
@@ -298,7 +314,13 @@ class Client:
                 pass
             region.close()
         self._shm.clear()
-        self._client.close()
+        for client in self._connections:
+            try:
+                client.close()
+            except catchable():  # an HTTP client made by another thread
+                pass
+        self._connections.clear()
+        self._local = threading.local()
 
     def __enter__(self) -> Client:
         return self

@@ -116,8 +116,19 @@ class IndexConfig:
     storage: Literal["flat", "fp16", "sq8", "pq"] = "flat"
     spill: int = 0  # extra clusters a prototype is also assigned to
     score_threshold: float | None = None  # below it the answer is "unknown"
-    backend: Literal["faiss", "torch"] = "faiss"
+    backend: Literal["faiss", "numpy", "torch"] = "faiss"  # scan kernels; "numpy"/"torch": grouped GEMM
     seed: int = 0
+    # Routed-index details (python_backend/routed_index*.py).
+    rerank: int = 0  # compressed storage: candidates per query re-scored exactly; 0: max(4 * top_k, 40)
+    balance: float | None = 1.5  # no cluster holds more than this times the mean entries (None: plain k-means)
+    kmeans_iters: int = 20
+    kmeans_sample: int = 64  # training points per cluster
+    soar_lambda: float = 1.0  # SOAR spill: weight of the residual-parallel penalty
+    pq_m: int | None = None  # PQ sub-quantisers; None: dim // 4
+    pq_bits: int = 4  # 4: FAISS fast-scan kernels
+    threads: int = 0  # search threads (FAISS/OpenMP, torch); 0: the libraries' default
+    rebuild_imbalance: float = 3.0  # `needs_rebuild` once the largest cluster exceeds this times the mean
+    device: str = "auto"  # torch backend: "auto", "cpu" or "cuda"
 
 
 @dataclass(frozen=True)

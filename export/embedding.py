@@ -11,17 +11,20 @@ from .preprocess import to_model_input
 
 def embed_images(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """uint8 `[N, S, S]` -> float32 `[N, D]` embeddings, on the model's device."""
+    return embed_inputs(model, to_model_input(images) if len(images) else images, batch_size)
+
+
+def embed_inputs(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Encoder-ready float inputs `[N, ...]` -> float32 `[N, D]` embeddings, on the model's device."""
     param = next(model.parameters())
     was_training = model.training
     model.eval()
-    out = []
+    out = [np.zeros((0, model.embedding_dim), dtype=np.float32)]
     try:
         with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                x = torch.from_numpy(to_model_input(images[start : start + batch_size])).to(param.device)
-                out.append(model(x).float().cpu().numpy())
+            for start in range(0, len(inputs), batch_size):
+                x = torch.as_tensor(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
+                out.append(model(x.to(param.device)).float().cpu().numpy())
     finally:
         model.train(was_training)
-    if not out:
-        return np.zeros((0, model.embedding_dim), dtype=np.float32)
-    return np.concatenate(out).astype(np.float32, copy=False)
+    return np.concatenate(out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from pytorch_metric_learning import losses, miners
 from torch import nn
 
@@ -57,8 +58,7 @@ def _triplet(cfg: TrainConfig, num_classes: int, dim: int) -> LossBundle:
 
 
 def _contrastive(cfg: TrainConfig, num_classes: int, dim: int) -> LossBundle:
-    # Positive pairs are pulled to distance 0, negative pairs pushed beyond 1 - margin... see
-    # PML: loss = d(p)^+ for positives, [neg_margin - d(n)]^+ for negatives.
+    # loss = d(a, p) for positive pairs + [neg_margin - d(a, n)]^+ for negative pairs
     loss = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=cfg.contrastive_neg_margin)
     return LossBundle(loss, build_miner(cfg.mining, cfg.margin), False)
 
@@ -81,7 +81,9 @@ class SoftmaxClassifierLoss(nn.Module):
         self.head = nn.Linear(embedding_size, num_classes)
         self.cross_entropy = nn.CrossEntropyLoss()
 
-    def forward(self, embeddings, labels, indices_tuple=None):  # noqa: ANN001, ANN201 (PML shape)
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None
+    ) -> torch.Tensor:
         return self.cross_entropy(self.head(embeddings), labels)
 
 

@@ -101,6 +101,8 @@ class PartialFCLoss(nn.Module):
         out = cos.scatter(1, targets[:, None], target_logit)
         return self.scale * out, targets
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None) -> torch.Tensor:  # noqa: ANN001
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None = None
+    ) -> torch.Tensor:
         logits, targets = self.logits(embeddings, labels.long())
         return F.cross_entropy(logits, targets)

@@ -59,12 +59,34 @@ def check_index(index_dir: Path, repo: Path) -> dict:
     return index.manifest
 
 
+def check_free_space(target: Path, sources: list[Path], margin_bytes: int = 1 << 20) -> None:
+    """Refuse early, with the numbers, when `target`'s file system cannot hold a copy of `sources`.
+
+    A single file on the same file system is hard-linked, not copied (see `publish_version`).
+    """
+    device = target.stat().st_dev
+    need = 0
+    for src in sources:
+        if src.is_file():
+            need += 0 if src.stat().st_dev == device else src.stat().st_size
+        else:
+            need += sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    free = shutil.disk_usage(target).free
+    if need + margin_bytes > free:
+        raise PublishError(
+            f"not enough disk space in {target}: the new version needs {need / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB are free; free some space (older versions: --keep) and publish again. "
+            "The serving version is untouched"
+        )
+
+
 def publish_index(repo: Path, index_dir: Path, keep: int = 3) -> Published:
     """Publish `index_dir` as the next retriever version."""
     repo = Path(repo)
     if not (repo / RETRIEVER / "config.pbtxt").exists():
         raise PublishError(f"{repo} has no retriever model: build the repository first (megaclass demo)")
     check_index(Path(index_dir), repo)
+    check_free_space(repo / RETRIEVER, [Path(index_dir)])
     try:
         v = publish_version(repo / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": Path(index_dir)}, keep=keep)
     except OSError as exc:
@@ -93,6 +115,7 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
     files = {encoder_file_name(_encoder_target(repo)): Path(onnx_path)}
     if _encoder_target(repo) == "cpu":
         files["model.py"] = model_file(ENCODER)
+    check_free_space(repo / ENCODER, [Path(onnx_path)])
     try:
         v = publish_version(repo / ENCODER, files, keep=keep)
     except OSError as exc:

@@ -16,10 +16,14 @@ from importlib import resources
 from pathlib import Path
 
 from google.protobuf import text_format
-from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
 from tritonclient.grpc import model_config_pb2 as mc
 
+from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
+
 ENCODER, RETRIEVER, CLASSIFY = "encoder", "retriever", "classify"
+# Optional entry for encoded images: `decode` (PNG/JPEG bytes -> pixels) and the ensemble
+# `classify_encoded` (bytes -> decode -> encoder -> retriever).
+DECODE, CLASSIFY_ENCODED, ENCODED_INPUT = "decode", "classify_encoded", "IMAGE_BYTES"
 RETRIEVER_OUTPUTS = [
     ("CLASS_IDS", mc.TYPE_INT64, [-1]),
     ("LABELS", mc.TYPE_STRING, [-1]),
@@ -135,6 +139,43 @@ def classify_config(serving: ServingConfig, export: ExportConfig, shapes: ModelS
     return c
 
 
+def decode_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
+    """`decode`: Python backend turning PNG/JPEG bytes into the encoder's input (CPU, any target).
+
+    No warm-up: Triton's warm-up data for a BYTES input is not an image.
+    """
+    from megaclass.python_backend.image_decoding import DecodeLimits
+
+    c = mc.ModelConfig(name=DECODE, backend="python")
+    _batching(c, serving.encoder)
+    _tensor(c.input, ENCODED_INPUT, mc.TYPE_STRING, [1])
+    _tensor(c.output, export.input_name, mc.TYPE_FP32, [1, shapes.image_size, shapes.image_size])
+    limits = DecodeLimits()
+    c.parameters["max_image_bytes"].string_value = str(limits.max_bytes)
+    c.parameters["max_image_pixels"].string_value = str(limits.max_pixels)
+    return c
+
+
+def classify_encoded_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
+    """The ensemble for encoded images: bytes -> decode -> encoder -> retriever -> top-k classes."""
+    c = mc.ModelConfig(name=CLASSIFY_ENCODED, platform="ensemble")
+    c.max_batch_size = min(serving.encoder.max_batch_size, serving.retriever.max_batch_size)
+    _tensor(c.input, ENCODED_INPUT, mc.TYPE_STRING, [1])
+    for name, dtype, dims in RETRIEVER_OUTPUTS:
+        _tensor(c.output, name, dtype, dims)
+    dec = c.ensemble_scheduling.step.add(model_name=DECODE, model_version=-1)
+    dec.input_map[ENCODED_INPUT] = ENCODED_INPUT
+    dec.output_map[export.input_name] = "_image"
+    enc = c.ensemble_scheduling.step.add(model_name=ENCODER, model_version=-1)
+    enc.input_map[export.input_name] = "_image"
+    enc.output_map[export.output_name] = "_embedding"
+    ret = c.ensemble_scheduling.step.add(model_name=RETRIEVER, model_version=-1)
+    ret.input_map["EMBEDDING"] = "_embedding"
+    for name, _, _ in RETRIEVER_OUTPUTS:
+        ret.output_map[name] = name
+    return c
+
+
 def config_text(config: mc.ModelConfig) -> str:
     """Triton's text format of a ModelConfig."""
     return text_format.MessageToString(config)
@@ -188,8 +229,18 @@ def publish_version(model_dir: Path, files: Mapping[str, Path], keep: int | None
         raise
     if keep is not None:
         for old in versions(model_dir)[:-keep]:
-            shutil.rmtree(model_dir / str(old), ignore_errors=True)
+            remove_version(model_dir, old)
     return version
+
+
+def remove_version(model_dir: Path, version: int) -> None:
+    """Delete a version: renamed out of sight first, so no reader sees it half-deleted."""
+    hidden = model_dir / f".removing-{version}-{os.getpid()}"
+    try:
+        (model_dir / str(version)).rename(hidden)
+    except OSError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> None:
@@ -208,10 +259,12 @@ def build_repository(
     serving: ServingConfig,
     export: ExportConfig,
     keep: int = 3,
+    encoded_images: bool = True,
 ) -> dict[str, int]:
     """Publish encoder, retriever and the classify ensemble into `repo_dir`; returns versions.
 
     `onnx_path` is the encoder artifact: ONNX, or a TensorRT plan for the gpu-tensorrt target.
+    With `encoded_images`, also `decode` and the `classify_encoded` ensemble (PNG/JPEG bytes in).
     """
     repo_dir = Path(repo_dir)
     write_config(repo_dir / ENCODER, encoder_config(serving, export, shapes))
@@ -228,4 +281,10 @@ def build_repository(
     }
     if not versions(repo_dir / CLASSIFY):
         published[CLASSIFY] = publish_version(repo_dir / CLASSIFY, {}, keep=keep)
+    if encoded_images:
+        write_config(repo_dir / DECODE, decode_config(serving, export, shapes))
+        write_config(repo_dir / CLASSIFY_ENCODED, classify_encoded_config(serving, export, shapes))
+        published[DECODE] = publish_version(repo_dir / DECODE, {"model.py": model_file(DECODE)}, keep=keep)
+        if not versions(repo_dir / CLASSIFY_ENCODED):
+            published[CLASSIFY_ENCODED] = publish_version(repo_dir / CLASSIFY_ENCODED, {}, keep=keep)
     return published

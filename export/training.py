@@ -34,8 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .embedding import embed_images
 from .encoder_model import ENCODERS, build_encoder
 from .losses import build_loss
+from .metrics import retrieval_metrics
 from .preprocess import to_model_input
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -112,6 +114,32 @@ def _plain(x: Any) -> Any:
     if isinstance(x, np.ndarray | torch.Tensor):
         return np.asarray(x).tolist()
     return x
+
+
+def retrieval_eval_fn(
+    gallery_images: np.ndarray,
+    gallery_labels: np.ndarray,
+    query_images: np.ndarray,
+    query_labels: np.ndarray,
+    ks: tuple[int, ...] = (1, 5),
+    prototypes: bool = False,
+) -> EvalFn:
+    """An `eval_fn` for `train_encoder`: exact-search retrieval metrics of the queries.
+
+    With `prototypes`, the gallery is one L2-normalised mean embedding per class (as served),
+    so MAP@R equals precision@1; otherwise every gallery image is a neighbour.
+    """
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        gallery, labels = embed_images(model, gallery_images), np.asarray(gallery_labels)
+        if prototypes:
+            labels, inverse = np.unique(labels, return_inverse=True)
+            sums = np.zeros((len(labels), gallery.shape[1]), dtype=np.float32)
+            np.add.at(sums, inverse, gallery)
+            gallery = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        return retrieval_metrics(embed_images(model, query_images), query_labels, gallery, labels, ks)
+
+    return evaluate
 
 
 def save_encoder(model: nn.Module, path: Path, **meta: Any) -> Path:
@@ -234,8 +262,8 @@ def train_on_batches(
         if sparse_opt is not None:
             sparse_opt.load_state_dict(ckpt["sparse_optimizer"])
         start_epoch, step, elapsed, history = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"], ckpt["history"]
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    # The metrics file mirrors the checkpoint's history (a crash between the two writes loses nothing).
+    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
     total_steps = cfg.epochs * steps_per_epoch
     budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes else None

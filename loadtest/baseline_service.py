@@ -31,6 +31,7 @@ class BaselineModel:
 
     def __init__(self, onnx_path: Path, index_dir: Path, threads: int = 0):
         import onnxruntime as ort
+
         from megaclass.python_backend.routed_index import RoutedIndex
 
         opts = ort.SessionOptions()

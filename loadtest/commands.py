@@ -13,35 +13,65 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _perf_input_data(model: str, url: str, protocol: str, out_dir: Path) -> Path:
+    """Real inputs for perf_analyzer (its random FP32 data holds NaN/Inf): glyph-like images for
+    `classify`/`encoder`, unit vectors for the retriever, shaped from the served model's config."""
+    import numpy as np
+
+    from megaclass.clients.client import Client
+    from megaclass.loadtest.perf import write_input_data
+
+    with Client(url, protocol, retries=1) as client:
+        info = client.model(model)
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(8):
+        sample = {}
+        for name, dims in info.inputs.items():
+            if name in ("TOP_K", "THRESHOLD"):
+                continue
+            x = rng.random(dims).astype(np.float32)
+            sample[name] = x / np.linalg.norm(x) if name == "EMBEDDING" else (x > 0.7).astype(np.float32)
+        samples.append(sample)
+    return write_input_data(out_dir / f"perf_input_{model}.json", samples)
+
+
 def cmd_perf(args: argparse.Namespace) -> int:
+    from megaclass.clients.errors import MegaclassError
     from megaclass.loadtest.perf import PerfAnalyzerError, run_perf, write_csv
 
     shapes = dict(s.split(":", 1) for s in args.shape)
     shapes = {k: [int(d) for d in v.split(",")] for k, v in shapes.items()}
+    rates = [float(r) for r in args.request_rate.split(",")] if args.request_rate else []
+    out_dir = Path(args.out).parent if args.out else Path("runs/perf")
     all_points = []
     for model in args.model.split(","):
         for protocol in args.protocol.split(","):
             url = args.url if protocol == "grpc" or not args.http_url else args.http_url
-            model_shapes = shapes or ({"IMAGE": [1, 32, 32]} if model == "classify" else {})
             try:
+                data = _perf_input_data(model, url, protocol, out_dir)
                 points = run_perf(
                     model,
                     url,
                     protocol=protocol,
                     concurrency=_ints(args.concurrency),
+                    request_rates=rates,
                     batch_size=args.batch_size,
-                    shapes=model_shapes,
+                    shapes=shapes,
                     measurement_ms=args.measurement_ms,
+                    input_data=data,
+                    stability_percent=args.stability_percent,
                 )
-            except PerfAnalyzerError as exc:
+            except (PerfAnalyzerError, MegaclassError) as exc:
                 print(f"megaclass loadtest perf: {exc}", file=sys.stderr)
                 return 1
+            level = "request/s" if rates else "concurrency"
             print(f"{model} over {protocol}:")
-            print(f"{'concurrency':>11} {'infer/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+            print(f"{level:>11} {'infer/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
             for p in points:
                 print(
-                    f"{p.concurrency:>11} {p.throughput:>10.1f} {p.p50_us / 1e3:>8.2f} "
-                    f"{p.p95_us / 1e3:>8.2f} {p.p99_us / 1e3:>8.2f}"
+                    f"{(p.request_rate if rates else p.concurrency):>11g} {p.throughput:>10.1f} "
+                    f"{p.p50_us / 1e3:>8.2f} {p.p95_us / 1e3:>8.2f} {p.p99_us / 1e3:>8.2f}"
                 )
             all_points += points
     if args.out:
@@ -130,6 +160,7 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     import numpy as np
+
     from megaclass.loadtest.head_to_head import machine_description, prepare_artifacts, serve_triton
     from megaclass.loadtest.report import update_doc_section
     from megaclass.loadtest.transport_bench import measure_transport, transport_markdown
@@ -203,12 +234,14 @@ def add_bench_commands(bench: argparse._SubParsersAction) -> None:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register `loadtest perf|locust`, `report` and `bench serving|transport` on the top-level subparsers."""
     lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
-    p = lt.add_parser("perf", help="perf_analyzer concurrency sweep")
+    p = lt.add_parser("perf", help="perf_analyzer concurrency or request-rate sweeps (CSV)")
     p.add_argument("--model", default="classify", help="model(s), comma-separated: classify,retriever")
     p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address")
     p.add_argument("--http-url", default=None, help="HTTP address (for --protocol http; default: --url)")
     p.add_argument("--protocol", default="grpc", help="grpc, http or grpc,http")
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    p.add_argument("--request-rate", default=None, help="request rates to sweep instead, e.g. 100,200,400")
+    p.add_argument("--stability-percent", type=float, default=25.0, help="loosen on a busy machine")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--shape", action="append", default=[], help="NAME:d1,d2,... for inputs with variable dims")
     p.add_argument("--measurement-ms", type=int, default=3000)

@@ -8,6 +8,7 @@ report; `read_stats` turns the stats CSV into typed rows.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -87,8 +88,26 @@ class LocustStat:
     @property
     def batch_size(self) -> int | None:
         """The batch size from a request name "<model> b=<n>"."""
-        _, _, b = self.name.partition(" b=")
-        return int(b) if b.isdigit() else None
+        return _batch_of(self.name)
+
+
+def _batch_of(name: str) -> int | None:
+    _, _, b = name.partition(" b=")
+    return int(b) if b.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The measured part of a run, counted by our users (not Locust's periodically written CSV)."""
+
+    requests: int
+    failures: int
+    seconds: float
+    rows_per_s: float  # images or embeddings per second
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
 
 
 @dataclass(frozen=True)
@@ -110,9 +129,43 @@ class LocustResult:
         """Throughput in rows (images or embeddings) per second, from the per-batch-size rows."""
         return sum(s.rps * (s.batch_size or 1) for s in self.stats if s.name != "Aggregated")
 
+    def latencies_ms(self) -> dict[str, list[float]]:
+        """Every successful response time after the warm-up, exactly, per "<type> <name>"."""
+        return self._measurement().get("times_ms", {})
+
+    def measured(self) -> Measured | None:
+        """Exact counts and rates of the measured part (after the warm-up), from our own records;
+        None when the run wrote none or never got past its warm-up."""
+        m = self._measurement()
+        info = m.get("measured")
+        if not info or not info.get("warm") or info.get("seconds", 0) <= 0:
+            return None
+        times = m.get("times_ms", {})
+        ok = sum(len(v) for v in times.values())
+        rows = sum(len(v) * (_batch_of(name) or 1) for name, v in times.items())
+        return Measured(ok + info["failures"], info["failures"], info["seconds"], rows / info["seconds"])
+
+    def timeline(self) -> list[dict]:
+        """Per second of the run: successes `ok`, failures `failed`, `p50_ms`, `p95_ms`."""
+        return self._measurement().get("timeline", [])
+
+    def _measurement(self) -> dict:
+        path = Path(f"{self.prefix}_latencies.json")
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def percentiles_ms(self, qs: Sequence[float] = (50, 90, 99)) -> list[float]:
+        """Exact percentiles over all requests (NaN without data)."""
+        times = [t for ts in self.latencies_ms().values() for t in ts]
+        if not times:
+            return [float("nan")] * len(qs)
+        import numpy as np
+
+        return [float(v) for v in np.percentile(times, qs)]
+
     def files(self) -> dict[str, Path]:
         return {
             "stats": Path(f"{self.prefix}_stats.csv"),
+            "latencies": Path(f"{self.prefix}_latencies.json"),
             "history": Path(f"{self.prefix}_stats_history.csv"),
             "failures": Path(f"{self.prefix}_failures.csv"),
             "html": self.html,
@@ -162,6 +215,7 @@ def locust_command(settings: LocustSettings, prefix: Path, html: Path) -> list[s
         "--batch-mix", s.batch_mix, "--model-mix", s.model_mix,
         "--seed", str(s.seed), "--warmup", f"{s.warmup_s:g}",
         "--csv", str(prefix), "--csv-full-history", "--html", str(html),
+        "--latency-file", f"{prefix}_latencies.json",
         "--loglevel", "WARNING",
     ]  # fmt: skip
     if s.images:
@@ -174,7 +228,8 @@ def run_locust(settings: LocustSettings, out_dir: Path, name: str = "locust") ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix, html = out_dir / name, out_dir / f"{name}.html"
-    for old in [html, *(Path(f"{prefix}_{k}.csv") for k in ("stats", "stats_history", "failures", "exceptions"))]:
+    stale = [Path(f"{prefix}_{k}.csv") for k in ("stats", "stats_history", "failures", "exceptions")]
+    for old in [html, Path(f"{prefix}_latencies.json"), *stale]:
         old.unlink(missing_ok=True)
     cmd = locust_command(settings, prefix, html)
     try:

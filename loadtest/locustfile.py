@@ -29,6 +29,7 @@ import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+
 from megaclass.loadtest.locust_run import DEFAULT_BATCH_MIX, DEFAULT_MODEL_MIX, parse_mix  # noqa: E402
 
 PAYLOAD_VARIANTS = 8  # distinct payloads per (model, batch size)
@@ -43,18 +44,77 @@ def _add_arguments(parser) -> None:
     g.add_argument("--images", default="", help="uint8 [N, S, S] .npy of images (default: generated)")
     g.add_argument("--seed", type=int, default=0, help="seed of generated images and of the draws")
     g.add_argument("--warmup", type=float, default=0.0, help="seconds after which the statistics are reset")
+    g.add_argument("--latency-file", default="", help="write every response time after the warm-up (JSON, ms)")
+
+
+class _Measurement:
+    """Exact response times after the warm-up (Locust's own percentiles are rounded to whole ms),
+    and a per-second timeline of the whole run (successes, failures, latencies)."""
+
+    warming = False
+    started = 0.0
+    measuring_since = 0.0  # perf_counter when the measured part began (after the warm-up)
+    failures = 0  # failed requests after the warm-up
+    times: dict[str, list[float]] = {}
+    seconds: dict[int, list] = {}  # second -> [ok count, failure count, [ms of the successes]]
 
 
 @events.test_start.add_listener
-def _start_warmup(environment: Environment, **_) -> None:
+def _start_measurement(environment: Environment, **_) -> None:
     seconds = getattr(environment.parsed_options, "warmup", 0) or 0
+    _Measurement.times, _Measurement.seconds, _Measurement.started = {}, {}, time.perf_counter()
+    _Measurement.measuring_since, _Measurement.failures = _Measurement.started, 0
     if seconds > 0:
+        _Measurement.warming = True
 
         def reset() -> None:
             gevent.sleep(seconds)
-            environment.stats.reset_all()
+            if environment.runner is not None and environment.runner.state in ("spawning", "running"):
+                environment.stats.reset_all()
+                _Measurement.times, _Measurement.failures = {}, 0
+                _Measurement.measuring_since = time.perf_counter()
+            _Measurement.warming = False
 
         gevent.spawn(reset)
+
+
+def _observe(kind: str, name: str, start: float, ok: bool) -> None:
+    """Count a request in the timeline; keep its exact time (ms) when it succeeded after the warm-up."""
+    now = time.perf_counter()
+    ms = (now - start) * 1000
+    bucket = _Measurement.seconds.setdefault(int(now - _Measurement.started), [0, 0, []])
+    bucket[0 if ok else 1] += 1
+    if ok:
+        bucket[2].append(ms)
+        if not _Measurement.warming:
+            _Measurement.times.setdefault(f"{kind} {name}", []).append(ms)
+    elif not _Measurement.warming:
+        _Measurement.failures += 1
+
+
+def timeline(seconds: dict[int, list]) -> list[dict]:
+    """Per-second rows: requests, failures, p50 and p95 of the successes (ms)."""
+    rows = []
+    for t in sorted(seconds):
+        ok, failed, ms = seconds[t]
+        p50, p95 = np.percentile(ms, [50, 95]).tolist() if ms else [None, None]
+        rows.append({"t": t, "ok": ok, "failed": failed, "p50_ms": p50, "p95_ms": p95})
+    return rows
+
+
+@events.test_stop.add_listener
+def _write_latencies(environment: Environment, **_) -> None:
+    path = getattr(environment.parsed_options, "latency_file", "")
+    if path:
+        with open(path, "w") as f:
+            measured = {
+                "seconds": time.perf_counter() - _Measurement.measuring_since,
+                "failures": _Measurement.failures,
+                "warm": not _Measurement.warming,
+            }
+            json.dump(
+                {"times_ms": _Measurement.times, "measured": measured, "timeline": timeline(_Measurement.seconds)}, f
+            )
 
 
 class Workload:
@@ -150,6 +210,7 @@ class TritonGrpcUser(User):
                 raise AssertionError(f"expected {batch} rows, got {None if ids is None else ids.shape}")
         except Exception as e:  # reported to Locust as a failure, never raised
             exc = e
+        _observe("grpc", f"{model} b={batch}", start, exc is None)
         self.environment.events.request.fire(
             request_type="grpc",
             name=f"{model} b={batch}",
@@ -196,17 +257,22 @@ class TritonHttpUser(FastHttpUser):
     def infer(self) -> None:
         model, batch = self.work.draw()
         body, headers = self._body(model, batch)
+        name = f"{model} b={batch}"
+        start = time.perf_counter()
         with self.client.post(
-            f"/v2/models/{model}/infer", data=body, headers=headers, name=f"{model} b={batch}", catch_response=True
+            f"/v2/models/{model}/infer", data=body, headers=headers, name=name, catch_response=True
         ) as r:
-            if r.status_code != 200:
-                r.failure(f"HTTP {r.status_code}: {r.text[:200] if r.content else ''}")
-                return
-            size = int(r.headers.get("Inference-Header-Content-Length", len(r.content)))
-            header = json.loads(r.content[:size])
-            rows = {o["name"]: o["shape"][0] for o in header.get("outputs", [])}
-            if rows.get("CLASS_IDS") != batch:
-                r.failure(f"expected {batch} rows, got {rows}")
+            content = r.content
+            ok = r.status_code == 200
+            if not ok:
+                r.failure(f"HTTP {r.status_code}: {content[:200]!r}")
+            else:
+                size = int(r.headers.get("Inference-Header-Content-Length", len(content)))
+                rows = {o["name"]: o["shape"][0] for o in json.loads(content[:size]).get("outputs", [])}
+                if rows.get("CLASS_IDS") != batch:
+                    ok = False
+                    r.failure(f"expected {batch} rows, got {rows}")
+            _observe("POST", name, start, ok)
 
 
 class BaselineHttpUser(FastHttpUser):
@@ -229,16 +295,20 @@ class BaselineHttpUser(FastHttpUser):
         if key not in self.bodies:
             self.bodies[key] = self.work.batch(*key).tobytes()
         path = "/classify" if model == "classify" else "/search"
+        name = f"{model} b={batch}"
+        start = time.perf_counter()
         with self.client.post(
             f"{path}?n={batch}",
             data=self.bodies[key],
             headers={"Content-Type": "application/octet-stream"},
-            name=f"{model} b={batch}",
+            name=name,
             catch_response=True,
         ) as r:
-            if r.status_code != 200:
-                r.failure(f"HTTP {r.status_code}: {r.text[:200] if r.content else ''}")
-                return
-            rows = len(json.loads(r.content)["class_ids"])
-            if rows != batch:
+            content = r.content
+            ok = r.status_code == 200
+            if not ok:
+                r.failure(f"HTTP {r.status_code}: {content[:200]!r}")
+            elif (rows := len(json.loads(content)["class_ids"])) != batch:
+                ok = False
                 r.failure(f"expected {batch} rows, got {rows}")
+            _observe("POST", name, start, ok)

@@ -7,6 +7,7 @@ nvidia-cuda-runtime-cu12 provides it, and `perf_environment` puts it on LD_LIBRA
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -56,6 +57,7 @@ class PerfPoint:
     p95_us: float
     p99_us: float
     batch_size: int
+    request_rate: float = 0.0  # requests per second asked for (request-rate sweeps); 0 in concurrency sweeps
 
 
 def write_input_data(path: Path, samples: Sequence[dict[str, "np.ndarray"]]) -> Path:
@@ -89,18 +91,23 @@ def run_perf(
     max_trials: int = 10,
     extra_args: Sequence[str] = (),
     timeout_s: float = 600,
+    request_rates: Sequence[float] = (),
 ) -> list[PerfPoint]:
     """Sweep concurrency for `model`; one perf_analyzer run per level, latency in microseconds.
+
+    With `request_rates`, sweep those request rates (requests per second, open loop) instead.
 
     perf_analyzer repeats a window until throughput and p99 agree within `stability_percent`
     over three windows (at most `max_trials` windows); a busy machine needs a looser bound.
     """
     points = []
-    for c in concurrency:
+    loads = [("--request-rate-range", r) for r in request_rates] or [("--concurrency-range", c) for c in concurrency]
+    for flag, level in loads:
+        c = int(level) if flag == "--concurrency-range" else 16
         cmd = [
             str(perf_analyzer_binary()),
             "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
-            f"--concurrency-range={c}",
+            f"{flag}={level:g}",
             f"--measurement-interval={measurement_ms}",
             f"--stability-percentage={stability_percent}",
             f"--max-trials={max_trials}",
@@ -118,19 +125,22 @@ def run_perf(
             raise PerfAnalyzerError(
                 f"perf_analyzer failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
             )
-        points.append(_parse_csv(proc.stdout, model, protocol, batch_size))
+        point = _parse_csv(proc.stdout, model, protocol, batch_size)
+        if flag == "--request-rate-range":
+            point = dataclasses.replace(point, request_rate=float(level))
+        points.append(point)
     return points
 
 
 def _parse_csv(stdout: str, model: str, protocol: str, batch_size: int) -> PerfPoint:
     """The CSV block perf_analyzer writes with `-f`: header 'Concurrency,Inferences/Second,...'."""
-    start = stdout.find("Concurrency,")
-    if start < 0:
+    starts = [i for i in (stdout.find("Concurrency,"), stdout.find("Request Rate,")) if i >= 0]
+    if not starts:
         raise PerfAnalyzerError(f"no CSV in perf_analyzer output:\n{stdout[-2000:]}")
-    rows = list(csv.DictReader(io.StringIO(stdout[start:])))
+    rows = list(csv.DictReader(io.StringIO(stdout[min(starts) :])))
     r = rows[-1]
     return PerfPoint(
-        model, protocol, int(r["Concurrency"]), float(r["Inferences/Second"]),
+        model, protocol, int(float(r.get("Concurrency", 0) or 0)), float(r["Inferences/Second"]),
         float(r["p50 latency"]), float(r["p90 latency"]), float(r["p95 latency"]), float(r["p99 latency"]),
         batch_size,
     )  # fmt: skip

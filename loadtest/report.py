@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 import re
 from collections import defaultdict
@@ -197,10 +198,34 @@ def read_locust_history(path: Path) -> list[HistoryPoint]:
     ]
 
 
+def read_timeline(path: Path) -> list[HistoryPoint]:
+    """The per-second timeline our locustfile writes (`<prefix>_latencies.json`): every request of
+    the run, failures included, unlike Locust's history CSV, which a busy run may barely write."""
+    rows = json.loads(path.read_text()).get("timeline", [])
+    nan = float("nan")
+    out, total, failed = [], 0, 0
+    for r in rows:
+        total += r["ok"] + r["failed"]
+        failed += r["failed"]
+        out.append(
+            HistoryPoint(
+                float(r["t"]),
+                0,
+                float(r["ok"] + r["failed"]),
+                float(r["failed"]),
+                nan if r["p50_ms"] is None else r["p50_ms"],
+                nan if r["p95_ms"] is None else r["p95_ms"],
+                total,
+                failed,
+            )  # fmt: skip
+        )
+    return out[:-1] if len(out) > 1 else out  # the last second is partial
+
+
 def locust_prefix(path: Path) -> Path:
     """`run_stats.csv`, `run_stats_history.csv`, `run.html` or `run` -> the prefix `run`."""
     s = str(path)
-    for suffix in ("_stats_history.csv", "_stats.csv", "_failures.csv", "_exceptions.csv", ".html"):
+    for suffix in ("_stats_history.csv", "_stats.csv", "_failures.csv", "_exceptions.csv", "_latencies.json", ".html"):
         if s.endswith(suffix):
             return Path(s[: -len(suffix)])
     return Path(s)
@@ -330,8 +355,10 @@ def locust_blocks(prefixes: Sequence[Path], plots_dir: Path) -> list[Block]:
                 rows = [[r["Method"], r["Name"], r["Error"][:120], r["Occurrences"]] for r in csv.DictReader(f)]
             if rows:
                 blocks.append(Table(["method", "request", "error", "count"], rows))
-        history = Path(f"{prefix}_stats_history.csv")
-        if history.exists():
+        measured, history = Path(f"{prefix}_latencies.json"), Path(f"{prefix}_stats_history.csv")
+        if measured.exists():
+            histories[prefix.name] = read_timeline(measured)
+        elif history.exists():
             histories[prefix.name] = read_locust_history(history)
     if any(histories.values()):
         blocks.extend(plot_locust_history({k: v for k, v in histories.items() if v}, plots_dir))

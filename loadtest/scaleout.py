@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -58,6 +59,7 @@ class ScaleoutConfig:
     kill_after_s: float | None = None  # failover: kill a replica this long into the phase (None: phase_s / 2)
     direct_baseline: bool = True
     scaling: bool = True  # the nginx phases with 1 .. replicas replicas
+    repeats: int = 1  # the scaling phases run this many times, interleaved (x1, x2, x1, x2, ...)
     failover: bool = True
     repository: Path | None = None  # None: build the tiny test repository
     work_dir: Path = Path("runs/scaleout")
@@ -69,6 +71,8 @@ class ScaleoutConfig:
             raise ValueError(f"protocol must be 'grpc' or 'http', got {self.protocol!r}")
         if self.replicas < 1 or (self.failover and self.replicas < 2):
             raise ValueError("failover needs at least 2 replicas")
+        if self.repeats < 1:
+            raise ValueError("repeats must be at least 1")
         if self.kill_after_s is not None and not 0 < self.kill_after_s < self.phase_s:
             raise ValueError("kill_after_s must lie inside the phase")
 
@@ -274,6 +278,10 @@ def running_replicas(repository: Path, count: int, work_dir: Path, timeout_s: fl
     work_dir.mkdir(parents=True, exist_ok=True)
     prepare_backend_dir(locate_triton(), work_dir)  # once: parallel starts in one process would race on it
 
+    # A killed replica must stay down for the failover measurement (an orchestrator would restart
+    # it later): no launcher watchdog, where the launcher has one.
+    extra = {"watchdog": False} if "watchdog" in inspect.signature(start_server).parameters else {}
+
     def one(i: int):
         return start_server(
             repository,
@@ -282,6 +290,7 @@ def running_replicas(repository: Path, count: int, work_dir: Path, timeout_s: fl
             metrics_port=free_port(),
             work_dir=work_dir,
             ready_timeout_s=timeout_s,
+            **extra,
         )
 
     with cf.ThreadPoolExecutor(count) as pool:
@@ -492,7 +501,9 @@ def run_scaleout(cfg: ScaleoutConfig = ScaleoutConfig(), log=print) -> ScaleoutR
         if cfg.direct_baseline:
             plan.append(("direct x1", 1, False, None))
         if cfg.scaling:
-            plan += [(f"nginx x{n}", n, True, None) for n in range(1, cfg.replicas + 1)]
+            for r in range(cfg.repeats):
+                tag = f" #{r + 1}" if cfg.repeats > 1 else ""
+                plan += [(f"nginx x{n}{tag}", n, True, None) for n in range(1, cfg.replicas + 1)]
         if cfg.failover:
             plan.append((f"failover x{cfg.replicas}", cfg.replicas, True, cfg.replicas - 1))
         for name, n, via_nginx, kill in plan:
@@ -554,11 +565,18 @@ def format_report(r: ScaleoutReport) -> str:
             f"| {errs} | {per} | {queue} | {cpu['triton']:.2f} / {cpu['nginx']:.2f} / {cpu['locust']:.2f} / {cpu['other']:.2f} "
             f"| {p.load_average[0]:.1f} → {p.load_average[1]:.1f} |"
         )
-    base = next((p for p in r.phases if p.name == "nginx x1"), None)
-    if base:
-        for p in r.phases:
-            if p.name.startswith("nginx x") and p is not base:
-                lines.append(f"\nThroughput {p.name} / nginx x1: {p.ok_per_s / base.ok_per_s:.2f}x")
+    by_n: dict[int, list[float]] = {}
+    for p in r.phases:
+        if p.name.startswith("nginx x"):
+            by_n.setdefault(p.replicas, []).append(p.ok_per_s)
+    if 1 in by_n:
+        base = float(np.median(by_n[1]))
+        for n, values in sorted(by_n.items()):
+            if n > 1:
+                spread = f" (runs: {', '.join(f'{v:.0f}' for v in values)} ok/s)" if len(values) > 1 else ""
+                lines.append(
+                    f"\nThroughput nginx x{n} / nginx x1 (medians): {float(np.median(values)) / base:.2f}x{spread}"
+                )
     for p in r.phases:
         if p.failover:
             f = p.failover

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kill-after", type=float, default=None, help="failover: kill a replica this many s in")
     p.add_argument("--no-direct", action="store_true", help="skip the phase without nginx")
     p.add_argument("--no-scaling", action="store_true", help="skip the 1 .. N replica phases")
+    p.add_argument("--repeats", type=int, default=1, help="run the 1 .. N phases this many times, interleaved")
     p.add_argument("--no-failover", action="store_true", help="skip the failover phase")
     p.add_argument(
         "--repository", default=None, help="model repository to serve (default: build the tiny test repository)"
@@ -47,6 +48,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             kill_after_s=args.kill_after,
             direct_baseline=not args.no_direct,
             scaling=not args.no_scaling,
+            repeats=args.repeats,
             failover=not args.no_failover,
             repository=Path(args.repository) if args.repository else None,
             work_dir=Path(args.out),

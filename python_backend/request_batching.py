@@ -17,6 +17,11 @@ class InputError(ValueError):
     """A request's input is unusable; the message says what and how to fix it."""
 
 
+def is_client_error(exc: BaseException) -> bool:
+    """True when `exc` is the request's fault (answer INVALID_ARG / HTTP 400), not the server's."""
+    return isinstance(exc, InputError)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """What one input must look like: dtype and the shape after the batch axis."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from megaclass.python_backend.request_batching import InputError
 
 UNKNOWN_LABEL = "<unknown>"
@@ -44,6 +45,21 @@ def index_fingerprint(manifest: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def check_index_matches_config(index_dim: int, model_config: dict, index_dir: object = "the index") -> None:
+    """Refuse, at load, an index whose dimension differs from the model's EMBEDDING input.
+
+    The EMBEDDING dims come from the encoder the repository was generated for, so a mismatch
+    means the index was built with another encoder's embeddings.
+    """
+    dims = [i["dims"] for i in model_config.get("input", []) if i.get("name") == "EMBEDDING"]
+    want = int(dims[0][-1]) if dims and dims[0] else None
+    if want is not None and want != index_dim:
+        raise ValueError(
+            f"{index_dir} has dimension {index_dim} but the model's EMBEDDING input (the encoder's output) "
+            f"has {want}: publish an index built from this encoder's embeddings"
+        )
+
+
 def parse_options(
     top_k: np.ndarray | None,
     threshold: np.ndarray | None,
@@ -53,10 +69,14 @@ def parse_options(
     max_top_k: int,
     num_classes: int,
 ) -> tuple[int, float | None]:
-    """Read `top_k` / `threshold` from optional inputs or request parameters, and check them."""
-    params = json.loads(parameters_json) if parameters_json else {}
-    k = int(top_k.reshape(-1)[0]) if top_k is not None and top_k.size else params.get("top_k", default_top_k)
-    t = float(threshold.reshape(-1)[0]) if threshold is not None and threshold.size else params.get("threshold")
+    """Read `top_k` / `threshold` from optional inputs or request parameters, and check them.
+
+    The optional inputs carry one value per row; a request has one `top_k` and one threshold,
+    so every row must give the same value.
+    """
+    params = _parameters(parameters_json)
+    k = _one_value("TOP_K", top_k) if top_k is not None and top_k.size else params.get("top_k", default_top_k)
+    t = _one_value("THRESHOLD", threshold) if threshold is not None and threshold.size else params.get("threshold")
     if not isinstance(k, int | np.integer) or isinstance(k, bool):
         raise InputError(f"top_k must be an integer, got {k!r}")
     limit = min(max_top_k, num_classes)
@@ -70,6 +90,29 @@ def parse_options(
             raise InputError(f"threshold is a cosine similarity and must be a number in [-1, 1], got {t!r}")
         t = float(t)
     return int(k), t
+
+
+def _parameters(parameters_json: str | None) -> dict:
+    """The request parameters (a JSON object, as Triton passes them)."""
+    if not parameters_json:
+        return {}
+    try:
+        params = json.loads(parameters_json)
+    except ValueError as exc:
+        raise InputError(f"request parameters are not valid JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise InputError(f"request parameters must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _one_value(name: str, array: np.ndarray) -> int | float:
+    """The single value of a per-row option input; every row must give the same one."""
+    flat = array.reshape(-1)
+    distinct = np.unique(flat)
+    if len(distinct) > 1 and not np.isnan(flat.astype(np.float64)).all():
+        shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in distinct[:5].tolist())
+        raise InputError(f"{name} must have the same value in every row of a request, got {shown}")
+    return flat[0].item()
 
 
 def answer_requests(

@@ -1,21 +1,34 @@
 """The routed index: class prototypes searched by inner product after coarse (cluster-first) routing.
 
-A query is routed to its `nprobe` best clusters and compared only with the prototypes stored
-there; the answer is the top-k *distinct classes* with their best prototype's score.
+A query is routed to its `nprobe` best clusters (balanced k-means centroids) and compared only with
+the prototypes stored there; a prototype may also be stored in a second cluster (SOAR spilling).
+Clusters hold exact, float16, 8-bit or PQ codes; the compressed forms only pick candidates, which
+are re-scored with the exact vectors. The answer is the top-k *distinct classes*, each with its best
+prototype's score.
+
+Scan backends (same answers):
+- "faiss": FAISS's SIMD list scanners (one query at a time, OpenMP over queries), fast scan for PQ.
+- "numpy": grouped scan, one BLAS product per cluster and batch (each list read once per batch).
+- "torch": the grouped scan with `bmm`, on CUDA where present, else on the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+
 from megaclass.export.config import IndexConfig
+from megaclass.python_backend import routed_index_storage as storage_mod
+from megaclass.python_backend.routed_index_grouped import grouped_scan_numpy, grouped_scan_torch
 from megaclass.python_backend.routed_index_io import (
     IndexIntegrityError,
     load_array,
@@ -24,11 +37,27 @@ from megaclass.python_backend.routed_index_io import (
     verify_files,
     write_index_dir,
 )
+from megaclass.python_backend.routed_index_router import (
+    assign_primary,
+    assign_spill,
+    cluster_means,
+    route,
+    train_centroids,
+)
 
-__all__ = ["IndexIntegrityError", "RoutedIndex", "SearchResult", "aggregate_classes", "validate_queries"]
+__all__ = [
+    "BACKENDS",
+    "IndexIntegrityError",
+    "RoutedIndex",
+    "SearchResult",
+    "aggregate_classes",
+    "validate_queries",
+]
 
 UNKNOWN_LABEL = "<unknown>"  # label of an entry whose score is below the threshold (class id -1)
 MISSING_LABEL = ""  # label of an empty slot: fewer than k classes found (class id -1, score -inf)
+BACKENDS = ("faiss", "numpy", "torch")
+_ADD_CHUNK = 262144
 
 
 @dataclass
@@ -37,6 +66,7 @@ class SearchResult:
 
     Empty slots (fewer than k classes found): class id -1, score -inf, label "".
     Below the threshold: class id -1, label "<unknown>", the score is kept.
+    `stats`: backend, storage, nprobe, candidates (mean entries scanned per query), fetched, seconds.
     """
 
     class_ids: np.ndarray  # int64 [Q, k]
@@ -78,7 +108,7 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     s = scores.ravel().astype(np.float32, copy=False)
     c = classes.ravel()
     r = np.repeat(np.arange(q), m)
-    keep = c >= 0
+    keep = (c >= 0) & np.isfinite(s)
     s, c, r = s[keep], c[keep], r[keep]
     order = np.lexsort((-s, c, r))  # by row, class, best score first
     s, c, r = s[order], c[order], r[order]
@@ -95,38 +125,154 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     return out_c, out_s
 
 
-def _default_nlist(num_prototypes: int) -> int:
+def default_nlist(num_prototypes: int) -> int:
+    """About 4 √P clusters (at least 1, at most P)."""
     return max(1, min(num_prototypes, int(round(4 * np.sqrt(num_prototypes)))))
+
+
+class _RWLock:
+    """Many concurrent readers (searches) or one writer (add, remove, rebuild)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def _check_prototypes(prototypes: Any, class_ids: Any, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    xb = np.asarray(prototypes)
+    if xb.ndim != 2 or xb.shape[0] == 0:
+        raise ValueError(f"prototypes must be a non-empty 2-D array, got shape {xb.shape}")
+    if dim is not None and xb.shape[1] != dim:
+        raise ValueError(f"prototypes have dimension {xb.shape[1]}, the index has {dim}")
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    if not np.isfinite(xb).all():
+        raise ValueError("prototypes contain NaN or infinity")
+    ids = np.asarray(class_ids)
+    if ids.shape != (len(xb),) or ids.dtype.kind not in "iu":
+        raise ValueError(f"class_ids must be integers of shape ({len(xb)},), got {ids.dtype} {ids.shape}")
+    ids = ids.astype(np.int64)
+    if (ids < 0).any():
+        raise ValueError("class ids must be >= 0 (-1 means 'no class' in results)")
+    return xb, ids
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 class RoutedIndex:
     """Cluster-first routed inner-product search over class prototypes with class aggregation.
 
-    `search` is safe to call from several threads at once.
+    `search` may be called from several threads at once; `add`, `remove` and `rebuild_router`
+    wait for running searches and block new ones while they change the index.
     """
 
     def __init__(
         self,
-        ivf: faiss.IndexIVF,
+        *,
+        cfg: IndexConfig,
+        centroids: np.ndarray,
+        vectors: np.ndarray,
         row_class: np.ndarray,
+        entry_row: np.ndarray,
+        entry_list: np.ndarray,
         classes: np.ndarray,
         labels: np.ndarray,
-        cfg: IndexConfig,
+        codec: dict[str, np.ndarray],
         manifest: dict[str, Any] | None = None,
     ) -> None:
-        self._ivf = ivf
-        self._row_class = row_class  # int64 [P]: class id of each stored prototype row
-        self._classes = classes  # int64 [C], sorted unique
-        self._labels = labels  # object [C], aligned with _classes
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+        storage_mod.check_storage(cfg.storage)
+        if cfg.storage == "pq" and cfg.backend != "faiss":
+            raise ValueError("pq storage is scanned by the faiss backend only (use flat, fp16 or sq8)")
         self.cfg = cfg
-        self.dim = int(ivf.d)
-        self.nlist = int(ivf.nlist)
-        self.num_prototypes = int(len(row_class))
-        self.num_classes = int(len(classes))
-        _, counts = np.unique(row_class, return_counts=True)
-        self._max_per_class = int(counts.max()) if len(counts) else 1
-        self._lock = threading.Lock()
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.dim = int(self.centroids.shape[1])
+        self.nlist = int(len(self.centroids))
+        self._vectors = vectors  # float32 [R, D] exact prototypes (rows never move until save)
+        self._row_class = row_class  # int64 [R], -1 = removed
+        self._entry_row = entry_row  # int64 [E]: stored entries (a spilled row has several)
+        self._entry_list = entry_list  # int64 [E]: the cluster of each entry
+        self._classes = classes  # int64 [C], sorted unique live class ids
+        self._labels = labels  # object [C]
+        self.codec = codec
         self.manifest: dict[str, Any] = manifest or {}
+        self._lock = _RWLock()
+        self._faiss: tuple[faiss.IndexIVF, faiss.IndexIVF] | None = None  # (editable, searched)
+        self._grouped: dict[str, Any] | None = None
+        if cfg.threads > 0:
+            faiss.omp_set_num_threads(cfg.threads)
+        self._refresh()
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def num_prototypes(self) -> int:
+        return int((self._row_class >= 0).sum())
+
+    @property
+    def num_classes(self) -> int:
+        return int(len(self._classes))
+
+    @property
+    def num_entries(self) -> int:
+        """Stored entries (prototypes plus spilled copies)."""
+        return int(len(self._entry_row))
+
+    def list_sizes(self) -> np.ndarray:
+        """Entries per cluster, int64 [nlist]."""
+        return np.bincount(self._entry_list, minlength=self.nlist)
+
+    def imbalance(self) -> float:
+        """Largest cluster ÷ mean cluster size (1.0 = perfectly even)."""
+        sizes = self.list_sizes()
+        return float(sizes.max() / max(sizes.mean(), 1e-12)) if len(sizes) else 1.0
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """True once adds and removes made the clusters uneven beyond `cfg.rebuild_imbalance`."""
+        return self.imbalance() > self.cfg.rebuild_imbalance
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Resident bytes: scanned codes (per entry), exact vectors (re-rank, add, save), router, ids."""
+        codes = self.num_entries * storage_mod.code_bytes(self.cfg.storage, self.dim, self.codec)
+        return {
+            "codes": int(codes),
+            "exact_vectors": int(self._vectors.nbytes),
+            "router": int(self.centroids.nbytes),
+            "ids": int(self._entry_row.nbytes + self._row_class.nbytes),
+        }
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -139,79 +285,288 @@ class RoutedIndex:
         progress: bool = False,
     ) -> RoutedIndex:
         """Cluster `prototypes` (float32 [P, D], L2-normalised) and store them; `class_ids` int64 [P]."""
-        xb = np.asarray(prototypes)
-        if xb.ndim != 2 or xb.shape[0] == 0:
-            raise ValueError(f"prototypes must be a non-empty 2-D array, got shape {xb.shape}")
-        xb = np.ascontiguousarray(xb, dtype=np.float32)
-        if not np.isfinite(xb).all():
-            raise ValueError("prototypes contain NaN or infinity")
-        ids = np.asarray(class_ids)
-        if ids.shape != (xb.shape[0],) or ids.dtype.kind not in "iu":
-            raise ValueError(f"class_ids must be integers of shape ({len(xb)},), got {ids.dtype} {ids.shape}")
-        ids = ids.astype(np.int64)
-        if (ids < 0).any():
-            raise ValueError("class ids must be >= 0 (-1 means 'no class' in results)")
+        t0 = time.perf_counter()
+        xb, ids = _check_prototypes(prototypes, class_ids)
         classes = np.unique(ids)
-        missing = [int(c) for c in classes if int(c) not in labels]
-        if missing:
-            raise ValueError(f"{len(missing)} class id(s) have no label, e.g. {missing[:5]}")
-        label_arr = np.array([str(labels[int(c)]) for c in classes], dtype=object)
-
-        p, d = xb.shape
-        nlist = min(cfg.nlist or _default_nlist(p), p)
-        quantizer = faiss.IndexFlatIP(d)
-        ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.seed = cfg.seed
-        ivf.cp.spherical = True
-        ivf.cp.verbose = progress
-        ivf.train(xb)
-        ivf.add_with_ids(xb, np.arange(p, dtype=np.int64))
-        ivf.nprobe = cfg.nprobe
+        label_arr = _labels_for(classes, labels)
+        if cfg.threads > 0:
+            faiss.omp_set_num_threads(cfg.threads)
+        nlist = min(cfg.nlist or default_nlist(len(xb)), len(xb))
+        centroids, entry_row, entry_list = _route_rows(xb, nlist, cfg, progress)
+        codec = _train_codec(xb, cfg)
         params = {**dataclasses.asdict(cfg), "nlist": nlist}
-        manifest = {"params": params}
-        return cls(ivf, ids, classes, label_arr, cfg, manifest)
+        manifest = {"params": params, "build_seconds": round(time.perf_counter() - t0, 3)}
+        return cls(
+            cfg=dataclasses.replace(cfg, nlist=nlist),
+            centroids=centroids,
+            vectors=xb,
+            row_class=ids,
+            entry_row=entry_row,
+            entry_list=entry_list,
+            classes=classes,
+            labels=label_arr,
+            codec=codec,
+            manifest=manifest,
+        )
+
+    def _refresh(self) -> None:
+        """Recompute what depends on the entries: multiplicity bound and the backend's structures."""
+        live_class = self._row_class[self._entry_row]
+        counts = np.unique(live_class, return_counts=True)[1] if len(live_class) else np.ones(1)
+        self._max_mult = int(counts.max())  # entries of the most repeated class
+        self._sizes = self.list_sizes()
+        self._faiss = None
+        self._grouped = None
+        self._prepare(self.cfg.backend)
+
+    def _prepare(self, backend: str) -> None:
+        if backend == "faiss" and self._faiss is None:
+            ivf = storage_mod.make_faiss_ivf(self.cfg.storage, self.centroids, self.codec)
+            for s in range(0, self.num_entries, _ADD_CHUNK):
+                rows = self._entry_row[s : s + _ADD_CHUNK]
+                storage_mod.faiss_add(
+                    ivf, self.cfg.storage, self.codec, self._vectors[rows], rows, self._entry_list[s : s + _ADD_CHUNK]
+                )
+            self._faiss = (ivf, storage_mod.search_form(ivf, self.cfg.storage))
+        elif backend in ("numpy", "torch") and (self._grouped is None or self._grouped["backend"] != backend):
+            if self.cfg.storage == "pq":
+                raise ValueError("pq storage is scanned by the faiss backend only")
+            self._grouped = _padded_layout(
+                self._entry_row, self._entry_list, self.nlist, self._vectors, self.cfg.storage, self.codec
+            )
+            self._grouped["backend"] = backend
+            if backend == "torch":
+                _to_torch(self._grouped, self.centroids, self.cfg)
 
     # ----------------------------------------------------------------- search
     def search(
-        self, queries: np.ndarray, top_k: int, nprobe: int | None = None, threshold: float | None = None
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        nprobe: int | None = None,
+        threshold: float | None = None,
+        *,
+        rerank: int | None = None,
     ) -> SearchResult:
-        """Top `top_k` distinct classes per query (see SearchResult for empty / unknown slots)."""
+        """Top `top_k` distinct classes per query (see SearchResult for empty / unknown slots).
+
+        `nprobe` clusters are scanned per query (default cfg.nprobe); `rerank`: candidates per query
+        re-scored exactly for compressed storage (default cfg.rerank, 0: max(4 top_k, 40)).
+        """
+        t0 = time.perf_counter()
         xq = validate_queries(queries, self.dim)
-        if not isinstance(top_k, int | np.integer) or top_k < 1:
+        if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        top_k = int(top_k)
         nprobe = self.cfg.nprobe if nprobe is None else int(nprobe)
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         nprobe = min(nprobe, self.nlist)
         threshold = self.cfg.score_threshold if threshold is None else threshold
-        top_k = int(top_k)
-        # Any class among the best k has its best prototype among the best k * (max prototypes per class).
-        fetch = min(self.num_prototypes, top_k * self._max_per_class)
-        params = faiss.SearchParametersIVF(nprobe=nprobe)
-        dist, idx = self._ivf.search(xq, fetch, params=params)
-        cand = np.where(idx >= 0, self._row_class[np.maximum(idx, 0)], -1)
-        class_ids, scores = aggregate_classes(dist, cand, top_k)
-        return self._finish(class_ids, scores, threshold, {"nprobe": nprobe, "fetched_per_query": fetch})
+        rerank = self.cfg.rerank if rerank is None else int(rerank)
+        with self._lock.read():
+            exact = self.cfg.storage == "flat"
+            # Each of the best k classes has its best entry among the best k * (entries per class).
+            fetch = top_k * self._max_mult
+            if not exact:
+                fetch = max(fetch, rerank or max(4 * top_k, 40))
+            fetch = max(1, min(fetch, self.num_entries))
+            if len(xq) == 0:
+                scores = np.zeros((0, fetch), np.float32)
+                rows = np.zeros((0, fetch), np.int64)
+                probes = np.zeros((0, nprobe), np.int64)
+            else:
+                scores, rows, probes = self._scan(xq, nprobe, fetch)
+                if not exact:
+                    scores = self._exact_scores(xq, rows)
+            cand = np.where(rows >= 0, self._row_class[np.maximum(rows, 0)], -1)
+            class_ids, best = aggregate_classes(scores, cand, top_k)
+            scanned = float(self._sizes[probes].sum(axis=1).mean()) if len(probes) else 0.0
+            result = self._finish(class_ids, best, threshold)
+        result.stats = {
+            "backend": self.cfg.backend,
+            "storage": self.cfg.storage,
+            "nprobe": nprobe,
+            "candidates": scanned,
+            "fetched": fetch,
+            "seconds": time.perf_counter() - t0,
+        }
+        return result
 
-    def _finish(
-        self, class_ids: np.ndarray, scores: np.ndarray, threshold: float | None, stats: dict[str, Any]
-    ) -> SearchResult:
+    def _scan(self, xq: np.ndarray, nprobe: int, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best `fetch` (approximate) scores and entry rows per query from its `nprobe` clusters."""
+        xs, const = storage_mod.scan_queries(self.cfg.storage, xq, self.codec)
+        backend = self.cfg.backend
+        if backend == "faiss":
+            ivf, searched = self._faiss
+            _, probes = ivf.quantizer.search(xq, nprobe)
+            scores, rows = _search_preassigned(searched, xs, fetch, probes, nprobe)
+            return scores + const[:, None], rows, probes
+        if backend == "numpy":
+            probes = route(xq, self.centroids, nprobe)
+            g = self._grouped
+            scores, rows = grouped_scan_numpy(xs, probes, g["codes"], g["rows"], fetch)
+        else:
+            import torch
+
+            g = self._grouped
+            xt = torch.from_numpy(xq).to(g["codes"].device)
+            probes = torch.topk(xt @ g["centroids"].T, nprobe, dim=1).indices.cpu().numpy()
+            xst = torch.from_numpy(xs).to(g["codes"].device)
+            scores, rows = grouped_scan_torch(xst, probes, g["codes"], g["rows"], fetch, g["compute_dtype"])
+        if scores.shape[1] > fetch:
+            top = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch]
+            scores = np.take_along_axis(scores, top, axis=1)
+            rows = np.take_along_axis(rows, top, axis=1)
+        return scores + const[:, None], rows, probes
+
+    def exact_search(self, queries: np.ndarray, top_k: int) -> SearchResult:
+        """Brute-force answer over every live prototype (the ground truth of `search`; no threshold)."""
+        xq = validate_queries(queries, self.dim)
+        with self._lock.read():
+            live = np.flatnonzero(self._row_class >= 0)
+            per_class = np.unique(self._row_class[live], return_counts=True)[1]
+            fetch = max(1, min(len(live), top_k * int(per_class.max() if len(per_class) else 1)))
+            flat = faiss.IndexFlatIP(self.dim)
+            flat.add(self._vectors[live])
+            scores, pos = flat.search(xq, fetch)
+            cand = np.where(pos >= 0, self._row_class[live[np.maximum(pos, 0)]], -1)
+            class_ids, best = aggregate_classes(scores, cand, top_k)
+            return self._finish(class_ids, best, None)
+
+    def _exact_scores(self, xq: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact inner products of each query with its candidate rows (-inf where rows is -1)."""
+        v = self._vectors[np.maximum(rows, 0)]  # [Q, M, D]
+        s = np.matmul(v, xq[:, :, None])[:, :, 0]
+        s[rows < 0] = -np.inf
+        return s
+
+    def _finish(self, class_ids: np.ndarray, scores: np.ndarray, threshold: float | None) -> SearchResult:
         labels = self.label_of(class_ids)
         if threshold is not None:
             below = (scores < threshold) & (class_ids >= 0)
             class_ids[below] = -1
             labels[below] = UNKNOWN_LABEL
-        return SearchResult(class_ids, scores, labels, stats)
+        return SearchResult(class_ids, scores, labels)
 
     def label_of(self, class_ids: np.ndarray) -> np.ndarray:
         """Labels (object array, same shape) of class ids; "" for -1 or an unknown id."""
         ids = np.asarray(class_ids, dtype=np.int64)
-        pos = np.searchsorted(self._classes, ids)
-        pos = np.minimum(pos, max(len(self._classes) - 1, 0))
-        found = (ids >= 0) & (self._classes[pos] == ids) if len(self._classes) else np.zeros(ids.shape, bool)
         out = np.full(ids.shape, MISSING_LABEL, dtype=object)
+        if not len(self._classes):
+            return out
+        pos = np.minimum(np.searchsorted(self._classes, ids), len(self._classes) - 1)
+        found = (ids >= 0) & (self._classes[pos] == ids)
         out[found] = self._labels[pos[found]]
         return out
+
+    def use_backend(self, backend: str) -> RoutedIndex:
+        """Switch the scan backend in place (builds its structures); returns self."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        with self._lock.write():
+            new_cfg = dataclasses.replace(self.cfg, backend=backend)
+            if new_cfg.storage == "pq" and backend != "faiss":
+                raise ValueError("pq storage is scanned by the faiss backend only")
+            self._prepare(backend)
+            self.cfg = new_cfg
+        return self
+
+    def with_defaults(self, *, nprobe: int | None = None, rerank: int | None = None) -> RoutedIndex:
+        """Set the default nprobe / rerank (as chosen by `tune`); returns self."""
+        changes = {k: v for k, v in {"nprobe": nprobe, "rerank": rerank}.items() if v is not None}
+        self.cfg = dataclasses.replace(self.cfg, **changes)
+        self.manifest.setdefault("params", {}).update(changes)
+        return self
+
+    # ------------------------------------------------------------ add/remove
+    def add(self, prototypes: np.ndarray, class_ids: np.ndarray, labels: Mapping[int, str] | None = None) -> None:
+        """Store more prototypes (new classes or more prototypes of known ones) without re-clustering.
+
+        New class ids need a label in `labels`; a known class keeps its label (a different one is refused).
+        """
+        xb, ids = _check_prototypes(prototypes, class_ids, self.dim)
+        labels = labels or {}
+        with self._lock.write():
+            new = np.setdiff1d(np.unique(ids), self._classes)
+            known = np.intersect1d(np.unique(ids), self._classes)
+            changed = [int(c) for c in known if int(c) in labels and labels[int(c)] != self.label_of(c)[()]]
+            if changed:
+                raise ValueError(f"class(es) {changed[:5]} already have a different label")
+            new_labels = _labels_for(new, labels)
+            first = len(self._vectors)
+            rows = np.arange(first, first + len(xb))
+            sizes = self.list_sizes()
+            lists, spill_rows, spill_lists = _assign_new(xb, self.centroids, sizes, self.cfg)
+            entry_row = np.concatenate([rows, rows[spill_rows]])
+            entry_list = np.concatenate([lists, spill_lists])
+            self._vectors = np.concatenate([self._vectors, xb])
+            self._row_class = np.concatenate([self._row_class, ids])
+            self._entry_row = np.concatenate([self._entry_row, entry_row])
+            self._entry_list = np.concatenate([self._entry_list, entry_list])
+            allc = np.concatenate([self._classes, new])
+            alll = np.concatenate([self._labels, new_labels])
+            order = np.argsort(allc, kind="stable")
+            self._classes, self._labels = allc[order], alll[order]
+            if self._faiss is not None:
+                ivf, _ = self._faiss
+                storage_mod.faiss_add(
+                    ivf, self.cfg.storage, self.codec, self._vectors[entry_row], entry_row, entry_list
+                )
+                live_class = self._row_class[self._entry_row]
+                self._max_mult = int(np.unique(live_class, return_counts=True)[1].max())
+                self._sizes = self.list_sizes()
+                self._faiss = (ivf, storage_mod.search_form(ivf, self.cfg.storage))
+                self._grouped = None
+            else:
+                self._refresh()
+
+    def remove(self, class_ids: np.ndarray) -> int:
+        """Drop every prototype of the given classes; returns how many prototypes were removed."""
+        ids = np.unique(np.asarray(class_ids, dtype=np.int64))
+        with self._lock.write():
+            dead_rows = np.flatnonzero(np.isin(self._row_class, ids))
+            if len(dead_rows) == 0:
+                return 0
+            self._row_class = self._row_class.copy()
+            self._row_class[dead_rows] = -1
+            keep = self._row_class[self._entry_row] >= 0
+            self._entry_row, self._entry_list = self._entry_row[keep], self._entry_list[keep]
+            alive = ~np.isin(self._classes, ids)
+            self._classes, self._labels = self._classes[alive], self._labels[alive]
+            if self._faiss is not None:
+                ivf, _ = self._faiss
+                ivf.remove_ids(faiss.IDSelectorBatch(dead_rows.astype(np.int64)))
+                live_class = self._row_class[self._entry_row]
+                self._max_mult = int(np.unique(live_class, return_counts=True)[1].max()) if len(live_class) else 1
+                self._sizes = self.list_sizes()
+                self._faiss = (ivf, storage_mod.search_form(ivf, self.cfg.storage))
+                self._grouped = None
+            else:
+                self._refresh()
+            return int(len(dead_rows))
+
+    def rebuild_router(self, progress: bool = False) -> RoutedIndex:
+        """Re-cluster all live prototypes (after drift: `needs_rebuild`) and re-train the codec; returns self."""
+        with self._lock.write():
+            self._compact()
+            nlist = min(self.nlist, len(self._vectors))
+            self.centroids, self._entry_row, self._entry_list = _route_rows(self._vectors, nlist, self.cfg, progress)
+            self.nlist = nlist
+            self.codec = _train_codec(self._vectors, self.cfg)
+            self._refresh()
+        return self
+
+    def _compact(self) -> bool:
+        """Drop removed rows and renumber the rest; True if rows were renumbered (refresh needed)."""
+        live = self._row_class >= 0
+        if live.all():
+            return False
+        new_id = np.cumsum(live) - 1
+        self._vectors = self._vectors[live]
+        self._row_class = self._row_class[live]
+        self._entry_row = new_id[self._entry_row]
+        return True
 
     # ---------------------------------------------------------------- save/load
     def save(self, directory: Path, extra_manifest: dict | None = None) -> None:
@@ -221,39 +576,205 @@ class RoutedIndex:
         clash = reserved & set(extra)
         if clash:
             raise ValueError(f"extra_manifest may not set reserved keys {sorted(clash)}")
-        manifest = {
-            **self.manifest,
-            **extra,
-            "dim": self.dim,
-            "metric": "inner_product",
-            "num_classes": self.num_classes,
-            "num_prototypes": self.num_prototypes,
-            "kind": "faiss_ivf",
-        }
-        arrays = {
-            "ivf": faiss.serialize_index(self._ivf),
-            "row_class": self._row_class,
-            "classes": self._classes,
-        }
-        write_index_dir(Path(directory), arrays, {"labels.json": list(self._labels)}, manifest)
+        with self._lock.write():
+            if self._compact():
+                self._refresh()
+            manifest = {
+                **{k: v for k, v in self.manifest.items() if k not in reserved},
+                **extra,
+                "params": dataclasses.asdict(self.cfg),
+                "dim": self.dim,
+                "metric": "inner_product",
+                "num_classes": self.num_classes,
+                "num_prototypes": self.num_prototypes,
+                "num_entries": self.num_entries,
+                "imbalance": round(self.imbalance(), 4),
+                "bytes": self.memory_bytes(),
+            }
+            arrays = {
+                "centroids": self.centroids,
+                "vectors": self._vectors,
+                "row_class": self._row_class,
+                "entry_row": self._entry_row,
+                "entry_list": self._entry_list,
+                "classes": self._classes,
+                **{f"codec_{k}": v for k, v in self.codec.items()},
+            }
+            write_index_dir(Path(directory), arrays, {"labels.json": [str(x) for x in self._labels]}, manifest)
         self.manifest = read_manifest(Path(directory))
 
     @classmethod
-    def load(cls, directory: Path) -> RoutedIndex:
-        """Read an index written by `save`; any missing or altered file raises IndexIntegrityError."""
+    def load(cls, directory: Path, backend: str | None = None) -> RoutedIndex:
+        """Read an index written by `save`; any missing or altered file raises IndexIntegrityError.
+
+        `backend` overrides the saved scan backend.
+        """
         directory = Path(directory)
         manifest = read_manifest(directory)
-        verify_files(directory, manifest, ["ivf.npy", "row_class.npy", "classes.npy", "labels.json"])
-        try:
-            ivf = faiss.deserialize_index(load_array(directory, "ivf"))
-        except RuntimeError as e:
-            raise IndexIntegrityError(f"{directory / 'ivf.npy'}: not a FAISS index: {e}") from e
-        row_class = load_array(directory, "row_class")
-        classes = load_array(directory, "classes")
+        names = ["centroids", "vectors", "row_class", "entry_row", "entry_list", "classes"]
+        verify_files(directory, manifest, [f"{n}.npy" for n in names] + ["labels.json"])
+        arrays = {n: load_array(directory, n) for n in names}
+        codec = {
+            name[len("codec_") : -len(".npy")]: load_array(directory, name[: -len(".npy")])
+            for name in manifest["files"]
+            if name.startswith("codec_") and name.endswith(".npy")
+        }
         labels = np.array(load_json(directory, "labels.json"), dtype=object)
-        if len(labels) != len(classes) or ivf.ntotal != len(row_class) or ivf.d != manifest.get("dim"):
-            raise IndexIntegrityError(f"{directory}: files disagree with each other or with the manifest")
         params = manifest.get("params", {})
         known = {f.name for f in dataclasses.fields(IndexConfig)}
         cfg = IndexConfig(**{k: v for k, v in params.items() if k in known})
-        return cls(ivf, row_class, classes, labels, cfg, manifest)
+        if backend is not None:
+            cfg = dataclasses.replace(cfg, backend=backend)
+        _check_consistent(directory, manifest, arrays, labels, cfg)
+        return cls(cfg=cfg, labels=labels, codec=codec, manifest=manifest, **arrays)
+
+
+# --------------------------------------------------------------------- helpers
+def _labels_for(classes: np.ndarray, labels: Mapping[int, str]) -> np.ndarray:
+    missing = [int(c) for c in classes if int(c) not in labels]
+    if missing:
+        raise ValueError(f"{len(missing)} class id(s) have no label, e.g. {missing[:5]}")
+    return np.array([str(labels[int(c)]) for c in classes], dtype=object)
+
+
+def _capacities(num_rows: int, nlist: int, cfg: IndexConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(primary capacity, total capacity incl. spill) per cluster."""
+    if not cfg.balance or cfg.balance <= 0:
+        big = np.full(nlist, num_rows * (1 + cfg.spill), dtype=np.int64)
+        return big, big
+    primary = int(np.ceil(cfg.balance * num_rows / nlist))
+    total = int(np.ceil(cfg.balance * num_rows * (1 + cfg.spill) / nlist))
+    return np.full(nlist, primary, dtype=np.int64), np.full(nlist, total, dtype=np.int64)
+
+
+def _route_rows(
+    xb: np.ndarray, nlist: int, cfg: IndexConfig, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train the router and assign every row (plus SOAR spills): (centroids, entry_row, entry_list)."""
+    balance = cfg.balance if cfg.balance and cfg.balance > 0 else None
+    centroids = train_centroids(
+        xb,
+        nlist,
+        seed=cfg.seed,
+        iters=cfg.kmeans_iters,
+        sample_per_list=cfg.kmeans_sample,
+        balance=balance,
+        progress=progress,
+    )
+    cap_primary, cap_total = _capacities(len(xb), nlist, cfg)
+    primary = assign_primary(xb, centroids, cap_primary)
+    centroids = cluster_means(xb, primary, nlist, centroids)
+    rows = np.arange(len(xb), dtype=np.int64)
+    if cfg.spill <= 0 or nlist < 2:
+        return centroids, rows, primary
+    spill = assign_spill(xb, centroids, primary, cap_total, spill=cfg.spill, lam=cfg.soar_lambda)
+    ok = spill >= 0
+    extra_rows = np.broadcast_to(rows[:, None], spill.shape)[ok]
+    return centroids, np.concatenate([rows, extra_rows]), np.concatenate([primary, spill[ok]])
+
+
+def _assign_new(
+    xb: np.ndarray, centroids: np.ndarray, sizes: np.ndarray, cfg: IndexConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters for added rows: (primary [n], spilled row indices, their clusters)."""
+    nlist = len(centroids)
+    total = int(sizes.sum()) + len(xb) * (1 + max(cfg.spill, 0))  # cap is on primary + spilled entries
+    if cfg.balance and cfg.balance > 0:
+        cap = np.maximum(int(np.ceil(cfg.balance * total / nlist)) - sizes, 0)
+    else:
+        cap = np.full(nlist, total, dtype=np.int64)
+    if cap.sum() < len(xb):  # full everywhere: grow evenly (rebuild_router re-balances)
+        cap = cap + int(np.ceil(len(xb) / nlist))
+    primary = assign_primary(xb, centroids, cap)
+    if cfg.spill <= 0 or nlist < 2:
+        return primary, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    spill = assign_spill(xb, centroids, primary, cap, spill=cfg.spill, lam=cfg.soar_lambda)
+    r, j = np.nonzero(spill >= 0)
+    return primary, r.astype(np.int64), spill[r, j]
+
+
+def _train_codec(xb: np.ndarray, cfg: IndexConfig) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(cfg.seed)
+    n = min(len(xb), 65536)
+    sample = xb if n == len(xb) else xb[np.sort(rng.choice(len(xb), n, replace=False))]
+    return storage_mod.train_codec(cfg.storage, sample, pq_m=cfg.pq_m, pq_bits=cfg.pq_bits, seed=cfg.seed)
+
+
+def _padded_layout(
+    entry_row: np.ndarray,
+    entry_list: np.ndarray,
+    nlist: int,
+    vectors: np.ndarray,
+    storage: str,
+    codec: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Clusters padded to one capacity: codes [C, cap, D] and rows [C, cap] (-1 = empty slot)."""
+    order = np.argsort(entry_list, kind="stable")
+    lists, rows = entry_list[order], entry_row[order]
+    sizes = np.bincount(lists, minlength=nlist)
+    cap = max(int(sizes.max()) if len(sizes) else 1, 1)
+    pos = np.arange(len(lists)) - (np.cumsum(sizes) - sizes)[lists]
+    rows_p = np.full((nlist, cap), -1, dtype=np.int64)
+    rows_p[lists, pos] = rows
+    sample = storage_mod.encode(storage, vectors[:1], codec)
+    codes = np.zeros((nlist, cap, vectors.shape[1]), dtype=sample.dtype)
+    for s in range(0, len(rows), _ADD_CHUNK):
+        sl = slice(s, s + _ADD_CHUNK)
+        codes[lists[sl], pos[sl]] = storage_mod.encode(storage, vectors[rows[sl]], codec)
+    return {"codes": codes, "rows": rows_p}
+
+
+def _to_torch(g: dict[str, Any], centroids: np.ndarray, cfg: IndexConfig) -> None:
+    import torch
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    dev = torch.device(_resolve_device(cfg.device))
+    g["codes"] = torch.from_numpy(g["codes"]).to(dev)
+    g["rows"] = torch.from_numpy(g["rows"]).to(dev)
+    g["centroids"] = torch.from_numpy(centroids).to(dev)
+    g["compute_dtype"] = torch.float16 if dev.type == "cuda" and cfg.storage != "flat" else torch.float32
+
+
+def _search_preassigned(
+    index: faiss.IndexIVF, xq: np.ndarray, k: int, probes: np.ndarray, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS scan of the given lists (thread-safe: nprobe passed per call, not set on the index)."""
+    q = len(xq)
+    dist = np.empty((q, k), dtype=np.float32)
+    ids = np.empty((q, k), dtype=np.int64)
+    probes = np.ascontiguousarray(probes, dtype=np.int64)
+    coarse = np.zeros(probes.shape, dtype=np.float32)
+    params = faiss.SearchParametersIVF(nprobe=nprobe)
+    index.search_preassigned_c(
+        q,
+        faiss.swig_ptr(xq),
+        k,
+        faiss.swig_ptr(probes),
+        faiss.swig_ptr(coarse),
+        faiss.swig_ptr(dist),
+        faiss.swig_ptr(ids),
+        False,
+        params,
+    )
+    return dist, ids
+
+
+def _check_consistent(
+    directory: Path, manifest: dict, arrays: dict[str, np.ndarray], labels: np.ndarray, cfg: IndexConfig
+) -> None:
+    """The saved arrays agree with each other and the manifest (shapes, dtypes, ranges)."""
+    c, v = arrays["centroids"], arrays["vectors"]
+    problems = []
+    if c.ndim != 2 or v.ndim != 2 or c.shape[1] != v.shape[1] or c.shape[1] != manifest.get("dim"):
+        problems.append("centroids/vectors shapes disagree with the manifest dimension")
+    if len(arrays["row_class"]) != len(v) or len(arrays["entry_row"]) != len(arrays["entry_list"]):
+        problems.append("row or entry arrays have different lengths")
+    if len(arrays["entry_row"]) and (arrays["entry_row"].max() >= len(v) or arrays["entry_list"].max() >= len(c)):
+        problems.append("entries point outside the stored rows or clusters")
+    if len(labels) != len(arrays["classes"]) or len(arrays["classes"]) != manifest.get("num_classes"):
+        problems.append("class count disagrees with the labels or the manifest")
+    if len(v) != manifest.get("num_prototypes"):
+        problems.append("prototype count disagrees with the manifest")
+    if problems:
+        raise IndexIntegrityError(f"{directory}: " + "; ".join(problems))

@@ -135,6 +135,13 @@ class TritonServer:
     model_repository: Path
     log_path: Path
     _log_tail: deque = field(default_factory=lambda: deque(maxlen=400))
+    command: list[str] = field(default_factory=list)  # how it was started: `restart` runs it again
+    env: dict[str, str] | None = None
+    models: tuple[str, ...] = ()  # the models that must be ready
+    ready_timeout_s: float = 180.0
+    watchdog: object | None = None  # StubWatchdog (server_watchdog.py) when started with one
+    stopping: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def http_url(self) -> str:
@@ -160,6 +167,14 @@ class TritonServer:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait, SIGKILL if it does not exit; returns the exit code."""
+        self.stopping = True
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        with self._lock:
+            self._terminate(timeout)
+        return self.process.returncode
+
+    def _terminate(self, timeout: float) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -167,7 +182,27 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.returncode
+
+    def _spawn(self) -> None:
+        """Start `command` (again) with its log pumped into `log_path` and the tail."""
+        log_file = open(self.log_path, "a")  # noqa: SIM115 - closed by the pump thread's owner at exit
+        self._log_tail.clear()
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        args = (self.process.stdout, log_file, self._log_tail, False)
+        threading.Thread(target=_pump_log, args=args, daemon=True).start()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop the server if it still runs, start the same command again, wait until ready."""
+        if not self.command:
+            raise TritonError("this server was not started by start_server; it cannot be restarted")
+        with self._lock:
+            if self.stopping:
+                return
+            self._terminate(timeout)
+            self._spawn()
+        wait_until_ready(self, self.models, self.ready_timeout_s)
 
     def __enter__(self) -> TritonServer:
         return self
@@ -212,6 +247,7 @@ def start_server(
     shm_default_byte_size: int | None = None,
     admin_key: str | None = None,
     echo_log: bool = False,
+    watchdog: bool = True,
 ) -> TritonServer:
     """Start tritonserver on `model_repository` and wait until it and every model are ready.
 
@@ -220,7 +256,9 @@ def start_server(
     With `admin_key`, the model-repository (load/unload), trace and logging APIs require the
     header `ADMIN_HEADER: <admin_key>` on both protocols, so a client that may classify cannot
     replace models. Raises `TritonError` quoting the server's log when it exits or a model
-    fails to load.
+    fails to load. With `watchdog`, a Python-backend stub that dies is brought back without
+    manual action (its model reloaded in explicit mode, else the server restarted; see
+    `server_watchdog.py`), and so is a server process that exits on its own.
     """
     model_repository = Path(model_repository).resolve()
     if not model_repository.is_dir():
@@ -265,13 +303,20 @@ def start_server(
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_environment(install), start_new_session=True
     )
-    server = TritonServer(proc, host, http_port, grpc_port, metrics_port, model_repository, log_path)
+    server = TritonServer(
+        proc, host, http_port, grpc_port, metrics_port, model_repository, log_path,
+        command=cmd, env=server_environment(install), models=tuple(models), ready_timeout_s=ready_timeout_s,
+    )  # fmt: skip
     threading.Thread(target=_pump_log, args=(proc.stdout, log_file, server._log_tail, echo_log), daemon=True).start()
     try:
         wait_until_ready(server, models, ready_timeout_s)
     except BaseException:
         server.stop(timeout=10)
         raise
+    if watchdog:
+        from megaclass.python_backend.server_watchdog import StubWatchdog
+
+        server.watchdog = StubWatchdog(server, explicit=explicit, admin_key=admin_key).start()
     return server
 
 

@@ -29,7 +29,6 @@ def nginx_available() -> bool:
 def tiny_repo(tmp_path_factory) -> Path:
     """The integration tests' tiny real repository (projection encoder, 40 classes), built once."""
     from megaclass.export.config import ModelServingConfig, ServingConfig
-
     from tests.integration.conftest import build_tiny_repository
 
     root = tmp_path_factory.mktemp("docker-tiny")

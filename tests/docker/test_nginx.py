@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from megaclass.loadtest.scaleout_nginx import (
     LoadBalancerConfig,
     Replica,
@@ -11,7 +12,6 @@ from megaclass.loadtest.scaleout_nginx import (
     compose_replica_names,
     render_nginx_config,
 )
-
 from tests.docker.conftest import DOCKER, nginx_available, require
 
 REPLICAS = [Replica("127.0.0.1", 9101, 9100), Replica("127.0.0.1", 9201, 9200), Replica("127.0.0.1", 9301, 9300)]
@@ -45,7 +45,9 @@ def test_no_replica_is_refused():
 
 def test_nginx_accepts_the_local_configuration(tmp_path):
     require(nginx_available(), "nginx is not installed (Debian package nginx)")
-    lb = LoadBalancerConfig(pid_file=str(tmp_path / "nginx.pid"), temp_dir=str(tmp_path), access_log=str(tmp_path / "a.log"))
+    lb = LoadBalancerConfig(
+        pid_file=str(tmp_path / "nginx.pid"), temp_dir=str(tmp_path), access_log=str(tmp_path / "a.log")
+    )
     check_config(render_nginx_config(REPLICAS, lb), tmp_path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from megaclass.export.config import TrainConfig
 from megaclass.export.embedding import embed_images
 from megaclass.export.encoder_model import ENCODERS, GlyphEncoder, VectorEncoder, build_encoder

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from megaclass.export.config import ExportConfig, TrainConfig, replace
 from megaclass.export.encoder_model import build_encoder
 from megaclass.export.onnx_export import ParityError, export_onnx, sha256_file

@@ -6,6 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
 from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
 from megaclass.export.repository import (
     ModelShapes,
@@ -19,7 +21,6 @@ from megaclass.export.repository import (
     versions,
     write_config,
 )
-from tritonclient.grpc import model_config_pb2 as mc
 
 SHAPES = ModelShapes(image_size=32, embedding_dim=128)
 

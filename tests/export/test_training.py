@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from megaclass.export.config import TrainConfig, replace
 from megaclass.export.embedding import embed_images
 from megaclass.export.training import (
@@ -14,6 +15,7 @@ from megaclass.export.training import (
     load_encoder,
     lr_at,
     m_per_class_indices,
+    retrieval_eval_fn,
     train_encoder,
 )
 
@@ -163,6 +165,27 @@ def test_augment_is_called_with_seeded_generator(data, tmp_path):
     b = train_encoder(x, y, cfg, tmp_path / "b", augment=augment, progress=False)
     assert seen and seen[0] == (80, 1, SIZE, SIZE)
     assert a.history[0]["loss"] == b.history[0]["loss"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_trains_on_cuda(data, tmp_path):
+    (x, y, _), (xq, yq, _) = data
+    result = train_encoder(x, y, replace(CFG, device="cuda", epochs=2), tmp_path, progress=False)
+    assert next(result.model.parameters()).is_cuda
+    assert precision_at_1(result.model, xq, yq, x, y) > 0.3
+    cpu = load_encoder(result.checkpoint_path)
+    assert not next(cpu.parameters()).is_cuda
+
+
+def test_retrieval_eval_fn(trained, data):
+    result, _, _ = trained
+    (x, y, _), (xq, yq, _) = data
+    per_image = retrieval_eval_fn(x, y, xq, yq, ks=(1, 5))(result.model)
+    assert per_image["precision_at_1"] == pytest.approx(precision_at_1(result.model, xq, yq, x, y))
+    assert per_image["hit_rate_at_5"] >= per_image["precision_at_1"]
+    protos = retrieval_eval_fn(x, y, xq, yq, prototypes=True)(result.model)
+    assert protos["map_at_r"] == pytest.approx(protos["precision_at_1"]) and protos["precision_at_1"] > 0.75
 
 
 def test_sampler_gives_m_per_class_and_is_seeded():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend.routed_index import (
     IndexIntegrityError,

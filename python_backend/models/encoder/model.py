@@ -10,7 +10,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.encoder_runtime import OnnxEncoder, cpu_threads_per_instance
-from megaclass.python_backend.request_batching import TensorSpec, check_input, run_batched
+from megaclass.python_backend.request_batching import TensorSpec, check_input, is_client_error, run_batched
+
+
+def _error(exc):
+    """A bad request is the client's error (INVALID_ARG, HTTP 400); anything else is internal."""
+    code = pb_utils.TritonError.INVALID_ARG if is_client_error(exc) else pb_utils.TritonError.INTERNAL
+    return pb_utils.TritonError(f"encoder: {exc}", code)
 
 
 class TritonPythonModel:
@@ -38,7 +44,7 @@ class TritonPythonModel:
         responses = []
         for result in run_batched(inputs, lambda x: [self.encoder.embed(x)]):
             if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"encoder: {result}")))
+                responses.append(pb_utils.InferenceResponse(error=_error(result)))
             else:
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, result[0])]))
         return responses

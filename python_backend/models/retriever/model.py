@@ -11,14 +11,21 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from megaclass.python_backend.request_batching import TensorSpec, check_input
+from megaclass.python_backend.request_batching import TensorSpec, check_input, is_client_error
 from megaclass.python_backend.retriever_service import (
     RetrieverRequest,
     answer_requests,
+    check_index_matches_config,
     index_fingerprint,
     parse_options,
 )
 from megaclass.python_backend.routed_index import RoutedIndex
+
+
+def _error(exc):
+    """A bad request is the client's error (INVALID_ARG, HTTP 400); anything else is internal."""
+    code = pb_utils.TritonError.INVALID_ARG if is_client_error(exc) else pb_utils.TritonError.INTERNAL
+    return pb_utils.TritonError(f"retriever: {exc}", code)
 
 
 class TritonPythonModel:
@@ -26,7 +33,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.index = RoutedIndex.load(version_dir / params.get("index_dir", "index"))
+        index_dir = version_dir / params.get("index_dir", "index")
+        self.index = RoutedIndex.load(index_dir)
+        check_index_matches_config(self.index.dim, config, index_dir)
         fingerprint = index_fingerprint(self.index.manifest)
         self.version = f"{args['model_version']}:{fingerprint}".encode()
         self.spec = TensorSpec("EMBEDDING", np.float32, (self.index.dim,))
@@ -86,7 +95,7 @@ class TritonPythonModel:
         responses = []
         for answer in answers:
             if isinstance(answer, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"retriever: {answer}")))
+                responses.append(pb_utils.InferenceResponse(error=_error(answer)))
                 continue
             n = answer.class_ids.shape[0]
             labels = np.array([[s.encode() for s in row] for row in answer.labels], dtype=np.object_)

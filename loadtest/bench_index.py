@@ -1,0 +1,428 @@
+"""`megaclass bench index`: the routed index against FAISS IVF-Flat, HNSW-Flat and exact search.
+
+All methods run in one process on the same data, queries and thread count. For each method the
+parameter that trades speed for recall is swept (IVF: nprobe; HNSW: efSearch; routed index: nprobe
+and re-rank depth, chosen by `tune` on a separate tuning half of the queries); recall is search
+recall@k of the top-k *classes* against exact search on the evaluation half. Reported per method at
+its fastest setting reaching the target recall: queries per second and p50/p99 batch latency at each
+batch size, build time, bytes per class, and the fraction of the memory-bandwidth floor reached
+(bytes read per query × QPS ÷ measured copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megaclass.export.config import IndexConfig
+from megaclass.python_backend.routed_index import RoutedIndex, aggregate_classes
+from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, time_search, tune
+
+ROUTED_CONFIGS: tuple[dict[str, Any], ...] = (
+    {"storage": "sq8", "spill": 1},
+    {"storage": "pq", "spill": 1, "pq_m": 64},
+    {"storage": "flat", "spill": 0},
+)
+
+
+# ------------------------------------------------------------------------------------- data
+def synthetic_embeddings(
+    num_classes: int,
+    dim: int = 128,
+    *,
+    num_queries: int = 4096,
+    group_size: int = 500,
+    spread: float = 1.0,
+    query_noise: float = 0.8,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered unit vectors that look like class embeddings, and queries near random classes.
+
+    Classes fall into num_classes / group_size groups (Zipf-sized: a few large, many small) whose
+    centres lie on the sphere; a class prototype is its group centre plus `spread` × an anisotropic
+    unit perturbation (variance decaying as 1/i over a random basis, as in trained embeddings). A
+    query is a random class's prototype plus `query_noise` × an isotropic unit vector (cos ≈ 0.78).
+    Returns (prototypes float32 [N, dim], class ids int64 [N], queries float32 [num_queries, dim]).
+    """
+    rng = np.random.default_rng(seed)
+    groups = max(1, num_classes // group_size)
+    spec = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32)
+    centres = (rng.standard_normal((groups, dim)).astype(np.float32) * spec) @ basis
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    weight = 1.0 / np.arange(1, groups + 1) ** 0.7
+    group = rng.choice(groups, size=num_classes, p=weight / weight.sum())
+    out = np.empty((num_classes, dim), np.float32)
+    for s in range(0, num_classes, 200_000):
+        n = min(200_000, num_classes - s)
+        e = (rng.standard_normal((n, dim)).astype(np.float32) * spec) @ basis
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        x = centres[group[s : s + n]] + spread * e
+        out[s : s + n] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    own = rng.integers(0, num_classes, num_queries)
+    e = rng.standard_normal((num_queries, dim)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    xq = out[own] + query_noise * e
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    return out, np.arange(num_classes, dtype=np.int64), xq.astype(np.float32)
+
+
+def read_labels(path: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """labels.txt (one label per prototype row; repeats = several prototypes of one class) -> ids, labels."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    names, ids = np.unique(np.array(lines, dtype=object), return_inverse=True)
+    return ids.astype(np.int64), {i: str(n) for i, n in enumerate(names)}
+
+
+def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Best large-array copy rate on this machine, GB/s of bytes read (a copy also writes as many)."""
+    a = np.ones(nbytes // 4, np.float32)
+    b = np.empty_like(a)
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best / 1e9
+
+
+def set_threads(threads: int) -> None:
+    """Use `threads` threads in FAISS (OpenMP), torch and the BLAS numpy links."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def _fingerprint(*arrays: np.ndarray, **params: Any) -> str:
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a[:: max(1, len(a) // 4096)]).tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------- baselines
+def _faiss_method(index: Any, class_ids: np.ndarray, mult: int, set_param: Callable[[int], None]):
+    """A search function over a FAISS index that returns top-k classes (prototype hits aggregated)."""
+
+    def search(xq: np.ndarray, k: int, param: int) -> np.ndarray:
+        set_param(param)
+        dist, ids = index.search(xq, k * mult)
+        cand = np.where(ids >= 0, class_ids[np.maximum(ids, 0)], -1)
+        return aggregate_classes(dist, cand, k)[0]
+
+    return search
+
+
+def _cached_faiss(path: Path | None, make: Callable[[], Any]) -> tuple[Any, float]:
+    import faiss
+
+    if path is not None and path.exists():
+        return faiss.read_index(str(path)), float(json.loads(path.with_suffix(".json").read_text())["build_s"])
+    t0 = time.perf_counter()
+    index = make()
+    build_s = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(index, str(path))
+        path.with_suffix(".json").write_text(json.dumps({"build_s": build_s}))
+    return index, build_s
+
+
+@dataclass
+class MethodRun:
+    """One method at its chosen setting."""
+
+    name: str
+    setting: str
+    recall: float
+    build_s: float
+    bytes_per_class: float
+    bytes_per_query: float  # read from memory per query at this setting (floor estimate)
+    timings: dict[int, dict[str, float]]  # batch size -> qps, p50_ms, p99_ms
+    curve: list[tuple[float, float]]  # (recall, qps at the plot batch) of the swept settings
+
+
+def _sweep(
+    search: Callable[[np.ndarray, int, int], np.ndarray],
+    params: Sequence[int],
+    xq: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    target: float,
+    batch: int,
+    extra: int = 2,
+) -> tuple[int | None, list[tuple[int, float, float]]]:
+    """Recall at each param (ascending cost) until the target is met (plus `extra` more); QPS at `batch`."""
+    out, chosen, after = [], None, 0
+    for p in params:
+        recall = search_recall_at_k(search(xq, k, p), truth)
+        qps = time_search(lambda x, p=p: search(x, k, p), xq, batch, repeats=2)["qps"]
+        out.append((p, recall, qps))
+        if chosen is None and recall >= target:
+            chosen = p
+        elif chosen is not None:
+            after += 1
+        if after >= extra:
+            break
+    return chosen, out
+
+
+def _time_batches(fn: Callable[[np.ndarray], Any], xq: np.ndarray, batch_sizes: Sequence[int]) -> dict[int, dict]:
+    out = {}
+    for b in batch_sizes:
+        n = len(xq) if b > 1 else min(len(xq), 512)
+        out[b] = time_search(fn, xq[:n], b, repeats=3 if b > 1 else 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------- the run
+def run_index_benchmark(
+    prototypes: np.ndarray,
+    class_ids: np.ndarray,
+    labels: dict[int, str],
+    queries: np.ndarray,
+    *,
+    name: str,
+    top_k: int = 10,
+    batch_sizes: Sequence[int] = (1, 64, 1024),
+    threads: int = 2,
+    target_recall: float = 0.95,
+    nlist: int | None = None,
+    routed_configs: Sequence[dict[str, Any]] = ROUTED_CONFIGS,
+    hnsw_m: int = 32,
+    hnsw: bool = True,
+    out_dir: Path = Path(".cache/megaclass/bench/index"),
+    cache_dir: Path | None = Path(".cache/megaclass/bench/index-cache"),
+    plot_batch: int = 64,
+) -> dict[str, Any]:
+    """Run every method on one data set; returns a report dict (also written as JSON, table and PNG)."""
+    import faiss
+
+    set_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    xb = np.ascontiguousarray(prototypes, dtype=np.float32)
+    ids = np.asarray(class_ids, dtype=np.int64)
+    n, d = xb.shape
+    num_classes = len(np.unique(ids))
+    mult = int(np.unique(ids, return_counts=True)[1].max())
+    nlist = nlist or max(1, int(round(4 * np.sqrt(n))))
+    half = len(queries) // 2
+    xq_tune, xq = np.ascontiguousarray(queries[:half]), np.ascontiguousarray(queries[half:])
+    key = _fingerprint(xb, ids, queries, k=top_k)
+    cache = Path(cache_dir) / f"{name}-{key}" if cache_dir else None
+    bandwidth = copy_bandwidth_gbs()
+    print(f"[bench index] {name}: {n} prototypes, {num_classes} classes, dim {d}, nlist {nlist}, "
+          f"{len(xq)} eval + {len(xq_tune)} tuning queries, {threads} threads, copy {bandwidth:.1f} GB/s", flush=True)  # fmt: skip
+
+    # exact search: ground truth and the flat baseline
+    flat = faiss.IndexFlatIP(d)
+    t0 = time.perf_counter()
+    flat.add(xb)
+    flat_build = time.perf_counter() - t0
+    exact = _faiss_method(flat, ids, mult, lambda p: None)
+    truth = exact(xq, top_k, 0)
+    truth_tune = exact(xq_tune, top_k, 0)
+    runs: list[MethodRun] = []
+    runs.append(
+        MethodRun("exact (IndexFlatIP)", "-", 1.0, flat_build, 4 * d * n / num_classes, 4 * d * n,
+                  _time_batches(lambda x: exact(x, top_k, 0), xq, batch_sizes), [])
+    )  # fmt: skip
+    print(f"  exact: {runs[-1].timings}", flush=True)
+
+    # FAISS IVF-Flat, same number of clusters, k-means on the same sample size per cluster
+    def make_ivf() -> Any:
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.max_points_per_centroid = IndexConfig().kmeans_sample
+        ivf.cp.seed = 0
+        ivf.train(xb)
+        ivf.add(xb)
+        return ivf
+
+    ivf, ivf_build = _cached_faiss(cache / f"ivf{nlist}.faiss" if cache else None, make_ivf)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(nlist)])
+
+    def set_nprobe(p: int) -> None:
+        ivf.nprobe = p
+
+    ivf_search = _faiss_method(ivf, ids, mult, set_nprobe)
+    chosen, pts = _sweep(ivf_search, nprobe_grid(nlist), xq, truth, top_k, target_recall, plot_batch)
+    chosen = chosen or pts[-1][0]
+    recall = next(r for p, r, _ in pts if p == chosen)
+    # expected entries scanned: the lists a query's top-nprobe centroids point to
+    _, probes = ivf.quantizer.search(xq[:256], chosen)
+    scanned = float(sizes[probes].sum(axis=1).mean())
+    runs.append(
+        MethodRun("FAISS IndexIVFFlat", f"nprobe={chosen}", recall, ivf_build, (4 * d + 8) * n / num_classes,
+                  scanned * 4 * d + nlist * 4 * d,
+                  _time_batches(lambda x: ivf_search(x, top_k, chosen), xq, batch_sizes),
+                  [(r, q) for _, r, q in pts])
+    )  # fmt: skip
+    print(f"  ivf: {runs[-1].setting} recall {recall:.3f} {runs[-1].timings}", flush=True)
+
+    if hnsw:
+
+        def make_hnsw() -> Any:
+            h = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            h.add(xb)
+            return h
+
+        h, h_build = _cached_faiss(cache / f"hnsw{hnsw_m}.faiss" if cache else None, make_hnsw)
+
+        def set_ef(p: int) -> None:
+            h.hnsw.efSearch = p
+
+        h_search = _faiss_method(h, ids, mult, set_ef)
+        efs = [e for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024) if e >= top_k * mult]
+        chosen_ef, pts = _sweep(h_search, efs, xq, truth, top_k, target_recall, plot_batch)
+        chosen_ef = chosen_ef or pts[-1][0]
+        recall = next(r for p, r, _ in pts if p == chosen_ef)
+        faiss.cvar.hnsw_stats.reset()
+        h_search(xq[:256], top_k, chosen_ef)
+        ndis = faiss.cvar.hnsw_stats.ndis / 256
+        h_bytes = faiss.serialize_index(h).nbytes / num_classes
+        runs.append(
+            MethodRun(f"FAISS IndexHNSWFlat M={hnsw_m}", f"efSearch={chosen_ef}", recall, h_build, h_bytes,
+                      ndis * 4 * d, _time_batches(lambda x: h_search(x, top_k, chosen_ef), xq, batch_sizes),
+                      [(r, q) for _, r, q in pts])
+        )  # fmt: skip
+        print(f"  hnsw: {runs[-1].setting} recall {recall:.3f} {runs[-1].timings}", flush=True)
+
+    for rc in routed_configs:
+        cfg = IndexConfig(nlist=nlist, **{k: v for k, v in rc.items() if k != "backend"})
+        tag = "-".join(f"{k}{v}" for k, v in sorted(rc.items()))
+        path = cache / f"routed-{tag}" if cache else None
+        if path is not None and (path / "manifest.json").exists():
+            index = RoutedIndex.load(path, backend=rc.get("backend", "faiss"))
+            build_s = float(index.manifest.get("build_seconds", float("nan")))
+        else:
+            t0 = time.perf_counter()
+            index = RoutedIndex.build(xb, ids, labels, dataclasses.replace(cfg, backend=rc.get("backend", "faiss")))
+            build_s = time.perf_counter() - t0
+            if path is not None:
+                index.save(path)
+        t = tune(index, xq_tune, target_recall=target_recall, top_k=top_k, truth=truth_tune, batch=plot_batch)
+        res = index.search(xq, top_k, nprobe=t.nprobe, rerank=t.rerank)
+        recall = search_recall_at_k(res.class_ids, truth)
+        mem = index.memory_bytes()
+        code = mem["codes"] / max(index.num_entries, 1)
+        per_query = res.stats["candidates"] * code + res.stats["fetched"] * 4 * d * (cfg.storage != "flat")
+        per_query += index.nlist * 4 * d
+        curve = []
+        for p in t.curve:
+            if p["rerank"] == t.rerank:
+                q = time_search(lambda x, p=p: index.search(x, top_k, nprobe=int(p["nprobe"]), rerank=t.rerank),
+                                xq, plot_batch, repeats=1)["qps"]  # fmt: skip
+                curve.append((search_recall_at_k(index.search(xq, top_k, nprobe=int(p["nprobe"]), rerank=t.rerank).class_ids, truth), q))  # fmt: skip
+        runs.append(
+            MethodRun(f"routed {tag} ({index.cfg.backend})", f"nprobe={t.nprobe} rerank={t.rerank}", recall, build_s,
+                      sum(mem.values()) / num_classes, per_query,
+                      _time_batches(lambda x, t=t: index.search(x, top_k, nprobe=t.nprobe, rerank=t.rerank), xq, batch_sizes),
+                      curve)
+        )  # fmt: skip
+        print(f"  {runs[-1].name}: {runs[-1].setting} recall {recall:.3f} {runs[-1].timings}", flush=True)
+        del index
+
+    report = {
+        "name": name,
+        "machine": machine_description(),
+        "threads": threads,
+        "copy_bandwidth_gbs": bandwidth,
+        "prototypes": n,
+        "classes": num_classes,
+        "dim": d,
+        "nlist": nlist,
+        "top_k": top_k,
+        "target_recall": target_recall,
+        "eval_queries": len(xq),
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1, default=float))
+    table = markdown_table(report)
+    (out_dir / f"{name}.md").write_text(table)
+    plot(report, out_dir / f"{name}.png", plot_batch)
+    print(table, flush=True)
+    return report
+
+
+def machine_description() -> str:
+    """CPU model, cores and memory of this machine, in words."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except OSError:
+        mem = float("nan")
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()}"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """One row per method: setting, recall, QPS and p50/p99 per batch size, build, bytes/class, floor %."""
+    runs = report["runs"]
+    batches = sorted({int(b) for r in runs for b in r["timings"]})
+    ivf = next((r for r in runs if r["name"].startswith("FAISS IndexIVF")), None)
+    head = ["method", "setting", f"recall@{report['top_k']}"]
+    head += [f"QPS b={b}" for b in batches] + [f"p50/p99 ms b={b}" for b in batches]
+    head += ["× IVF (b=64)", "build s", "bytes/class", "bw floor %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    bw = report["copy_bandwidth_gbs"] * 1e9
+    for r in runs:
+        t = {int(b): v for b, v in r["timings"].items()}
+        ratio = t[64]["qps"] / {int(b): v for b, v in ivf["timings"].items()}[64]["qps"] if ivf and 64 in t else float("nan")
+        floor = 100 * t.get(64, t[batches[-1]])["qps"] * r["bytes_per_query"] / bw
+        row = [r["name"], r["setting"], f"{r['recall']:.3f}"]
+        row += [f"{t[b]['qps']:.0f}" for b in batches]
+        row += [f"{t[b]['p50_ms']:.2f} / {t[b]['p99_ms']:.2f}" for b in batches]
+        row += [f"{ratio:.2f}", f"{r['build_s']:.0f}", f"{r['bytes_per_class']:.0f}", f"{floor:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path, batch: int = 64) -> None:
+    """Recall vs QPS at `batch` for every swept method (log QPS)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in report["runs"]:
+        pts = sorted(r["curve"]) or [(r["recall"], r["timings"][batch]["qps"] if batch in r["timings"] else
+                                      r["timings"][str(batch)]["qps"])]  # fmt: skip
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=r["name"])
+    ax.axvline(report["target_recall"], color="grey", ls="--", lw=1)
+    ax.set_xlabel(f"search recall@{report['top_k']} (classes, vs exact)")
+    ax.set_ylabel(f"queries / s (batch {batch}, {report['threads']} threads)")
+    ax.set_yscale("log")
+    ax.set_title(f"{report['name']}: {report['classes']} classes × {report['dim']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

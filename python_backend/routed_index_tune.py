@@ -1,0 +1,120 @@
+"""Choose search settings (nprobe, rerank) for a target search recall on a held-out query sample."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from megaclass.python_backend.routed_index import RoutedIndex
+
+
+def search_recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |found ∩ truth| / |truth| (ids -1 ignored): recall of approximate vs exact search."""
+    hits, total = 0, 0
+    for f, t in zip(found, truth, strict=True):
+        t = set(t[t >= 0].tolist())
+        hits += len(t & set(f[f >= 0].tolist()))
+        total += len(t)
+    return hits / max(total, 1)
+
+
+def nprobe_grid(nlist: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... (about √2 apart) up to nlist."""
+    out, x = [], 1.0
+    while int(x) < nlist:
+        if int(round(x)) not in out:
+            out.append(int(round(x)))
+        x *= 2**0.5
+    return out + [nlist]
+
+
+def time_search(fn: Callable[[np.ndarray], Any], queries: np.ndarray, batch: int, repeats: int = 3) -> dict[str, float]:
+    """Run `fn` over `queries` in batches: QPS (best of `repeats` passes), p50/p99 batch latency (ms)."""
+    fn(queries[: min(batch, len(queries))])  # warm up
+    best, lat = np.inf, []
+    for _ in range(repeats):
+        t_pass = 0.0
+        for s in range(0, len(queries), batch):
+            t0 = time.perf_counter()
+            fn(queries[s : s + batch])
+            dt = time.perf_counter() - t0
+            lat.append(dt)
+            t_pass += dt
+        best = min(best, t_pass)
+    lat_ms = np.array(lat) * 1e3
+    return {
+        "qps": len(queries) / best,
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+    }
+
+
+@dataclass
+class TuneResult:
+    """The chosen settings and every point measured on the way."""
+
+    nprobe: int
+    rerank: int
+    recall: float
+    qps: float
+    reached: bool  # False: no setting reached the target; the best recall is returned
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def tune(
+    index: RoutedIndex,
+    queries: np.ndarray,
+    *,
+    target_recall: float = 0.95,
+    top_k: int = 10,
+    truth: np.ndarray | None = None,
+    nprobes: Sequence[int] | None = None,
+    reranks: Sequence[int] | None = None,
+    batch: int = 64,
+    repeats: int = 2,
+) -> TuneResult:
+    """Fastest (nprobe, rerank) whose search recall@top_k on `queries` reaches `target_recall`.
+
+    For each rerank depth, nprobe grows until the target is met; those minimal points are timed at
+    `batch` queries per call and the one with the most queries per second wins. `truth`: exact top-k
+    class ids (computed by brute force when None). Recall never falls as nprobe grows (for fixed rerank).
+    """
+    truth = index.exact_search(queries, top_k).class_ids if truth is None else truth
+    nprobes = list(nprobes or nprobe_grid(index.nlist))
+    if index.cfg.storage == "flat":
+        reranks = [0]
+    else:
+        reranks = list(reranks or [t * top_k for t in (2, 4, 8, 16, 32)])
+    curve: list[dict[str, float]] = []
+    minimal: list[dict[str, float]] = []
+    for rr in reranks:
+        for nprobe in nprobes:
+            res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf)
+            point = {
+                "nprobe": nprobe,
+                "rerank": rr,
+                "recall": search_recall_at_k(res.class_ids, truth),
+                "candidates": res.stats["candidates"],
+            }
+            curve.append(point)
+            if point["recall"] >= target_recall:
+                minimal.append(point)
+                break
+    reached = bool(minimal)
+    if not reached:
+        minimal = [max(curve, key=lambda p: p["recall"])]
+    for p in minimal:
+        p.update(
+            time_search(
+                lambda x, p=p: index.search(x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"])),
+                queries,
+                batch,
+                repeats,
+            )
+        )
+    best = max(minimal, key=lambda p: p["qps"])
+    return TuneResult(int(best["nprobe"]), int(best["rerank"]), best["recall"], best["qps"], reached, curve)

@@ -1,0 +1,205 @@
+"""Bring a tritonserver back without manual action when a Python-backend stub process dies.
+
+Measured with the bundled Triton 2.51 (docs/reliability.md): a stub killed under load (SIGKILL,
+the OOM killer, a crash in native code) is never restarted. Its model stays READY, health says
+ready, and every request routed to that instance fails after about one second with "Stub process
+'<instance>' is not healthy." until the model is loaded again.
+
+`StubWatchdog` polls the server's child processes. A stub that died stays a zombie (Triton only
+reaps the stubs it stops itself, and never this one), so a zombie stub seen on two polls in a row
+is a dead one; the watchdog then reloads its model through the model-control API (explicit mode;
+with the admin key when that API is restricted), which starts a fresh stub beside the broken one
+and switches to it.
+A server without model control, or one whose process exited, is restarted instead (a few seconds
+of downtime). Restarts are capped so a crash loop does not spin forever.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+STUB_NAME = "triton_python_backend_stub"
+
+
+@dataclass
+class Recovery:
+    """One dead stub (or server exit) and what the watchdog did about it."""
+
+    model: str  # "" when the server process itself exited
+    instance: str
+    pid: int
+    action: str  # "reload" (model-control API) or "restart" (the whole server)
+    detected_at: float  # time.monotonic()
+    recovered_at: float | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.recovered_at is None else self.recovered_at - self.detected_at
+
+
+def stub_identity(cmdline: list[str]) -> tuple[str, str] | None:
+    """(model, instance) of a Python-backend stub from its command line, None for anything else.
+
+    The stub is started as `<stub> <repo>/<model>/<version>/model.py <shm region> ... <instance> <kind>`.
+    """
+    if not cmdline or not cmdline[0].endswith(STUB_NAME) or len(cmdline) < 3:
+        return None
+    model = Path(cmdline[1]).parent.parent.name
+    instance = next((a for a in reversed(cmdline) if a.startswith(f"{model}_")), model)
+    return model, instance
+
+
+class StubWatchdog:
+    """Polls a `TritonServer`'s stubs every `interval_s` and recovers from dead ones (see module doc)."""
+
+    def __init__(
+        self,
+        server,
+        *,
+        explicit: bool,
+        admin_key: str | None = None,
+        interval_s: float = 0.5,
+        max_restarts: int = 5,
+        restart_window_s: float = 600.0,
+    ):
+        self.server = server
+        self.explicit = explicit
+        self.admin_key = admin_key
+        self.interval_s = interval_s
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.recoveries: list[Recovery] = []
+        self.paused = threading.Event()  # tests pause it to observe Triton's own behaviour
+        self._known: dict[int, tuple[str, str]] = {}  # pid -> (model, instance), learnt while alive
+        self._suspects: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="triton-stub-watchdog", daemon=True)
+
+    def start(self) -> StubWatchdog:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _log(self, message: str) -> None:
+        line = f"W{time.strftime('%m%d %H:%M:%S')} megaclass watchdog] {message}\n"
+        self.server._log_tail.append(line)
+        sys.stderr.write(line)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.paused.is_set():
+                continue
+            try:
+                self.check_once()
+            except Exception as exc:  # the watchdog must never die of a transient /proc race
+                self._log(f"check failed: {type(exc).__name__}: {exc}")
+
+    def dead_stubs(self) -> list[tuple[int, str, str]]:
+        """(pid, model, instance) of stubs that have been zombies on two polls in a row."""
+        import psutil
+
+        try:
+            children = psutil.Process(self.server.process.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        zombies = set()
+        for child in children:
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    zombies.add(child.pid)
+                elif child.pid not in self._known and (ident := stub_identity(child.cmdline())):
+                    self._known[child.pid] = ident
+            except psutil.Error:
+                continue
+        dead = [(pid, *self._known[pid]) for pid in zombies & self._suspects if pid in self._known]
+        self._suspects = zombies
+        alive = {c.pid for c in children}
+        self._known = {pid: ident for pid, ident in self._known.items() if pid in alive}
+        return dead
+
+    def check_once(self) -> None:
+        """One poll: restart an exited server, reload the models of dead stubs."""
+        if self._stop.is_set() or self.server.stopping:
+            return
+        if not self.server.is_running():
+            self._recover(Recovery("", "tritonserver", self.server.process.pid, "restart", time.monotonic()))
+            return
+        for pid, model, instance in self.dead_stubs():
+            if any(r.pid == pid for r in self.recoveries):
+                continue  # already handled; the reload reaps it
+            self._suspects.discard(pid)
+            action = "reload" if self.explicit else "restart"
+            self._recover(Recovery(model, instance, pid, action, time.monotonic()))
+
+    def _recover(self, r: Recovery) -> None:
+        self.recoveries.append(r)
+        what = f"stub {r.instance} (pid {r.pid}) of model '{r.model}' died" if r.model else "tritonserver exited"
+        if r.action == "reload":
+            self._log(f"{what}; reloading '{r.model}'")
+            try:
+                self._reload(r.model)
+                r.recovered_at = time.monotonic()
+                self._log(f"'{r.model}' reloaded in {r.seconds:.1f}s")
+                return
+            except Exception as exc:
+                r.error = f"reload failed: {exc}"
+                self._log(f"{r.error}; restarting the server")
+                r.action = "restart"
+        recent = [
+            x
+            for x in self.recoveries
+            if x.action == "restart" and time.monotonic() - x.detected_at < self.restart_window_s
+        ]
+        if len(recent) > self.max_restarts:
+            r.error = f"gave up: more than {self.max_restarts} restarts in {self.restart_window_s:.0f}s"
+            self._log(r.error)
+            self._stop.set()
+            return
+        self._log(f"{what}; restarting the server")
+        try:
+            self.server.restart()
+            self._known.clear()
+            self._suspects.clear()
+            r.recovered_at = time.monotonic()
+            self._log(f"server restarted in {r.seconds:.1f}s")
+        except Exception as exc:
+            r.error = f"restart failed: {exc}"
+            self._log(r.error)
+
+    def _reload(self, model: str) -> None:
+        """Load `model` again with its own current config as an override.
+
+        A plain load request is a no-op when the model's files did not change (measured: Triton
+        2.51 keeps the broken instance); an override config makes Triton create new instances
+        beside the old ones and switch when they are ready, without touching the repository.
+        """
+        import json
+
+        from megaclass.python_backend.triton_server import admin_headers
+
+        base = f"http://{self.server.http_url}/v2"
+        with urllib.request.urlopen(f"{base}/models/{model}/config", timeout=10) as resp:
+            config = resp.read().decode()
+        headers = {"Content-Type": "application/json"}
+        if self.admin_key:
+            headers.update(admin_headers(self.admin_key, "http"))
+        body = json.dumps({"parameters": {"config": config}}).encode()
+        req = urllib.request.Request(
+            f"{base}/repository/models/{model}/load", data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.server.ready_timeout_s) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from None

@@ -1,0 +1,186 @@
+"""The images: Dockerfiles read instruction by instruction (no engine here: nothing is built),
+and the entrypoint and health check run for real against the bundled Triton 2.51."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.docker.conftest import DOCKER, ROOT
+
+# NGC release of the Triton image for each Triton version (NVIDIA's support matrix).
+NGC_RELEASE = {"2.51.0": "24.10"}
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def stages(dockerfile: Path) -> dict[str, list[tuple[str, str]]]:
+    result: dict[str, list] = {}
+    current = None
+    for op, rest in instructions(dockerfile):
+        if op == "FROM":
+            m = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", rest, re.I)
+            current = m.group(2) or m.group(1)
+            result[current] = [(op, rest)]
+        elif current:
+            result[current].append((op, rest))
+    return result
+
+
+def dockerignore_allows(dockerfile: Path, path: str) -> bool:
+    """Whether `path` reaches the build context under <Dockerfile>.dockerignore (last match wins)."""
+    allowed = True
+    for raw in Path(f"{dockerfile}.dockerignore").read_text().splitlines():
+        rule = raw.strip()
+        if not rule or rule.startswith("#"):
+            continue
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+            allowed = negate
+    return allowed
+
+
+DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cpu"]
+
+
+def test_gpu_image_is_ngc_triton_of_the_same_version_as_the_bundled_server():
+    (op, base), *_ = instructions(DOCKER / "Dockerfile")
+    arg = re.search(r"ARG TRITON_IMAGE=(\S+)", (DOCKER / "Dockerfile").read_text()).group(1)
+    assert arg == f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE['2.51.0']}-py3"
+    assert stages(DOCKER / "Dockerfile")["serve"][0][1].startswith("${TRITON_IMAGE}")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_runs_as_non_root_with_a_health_check(dockerfile):
+    serve = stages(dockerfile)["serve"]
+    ops = dict((op, rest) for op, rest in serve)  # the last of each instruction
+    assert re.fullmatch(r"\$\{MEGACLASS_UID\}:\$\{MEGACLASS_UID\}", ops["USER"])
+    assert int(re.search(r"ARG MEGACLASS_UID=(\d+)", dockerfile.read_text()).group(1)) >= 1000
+    assert "/opt/megaclass/healthcheck.py" in ops["HEALTHCHECK"] and "--start-period=" in ops["HEALTHCHECK"]
+    assert set(ops["EXPOSE"].split()) == {"8000", "8001", "8002"}
+    assert "baked" in stages(dockerfile), "a target with the model repository baked in"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_everything_copied_exists_and_reaches_the_build_context(dockerfile):
+    for stage in stages(dockerfile).values():
+        for op, rest in stage:
+            if op != "COPY":
+                continue
+            *sources, _dest = [a for a in rest.split() if not a.startswith("--")]
+            for src in sources:
+                if src != "model_repository":  # generated; the baked target needs it built first
+                    assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src}: not in the repository"
+                assert dockerignore_allows(dockerfile, src), f"{dockerfile.name}: {src} is excluded by .dockerignore"
+
+
+def test_gpu_requirements_are_pinned_and_keep_numpy_below_2():
+    lines = [ln.split("#")[0].strip() for ln in (DOCKER / "requirements-gpu.txt").read_text().splitlines()]
+    pins = dict(ln.split("==") for ln in lines if ln)
+    assert all(pins.values()), "every package pinned with =="
+    assert {"faiss-gpu-cu12", "onnxruntime-gpu", "numpy"} <= pins.keys()
+    assert int(pins["numpy"].split(".")[0]) < 2
+    assert "torch" not in pins and "faiss-cpu" not in pins and "onnxruntime" not in pins
+
+
+def test_cpu_requirements_are_pinned_by_the_lock():
+    lock = {ln.split("==")[0].lower() for ln in (ROOT / "requirements.lock").read_text().split() if "==" in ln}
+    wanted = [
+        ln.strip()
+        for ln in (DOCKER / "requirements-cpu.in").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert wanted and all(name.lower() in lock for name in wanted)
+
+
+def test_cpu_image_python_has_a_triton_stub():
+    from megaclass.python_backend.triton_server import locate_triton
+
+    (op, base), *_ = instructions(DOCKER / "Dockerfile.cpu")
+    version = re.match(r"python:(\d+\.\d+)", base).group(1)
+    stubs = locate_triton().stub.parents[1]
+    assert (stubs / version / "triton_python_backend_stub").exists()
+
+
+# --- the entrypoint and the health check, for real ----------------------------------------------
+def healthcheck(url: str, *models: str) -> int:
+    args = [a for m in models for a in ("--model", m)]
+    cmd = [sys.executable, str(DOCKER / "healthcheck.py"), "--url", url, "--timeout", "1", *args]
+    return subprocess.run(cmd, capture_output=True, timeout=30).returncode
+
+
+def test_healthcheck_fails_when_nothing_listens():
+    from megaclass.python_backend.triton_server import free_port
+
+    assert healthcheck(f"http://127.0.0.1:{free_port()}") == 1
+
+
+@pytest.mark.integration
+def test_entrypoint_serves_the_repository_and_stops_on_sigterm(tiny_repo, tmp_path):
+    """docker/entrypoint.sh with every flag set, run with the bundled tritonserver (Triton 2.51 =
+    NGC 24.10): the flags are accepted, the health check turns ready, SIGTERM stops it cleanly."""
+    from megaclass.python_backend.triton_server import free_port, locate_triton, prepare_backend_dir, server_environment
+
+    install = locate_triton()
+    env = server_environment(install)
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env.update(
+        TRITONSERVER=str(install.binary),
+        BACKEND_DIRECTORY=str(prepare_backend_dir(install, tmp_path)),
+        MODEL_REPOSITORY=str(tiny_repo),
+        BIND_ADDRESS="127.0.0.1",
+        HTTP_PORT=str(http),
+        GRPC_PORT=str(grpc),
+        METRICS_PORT=str(metrics),
+        CUDA_MEMORY_POOL_BYTE_SIZE="67108864",
+        PINNED_MEMORY_POOL_BYTE_SIZE="67108864",
+        EXIT_TIMEOUT_SECS="10",
+    )
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(DOCKER / "entrypoint.sh")], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{http}"
+        deadline = time.monotonic() + 90
+        while healthcheck(url, "classify", "retriever", "encoder") != 0:
+            assert proc.poll() is None, f"entrypoint exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"{url}/v2", timeout=5) as r:
+            version = json.load(r)["version"]
+        assert version in NGC_RELEASE, f"bundled Triton {version}: which NGC image matches it?"
+        assert f"tritonserver:{NGC_RELEASE[version]}-py3" in (DOCKER / "Dockerfile").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_entrypoint_refuses_an_empty_repository(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "MODEL_REPOSITORY": str(tmp_path), "TRITONSERVER": "/bin/false"}
+    proc = subprocess.run([str(DOCKER / "entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 64 and "missing or empty" in proc.stderr

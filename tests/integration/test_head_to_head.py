@@ -1,0 +1,36 @@
+"""The head-to-head command end to end, tiny and short: both servers, Locust, CSV, plots, docs section."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from megaclass.export.config import ModelServingConfig, ServingConfig, replace
+from megaclass.loadtest.head_to_head import HeadToHeadConfig, load_bench_config, run_head_to_head, write_outputs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_head_to_head_smoke(tiny_stack, tmp_path):
+    _, cfg = load_bench_config()
+    small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=1000)
+    cfg = replace(cfg, serving=ServingConfig(encoder=small, retriever=small))
+    bench = HeadToHeadConfig(
+        concurrency=(1, 4), duration_s=1.5, warmup_s=0.5, targets=("triton-grpc", "baseline"), image_count=16
+    )
+    run = run_head_to_head(tmp_path / "out", bench, cfg, repository=tiny_stack.repo, log=lambda *_: None)
+    assert [(p.target, p.concurrency) for p in run.points] == [
+        ("triton-grpc", 1), ("triton-grpc", 4), ("baseline", 1), ("baseline", 4),
+    ]  # fmt: skip
+    for p in run.points:
+        assert p.failures == 0 and p.requests > 0 and p.rps > 0 and p.p99_ms >= p.p50_ms > 0
+    assert all(math.isnan(p.mean_encoder_batch) for p in run.points if p.target == "baseline")
+    assert all(p.mean_encoder_batch >= 1 for p in run.points if p.target == "triton-grpc")
+
+    doc = tmp_path / "docs" / "benchmarks.md"
+    written = write_outputs(run, tmp_path / "out", doc, "megaclass bench serving --test")
+    text = doc.read_text()
+    assert "Serving head-to-head" in text and "megaclass bench serving --test" in text
+    assert "img/serving_h2h_throughput.png" in text and (doc.parent / "img" / "serving_h2h_latency.png").exists()
+    assert written["csv"].read_text().startswith("target,concurrency")

@@ -1,0 +1,78 @@
+"""Load tests against the real server: a short bounded Locust run, its report, the baseline service."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from megaclass.loadtest.locust_run import LocustSettings, run_locust
+from megaclass.loadtest.report import build_report
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_locust_run_has_no_failures_and_a_sane_count(tiny_stack, tmp_path):
+    """Four users (gRPC and HTTP), a mix of batch sizes and both models, for three seconds."""
+    settings = LocustSettings(
+        host=f"http://{tiny_stack.server.http_url}",
+        grpc_url=tiny_stack.server.grpc_url,
+        users=4,
+        spawn_rate=4,
+        run_time_s=3,
+        user_classes=("TritonGrpcUser", "TritonHttpUser"),
+        batch_mix="1:4,4:2,16:1",  # 16 = the tiny stack's max batch
+        model_mix="classify:3,retriever:1",
+    )
+    result = run_locust(settings, tmp_path, "smoke")
+    total, measured = result.total, result.measured()
+    assert result.returncode == 0, result.output_tail
+    assert total.failures == 0 and measured.failures == 0
+    assert 20 <= measured.requests <= 3 * 5000, measured  # 4 users for ~3 s: at least a few each
+    assert 2 <= measured.seconds <= 4 and measured.rows_per_s >= measured.rps
+    assert total.requests <= measured.requests  # Locust's CSV is a snapshot taken up to a second early
+    types = {s.type for s in result.stats if s.name != "Aggregated"}
+    assert types == {"grpc", "POST"}
+    names = {s.name for s in result.stats}
+    assert any(n.startswith("classify b=") for n in names) and any(n.startswith("retriever b=") for n in names)
+    assert result.images_per_s >= total.rps
+    for path in result.files().values():
+        assert path.exists(), path
+
+    md, page = build_report(tmp_path / "report", locust=[result.prefix])
+    text = md.read_text()
+    assert "Locust" in text and "classify b=1" in text and "locust_over_time.png" in text
+    assert (tmp_path / "report" / "plots" / "locust_over_time.png").stat().st_size > 1000
+    assert "<table>" in page.read_text()
+
+
+def test_baseline_service_answers_like_triton(tiny_stack, tmp_path):
+    """The FastAPI baseline on the same encoder and index gives the same classes, and Locust loads it."""
+    from megaclass.loadtest.head_to_head import BenchArtifacts, HeadToHeadConfig, serve_baseline
+    from megaclass.loadtest.head_to_head import newest_version_file as newest
+
+    onnx = newest(tiny_stack.repo / "encoder", "encoder.onnx")
+    index = newest(tiny_stack.repo / "retriever", "index")
+    art = BenchArtifacts(onnx, index, tiny_stack.repo, tmp_path / "none.npy", 16, 16, 40, "tiny stack")
+    images = tiny_stack.images[:6]
+    body = (images.astype(np.float32) / 255)[:, None].tobytes()
+    with serve_baseline(art, HeadToHeadConfig(), tmp_path, threads=1) as endpoint:
+        req = urllib.request.Request(f"{endpoint.http}/classify?n=6&top_k=3", data=body, method="POST")
+        got = json.loads(urllib.request.urlopen(req, timeout=10).read())
+        bad = urllib.request.Request(f"{endpoint.http}/classify?n=7", data=body, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(bad, timeout=10)
+        assert info.value.code == 400 and "float32" in info.value.read().decode()
+        result = run_locust(
+            LocustSettings(
+                host=endpoint.http, users=2, spawn_rate=2, run_time_s=2, user_classes=("BaselineHttpUser",),
+                batch_mix="1:3,4:1",
+            ),
+            tmp_path,
+            "baseline",
+        )  # fmt: skip
+    want = tiny_stack.index.search(tiny_stack.encoder.embed(images[:, None].astype(np.float32) / 255), top_k=3)
+    assert got["class_ids"] == want.class_ids.tolist()
+    assert result.total.failures == 0 and result.measured().requests >= 10

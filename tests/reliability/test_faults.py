@@ -1,0 +1,175 @@
+"""Faults: a broken index version is refused at load with the previous version serving; a
+Python-backend stub killed under load is brought back without manual action.
+
+Bounded: traffic for a few seconds per case, recovery waits capped at 30 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from megaclass.export.config import IndexConfig
+from megaclass.export.publish import PublishError, load_models
+from megaclass.export.repository import RETRIEVER, model_file, publish_version, remove_version
+
+from .conftest import MODELS, GoodTraffic, model_input, raw_infer, start_stack, stub_pid
+
+pytestmark = pytest.mark.integration
+
+
+def served_version(stack) -> str:
+    res = raw_infer(stack, "grpc", "classify", [("IMAGE", model_input(stack.images[:1]), "FP32")])
+    return res.as_numpy("INDEX_VERSION")[0, 0].decode()
+
+
+def _truncated(src, dst):
+    shutil.copytree(src, dst)
+    victim = dst / "classes.npy"
+    victim.write_bytes(victim.read_bytes()[:-8])
+
+
+def _flipped_byte(src, dst):
+    shutil.copytree(src, dst)
+    victim = dst / "row_class.npy"
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # same size, different content: only the checksum can tell
+    victim.write_bytes(bytes(data))
+
+
+def _wrong_dimension(src, dst):
+    from megaclass.python_backend.routed_index import RoutedIndex
+
+    rng = np.random.default_rng(0)
+    protos = rng.standard_normal((40, 8)).astype(np.float32)
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    ids = np.arange(1000, 1040)
+    RoutedIndex.build(protos, ids, {int(i): f"c{i}" for i in ids}, IndexConfig(nlist=2, nprobe=2)).save(dst)
+
+
+BROKEN = {
+    "truncated-file": (_truncated, r"classes\.npy: \d+ bytes, manifest says \d+ \(truncated\?\)"),
+    "wrong-checksum": (_flipped_byte, r"row_class\.npy: sha256 .* differs from the manifest \(corrupted\)"),
+    "wrong-dimension": (_wrong_dimension, r"has dimension 8 but the model's EMBEDDING input \(the encoder's output\) has 16"),
+    "missing-index": (None, r"manifest missing"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(stack, tmp_path, name):
+    """A broken version put into the repository behind publish's back (publish itself refuses
+    these: test_publish_faults.py) fails to load with a clear error; no request fails and the
+    previous version answers throughout."""
+    make, match = BROKEN[name]
+    files = {"model.py": model_file(RETRIEVER)}
+    if make is not None:
+        make(stack.index_dir, tmp_path / "index")
+        files["index"] = tmp_path / "index"
+    before = served_version(stack)
+    traffic = GoodTraffic(stack, max_s=60).start()
+    version = publish_version(stack.repo / RETRIEVER, files)
+    try:
+        t = time.monotonic()
+        with pytest.raises(PublishError, match=match) as info:
+            load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key)
+        assert f"version {version} is at UNAVAILABLE state" in str(info.value)
+        traffic.settle(after=time.monotonic())
+        traffic.stop()
+        assert traffic.errors == [], traffic.errors[:3]
+        assert any(d > t for d in traffic.done)
+        assert served_version(stack) == before
+    finally:
+        traffic.stop()
+        remove_version(stack.repo / RETRIEVER, version)
+
+
+def _wait_recovered(stack, deadline_s: float = 30.0) -> float:
+    """Seconds until a classify request succeeds again."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        try:
+            raw_infer(stack, "grpc", "classify", [("IMAGE", model_input(stack.images[:1]), "FP32")], timeout_s=5)
+            return time.monotonic() - start
+        except Exception:
+            time.sleep(0.1)
+    raise AssertionError(f"not recovered after {deadline_s}s; log:\n{stack.server.log_tail(20)}")
+
+
+def test_killed_stub_under_load_is_brought_back(stack):
+    """Triton 2.51 alone: the killed stub is not restarted and its model stays READY while every
+    request to it fails. With the watchdog: the model is reloaded and serving resumes in seconds."""
+    import tritonclient.grpc as grpcclient
+
+    watchdog = stack.server.watchdog
+    client = grpcclient.InferenceServerClient(stack.server.grpc_url)
+    traffic = GoodTraffic(stack, max_s=60).start()
+    try:
+        traffic.settle(after=time.monotonic())
+        watchdog.paused.set()
+        killed_at = time.monotonic()
+        os.kill(stub_pid(stack.server, "retriever"), signal.SIGKILL)
+        time.sleep(2.5)
+        # Triton's own behaviour: no restart, still READY, requests fail with "not healthy"
+        assert client.is_model_ready("retriever")
+        with pytest.raises(Exception, match=r"Stub process 'retriever_0_0' is not healthy"):
+            raw_infer(stack, "grpc", "classify", [("IMAGE", model_input(stack.images[:1]), "FP32")], timeout_s=10)
+        failed_alone = len(traffic.errors)
+        watchdog.paused.clear()
+        _wait_recovered(stack)
+        resumed = time.monotonic()
+        recovered_in = resumed - killed_at
+        traffic.settle(after=resumed, count=10)
+        late = [e for e, t in zip(traffic.errors, traffic.error_times, strict=True) if t > resumed + 0.5]
+        assert late == [], late[:3]
+        assert any(r.model == "retriever" and r.action == "reload" and r.recovered_at for r in watchdog.recoveries)
+        print(f"retriever stub killed: {failed_alone} failed requests in 2.5 s without the watchdog, "
+              f"serving again {recovered_in:.1f} s after the kill (watchdog resumed after 2.5+ s)")  # fmt: skip
+    finally:
+        watchdog.paused.clear()
+        traffic.stop()
+
+
+@pytest.mark.parametrize("model", ["encoder", "retriever"])
+def test_killed_stub_recovers_without_manual_action(stack, model):
+    """The watchdog running: errors last only until the model is reloaded (about 1 s to detect,
+    about 2 s to load), then every request succeeds again."""
+    traffic = GoodTraffic(stack, max_s=60).start()
+    try:
+        traffic.settle(after=time.monotonic())
+        killed_at = time.monotonic()
+        os.kill(stub_pid(stack.server, model), signal.SIGKILL)
+        recovered = _wait_recovered(stack)
+        resumed = time.monotonic()
+        traffic.settle(after=resumed, count=10)
+        late = [e for e, t in zip(traffic.errors, traffic.error_times, strict=True) if t > resumed + 0.5]
+        assert late == [], late[:3]
+        assert recovered < 20
+        print(f"{model} stub killed under load: {len(traffic.errors)} failed requests, "
+              f"serving again {recovered:.1f} s after the kill; {len(traffic.done)} requests in all")  # fmt: skip
+    finally:
+        traffic.stop()
+    assert time.monotonic() - killed_at < 60
+
+
+def test_server_without_model_control_is_restarted(tmp_path):
+    """Without explicit model control the watchdog cannot reload a model: it restarts the server
+    (seconds of downtime, no manual action); it also restarts a server process that died."""
+    s = start_stack(tmp_path, explicit=False, models=MODELS, admin_key=None)
+    try:
+        os.kill(stub_pid(s.server, "encoder"), signal.SIGKILL)
+        took = _wait_recovered(s)
+        assert [r.action for r in s.server.watchdog.recoveries] == ["restart"]
+        os.kill(s.server.process.pid, signal.SIGKILL)
+        time.sleep(0.5)
+        took_server = _wait_recovered(s)
+        assert [r.action for r in s.server.watchdog.recoveries] == ["restart", "restart"]
+        assert s.server.is_running()
+        print(f"no model control: stub kill -> restart, serving after {took:.1f}s; "
+              f"server kill -> restart, serving after {took_server:.1f}s")  # fmt: skip
+    finally:
+        s.server.stop()
