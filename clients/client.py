@@ -278,7 +278,7 @@ class Client:
         self._tc = tc
         self._meta: dict[str, ModelInfo] = {}
         self._shm: dict[str, tuple[SharedMemoryRegion, SlotLayout, queue.Queue]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _slots holds it while it may create this thread's client
         self._local = threading.local()
         self._connections: list = []
 
@@ -286,19 +286,21 @@ class Client:
     def _client(self):
         """The tritonclient of this thread: one gRPC channel is shared by all threads, while
         tritonclient's HTTP client (gevent-based) may only be used by the thread that made it."""
-        if self.protocol == "grpc" and self._connections:
-            return self._connections[0]
         client = getattr(self._local, "client", None)
-        if client is None:
-            if self.protocol == "grpc":
+        if client is not None:
+            return client
+        with self._lock:
+            if self.protocol == "grpc" and self._connections:
+                client = self._connections[0]
+            elif self.protocol == "grpc":
                 client = self._tc.InferenceServerClient(self.url)
             else:
                 client = self._tc.InferenceServerClient(
                     self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
                 )
-            self._local.client = client
-            with self._lock:
+            if client not in self._connections:
                 self._connections.append(client)
+        self._local.client = client
         return client
 
     @property

@@ -73,6 +73,7 @@ class TrainConfig:
 
     embedding_dim: int = 128
     width: int = 32  # channels of the first conv block
+    convs_per_stage: int = 1  # conv blocks per encoder stage: 1 is ~2x faster on CPU than 2
     loss: Literal["triplet", "contrastive", "cosface", "arcface", "softmax"] = "triplet"
     mining: Literal["easy", "semihard", "hard", "all"] = "semihard"
     margin: float = 0.2
@@ -128,6 +129,7 @@ class IndexConfig:
     pq_bits: int = 4  # 4: FAISS fast-scan kernels
     threads: int = 0  # search threads (FAISS/OpenMP, torch); 0: the libraries' default
     rebuild_imbalance: float = 3.0  # `needs_rebuild` once the largest cluster exceeds this times the mean
+    rebuild_drift: float = 1.5  # ... or once entries sit this much farther (mean squared) from their centroids
     device: str = "auto"  # torch backend: "auto", "cpu" or "cuda"
 
 
@@ -147,7 +149,9 @@ class ModelServingConfig:
 class ServingConfig:
     """The Triton model repository and server."""
 
-    encoder: ModelServingConfig = field(default_factory=ModelServingConfig)
+    # CPU defaults for a small machine: two encoder instances with one ONNX Runtime thread each
+    # beat one instance with two threads (measured in docs/benchmarks.md); size to the cores.
+    encoder: ModelServingConfig = field(default_factory=lambda: ModelServingConfig(instances=2))
     retriever: ModelServingConfig = field(
         default_factory=lambda: ModelServingConfig(max_batch_size=256, preferred_batch_sizes=(64, 128, 256))
     )

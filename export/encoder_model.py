@@ -1,9 +1,10 @@
 """The glyph encoder: a small CNN mapping a 1×S×S image to an L2-normalised embedding.
 
-Three stages of conv-bn-relu blocks (width w, 2w, 4w), each ending in a 2×2 max pool, then
-global average and max pooling concatenated and a linear head. It works for any S ≥ 8, is
-cheap enough to train on a laptop CPU, and exports to ONNX (only Conv, BatchNorm folded,
-Relu, MaxPool, GlobalAveragePool, GlobalMaxPool, Gemm and an L2 normalisation).
+A stem conv (width w) and two stages (2w, 4w) of `convs_per_stage` conv-bn-relu blocks, each
+followed by a 2×2 max pool, one more 4w conv at S/8, then global average and max pooling
+concatenated and a linear head. It works for any S >= 8, trains on a laptop CPU, and exports
+to ONNX as Conv (BatchNorm folded), Relu, MaxPool, ReduceMean/ReduceMax, Gemm and an L2
+normalisation.
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
 class GlyphEncoder(nn.Module):
     """`[B, 1, S, S]` float in [0, 1] -> `[B, embedding_dim]` with unit L2 norm."""
 
-    def __init__(self, embedding_dim: int = 128, width: int = 32, in_channels: int = 1) -> None:
+    def __init__(
+        self, embedding_dim: int = 128, width: int = 32, in_channels: int = 1, convs_per_stage: int = 1
+    ) -> None:
         super().__init__()
-        self.args: dict[str, Any] = {"embedding_dim": embedding_dim, "width": width, "in_channels": in_channels}
+        self.args: dict[str, Any] = {
+            "embedding_dim": embedding_dim,
+            "width": width,
+            "in_channels": in_channels,
+            "convs_per_stage": convs_per_stage,
+        }
         w = width
-        self.features = nn.Sequential(
-            *_block(in_channels, w),
-            nn.MaxPool2d(2),
-            *_block(w, 2 * w),
-            *_block(2 * w, 2 * w),
-            nn.MaxPool2d(2),
-            *_block(2 * w, 4 * w),
-            *_block(4 * w, 4 * w),
-            nn.MaxPool2d(2),
-        )
+        layers = [*_block(in_channels, w), nn.MaxPool2d(2)]
+        for c_in, c_out in ((w, 2 * w), (2 * w, 4 * w)):
+            for i in range(convs_per_stage):
+                layers += _block(c_in if i == 0 else c_out, c_out)
+            layers.append(nn.MaxPool2d(2))
+        layers += _block(4 * w, 4 * w)
+        self.features = nn.Sequential(*layers)
         self.head = nn.Linear(8 * w, embedding_dim)
         self.embedding_dim = embedding_dim
 
@@ -55,7 +60,7 @@ def build_encoder(cfg: TrainConfig, image_size: int) -> GlyphEncoder:
     """The encoder described by `cfg` for `image_size`×`image_size` inputs."""
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 (three 2×2 pools), got {image_size}")
-    return GlyphEncoder(embedding_dim=cfg.embedding_dim, width=cfg.width)
+    return GlyphEncoder(embedding_dim=cfg.embedding_dim, width=cfg.width, convs_per_stage=cfg.convs_per_stage)
 
 
 class VectorEncoder(nn.Module):

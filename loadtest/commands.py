@@ -123,6 +123,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown_command(name: str) -> str:
+    """The command line as run, without --note (its text is shown separately)."""
+    args, shown, skip = sys.argv[3:], [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            shown.append(shlex.quote(a))
+    return " ".join([name, *shown])
+
+
 def _bench_setup(args: argparse.Namespace, overrides: dict):
     from megaclass.loadtest.head_to_head import load_bench_config
 
@@ -144,7 +157,7 @@ def cmd_bench_serving(args: argparse.Namespace) -> int:
     if args.classes is not None:
         overrides["classes"] = args.classes
     bench, cfg = _bench_setup(args, overrides)
-    command = "megaclass bench serving" + "".join(f" {shlex.quote(a)}" for a in sys.argv[3:])
+    command = _shown_command("megaclass bench serving")
     run = run_head_to_head(
         Path(args.out), bench, cfg, Path(args.repository) if args.repository else None, note=args.note
     )
@@ -163,35 +176,30 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
 
     from megaclass.loadtest.head_to_head import machine_description, prepare_artifacts, serve_triton
     from megaclass.loadtest.report import update_doc_section
-    from megaclass.loadtest.transport_bench import measure_transport, transport_markdown
+    from megaclass.loadtest.transport_bench import measure_transport, transport_markdown, write_transport_csv
 
-    bench, cfg = _bench_setup(args, {})
     out = Path(args.out)
-    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = machine_description()
-    if args.url:
-        urls = {"grpc": args.url, **({"http": args.http_url} if args.http_url else {})}
-        images = None
-    else:
-        art = prepare_artifacts(out / "work", bench, cfg, Path(args.repository) if args.repository else None)
-        images = np.load(art.images)
+    started, machine = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine_description()
     batch_sizes = _ints(args.batch_sizes)
-    if args.url:
+    if args.url:  # a running server: images shaped from its classify model
         from megaclass.clients.client import Client
 
-        with Client(args.url) as c:
-            size = c.model(c.classify_model).inputs
-        dims = next(iter(size.values()))
+        with Client(args.url) as client:
+            dims = next(iter(client.model(client.classify_model).inputs.values()))
         images = (np.random.default_rng(0).random((64, dims[-2], dims[-1])) * 255).astype(np.uint8)
+        urls = {"grpc": args.url, **({"http": args.http_url} if args.http_url else {})}
         points = measure_transport(urls, images, batch_sizes, args.calls)
-    else:
+    else:  # the benchmark's own repository, served for the run
+        bench, cfg = _bench_setup(args, {})
+        art = prepare_artifacts(out / "work", bench, cfg, Path(args.repository) if args.repository else None)
         with serve_triton(art, cfg, out / "work") as endpoint:
             urls = {"grpc": endpoint.grpc, "http": endpoint.http.removeprefix("http://")}
-            points = measure_transport(urls, images, batch_sizes, args.calls)
-    command = "megaclass bench transport" + "".join(f" {shlex.quote(a)}" for a in sys.argv[3:])
-    md = transport_markdown(points, command, machine + (f". {args.note}" if args.note else ""), started)
+            points = measure_transport(urls, np.load(art.images), batch_sizes, args.calls)
+    command = _shown_command("megaclass bench transport")
+    md = transport_markdown(points, command, machine + (f". {args.note.rstrip('.')}" if args.note else ""), started)
     out.mkdir(parents=True, exist_ok=True)
     (out / "transport.md").write_text(md)
+    write_transport_csv(points, out / "transport.csv")
     print(md)
     if not args.no_docs:
         update_doc_section(Path(args.docs), "client-transport", md)

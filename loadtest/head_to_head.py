@@ -440,12 +440,12 @@ def verdict(points: Sequence[H2HPoint], concurrency: int = 32, factor: float = 2
 
 
 def _concurrency_axis(ax, points: Sequence[H2HPoint]) -> None:
-    from matplotlib.ticker import NullMinorLocator
+    from matplotlib.ticker import NullLocator
 
     levels = sorted({p.concurrency for p in points})
     ax.set_xscale("log", base=2)
     ax.set_xticks(levels, [str(c) for c in levels])
-    ax.xaxis.set_minor_locator(NullMinorLocator())
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def plot_points(points: Sequence[H2HPoint], out_dir: Path, stem: str = "serving_h2h") -> list[Path]:
@@ -569,8 +569,9 @@ def section_markdown(run: H2HRun, plot_paths: Sequence[str], command: str) -> st
         ),
         Paragraph(
             "Caveats: a small CPU machine, client and server on the same cores, so absolute numbers are low and "
-            "noisy; on a GPU the gap from batching is much larger. The raw Locust CSV/HTML of each point are "
-            "kept next to the command's CSV output."
+            "noisy; on a GPU the gap from batching is much larger. Each point's Locust CSV/HTML and exact "
+            "latencies are kept under the command's `--out` folder (default `runs/bench-serving/locust/`, "
+            "not committed)."
         ),
     ]
     return to_markdown(blocks)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class PerfAnalyzerError(RuntimeError):
@@ -60,7 +61,7 @@ class PerfPoint:
     request_rate: float = 0.0  # requests per second asked for (request-rate sweeps); 0 in concurrency sweeps
 
 
-def write_input_data(path: Path, samples: Sequence[dict[str, "np.ndarray"]]) -> Path:
+def write_input_data(path: Path, samples: Sequence[dict[str, Any]]) -> Path:
     """perf_analyzer's `--input-data` JSON: one entry per sample, each input without its batch axis.
 
     Real inputs matter: perf_analyzer's own random data holds NaN/Inf for FP32 (rejected by

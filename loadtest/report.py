@@ -258,7 +258,10 @@ def plot_perf(rows: Sequence[PerfRow], out_dir: Path) -> list[Figure]:
     ax.set_xscale("log", base=2)
     ax.set(xlabel="concurrency (requests in flight)", ylabel="inferences / s", title="Throughput vs concurrency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:  # request-rate sweeps only
+        ax.text(0.5, 0.5, "no concurrency sweep", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out_dir / "perf_throughput.png", dpi=110)
     plt.close(fig)

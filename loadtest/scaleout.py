@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megaclass.loadtest.scaleout_nginx import LoadBalancerConfig, Nginx, Replica, start_nginx
+from megaclass.loadtest.scaleout_nginx import LoadBalancerConfig, Nginx, NginxError, Replica, start_nginx
 
 LOCUSTFILE = Path(__file__).with_name("scaleout_locustfile.py")
 
@@ -273,7 +273,13 @@ def tiny_repository(root: Path) -> Path:
 @contextlib.contextmanager
 def running_replicas(repository: Path, count: int, work_dir: Path, timeout_s: float) -> Iterator[list]:
     """`count` tritonservers on free loopback ports, started in parallel, stopped afterwards."""
-    from megaclass.python_backend.triton_server import free_port, locate_triton, prepare_backend_dir, start_server
+    from megaclass.python_backend.triton_server import (
+        TritonError,
+        free_port,
+        locate_triton,
+        prepare_backend_dir,
+        start_server,
+    )
 
     work_dir.mkdir(parents=True, exist_ok=True)
     prepare_backend_dir(locate_triton(), work_dir)  # once: parallel starts in one process would race on it
@@ -283,15 +289,21 @@ def running_replicas(repository: Path, count: int, work_dir: Path, timeout_s: fl
     extra = {"watchdog": False} if "watchdog" in inspect.signature(start_server).parameters else {}
 
     def one(i: int):
-        return start_server(
-            repository,
-            http_port=free_port(),
-            grpc_port=free_port(),
-            metrics_port=free_port(),
-            work_dir=work_dir,
-            ready_timeout_s=timeout_s,
-            **extra,
-        )
+        for attempt in range(3):  # a free port can be taken by someone else before the server binds it
+            try:
+                return start_server(
+                    repository,
+                    http_port=free_port(),
+                    grpc_port=free_port(),
+                    metrics_port=free_port(),
+                    work_dir=work_dir,
+                    ready_timeout_s=timeout_s,
+                    **extra,
+                )
+            except TritonError as exc:
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     with cf.ThreadPoolExecutor(count) as pool:
         futures = [pool.submit(one, i) for i in range(count)]
@@ -354,8 +366,15 @@ def run_phase(
     used = list(servers[:active])
     nginx: Nginx | None = None
     if through_nginx:
-        lb = dataclasses.replace(cfg.lb, grpc_port=free_port(), http_port=free_port())
-        nginx = start_nginx([Replica(s.host, s.grpc_port, s.http_port) for s in used], lb, out_dir / "nginx")
+        for attempt in range(3):  # as for the replicas: a free port may be taken before nginx binds it
+            lb = dataclasses.replace(cfg.lb, grpc_port=free_port(), http_port=free_port())
+            try:
+                nginx = start_nginx([Replica(s.host, s.grpc_port, s.http_port) for s in used], lb, out_dir / "nginx")
+                break
+            except NginxError as exc:
+                if "in use" not in str(exc) or attempt == 2:
+                    raise
+        assert nginx is not None
         host = nginx.grpc_url if cfg.protocol == "grpc" else nginx.http_url
     else:
         host = used[0].grpc_url if cfg.protocol == "grpc" else used[0].http_url
@@ -378,15 +397,16 @@ def run_phase(
     ]  # fmt: skip
     before = {i: scrape(s.metrics_url) or {} for i, s in enumerate(used)}
     baseline = _success_total(used)
-    ours_before = {i: _tree_cpu_s(s.process.pid) for i, s in enumerate(used)}
-    nginx_before = _tree_cpu_s(nginx.process.pid) if nginx else 0.0
     load_before = os.getloadavg()[0]
     failover: dict | None = None
     with open(out_dir / "locust.log", "w") as log:
         locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         t0 = _wait_for_load(used, baseline, locust, timeout_s=60)
+        # CPU counters from the moment the load arrives, all at once
         machine0, locust0 = _machine_cpu_s(), _tree_cpu_s(locust.pid)
+        ours_before = {i: _tree_cpu_s(s.process.pid) for i, s in enumerate(used)}
+        nginx_before = _tree_cpu_s(nginx.process.pid) if nginx else 0.0
         if kill_index is not None:
             kill_after = cfg.kill_after_s if cfg.kill_after_s is not None else cfg.phase_s / 2
             time.sleep(kill_after)

@@ -7,9 +7,12 @@ span a single 4 KiB image to a full server batch.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -77,6 +80,14 @@ def measure_transport(
     return points
 
 
+def write_transport_csv(points: Sequence[TransportPoint], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([f.name for f in dataclasses.fields(TransportPoint)])
+        w.writerows(dataclasses.astuple(p) for p in points)
+
+
 def transport_markdown(points: Sequence[TransportPoint], command: str, machine: str, started: str) -> str:
     from megaclass.loadtest.report import Heading, Paragraph, Table, _ms, to_markdown
 
@@ -91,13 +102,16 @@ def transport_markdown(points: Sequence[TransportPoint], command: str, machine: 
         ])  # fmt: skip
     return to_markdown([
         Heading("Client transport: system shared memory vs plain gRPC and HTTP", 2),
-        Paragraph(f"Produced by `{command}` on {started}. Machine: {machine}."),
+        Paragraph(f"Produced by `{command}` on {started}. Machine: {machine.rstrip('.')}."),
         Paragraph(
             "The same `Client.classify` call, sequentially (one call in flight), with the image tensor and the "
             "numeric outputs in the request and response, or in a Triton system shared-memory region the client "
             "registered once (`Client(..., shared_memory=True)`; labels still travel in the response). The "
             "latency includes the whole call: encoder and retriever as well as the transport, so the difference "
-            "between rows of one batch size is what the transport costs."
+            "between rows of one batch size is what the transport costs. Tensors of a few KiB to a few hundred "
+            "KiB are a small part of a call that the encoder dominates, so expect differences within the noise "
+            "here; shared memory pays off for large tensors (full-size images, big batches) and saves the "
+            "server a copy out of the socket."
         ),
         Table(["transport", "batch", "tensor", "mean ms", "p50 ms", "p99 ms", "images/s", "mean vs no shm"], rows),
     ])  # fmt: skip

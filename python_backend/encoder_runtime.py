@@ -8,9 +8,17 @@ from pathlib import Path
 import numpy as np
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def cpu_threads_per_instance(instances: int) -> int:
     """Cores per model instance, so that instances do not fight over cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, instances))
+    return max(1, usable_cores() // max(1, instances))
 
 
 class OnnxEncoder:
@@ -22,6 +30,8 @@ class OnnxEncoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Spinning threads burn the cores that other instances and the retriever need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         available = ort.get_available_providers()
         providers = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]

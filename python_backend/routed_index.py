@@ -18,6 +18,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,9 @@ class RoutedIndex:
         self.codec = codec
         self.manifest: dict[str, Any] = manifest or {}
         self._lock = _RWLock()
+        self._threads = cfg.threads if cfg.threads > 0 else faiss.omp_get_max_threads()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._faiss: tuple[faiss.IndexIVF, faiss.IndexIVF] | None = None  # (editable, searched)
         self._grouped: dict[str, Any] | None = None
         if cfg.threads > 0:
@@ -259,10 +263,27 @@ class RoutedIndex:
         sizes = self.list_sizes()
         return float(sizes.max() / max(sizes.mean(), 1e-12)) if len(sizes) else 1.0
 
+    def mean_residual(self) -> float:
+        """Mean squared distance of stored entries to their cluster's centroid."""
+        total = 0.0
+        for s in range(0, self.num_entries, _ADD_CHUNK):
+            r = (
+                self._vectors[self._entry_row[s : s + _ADD_CHUNK]]
+                - self.centroids[self._entry_list[s : s + _ADD_CHUNK]]
+            )
+            total += float(np.einsum("nd,nd->", r, r))
+        return total / max(self.num_entries, 1)
+
+    def drift(self) -> float:
+        """Mean residual now ÷ right after the router was trained (1.0 = no drift)."""
+        base = self.manifest.get("router", {}).get("mean_residual")
+        return self.mean_residual() / base if base else 1.0
+
     @property
     def needs_rebuild(self) -> bool:
-        """True once adds and removes made the clusters uneven beyond `cfg.rebuild_imbalance`."""
-        return self.imbalance() > self.cfg.rebuild_imbalance
+        """True once adds and removes made clusters uneven (`cfg.rebuild_imbalance`) or far from their
+        centroids (`cfg.rebuild_drift`): then `rebuild_router`."""
+        return self.imbalance() > self.cfg.rebuild_imbalance or self.drift() > self.cfg.rebuild_drift
 
     def memory_bytes(self) -> dict[str, int]:
         """Resident bytes: scanned codes (per entry), exact vectors (re-rank, add, save), router, ids."""
@@ -296,7 +317,7 @@ class RoutedIndex:
         codec = _train_codec(xb, cfg)
         params = {**dataclasses.asdict(cfg), "nlist": nlist}
         manifest = {"params": params, "build_seconds": round(time.perf_counter() - t0, 3)}
-        return cls(
+        index = cls(
             cfg=dataclasses.replace(cfg, nlist=nlist),
             centroids=centroids,
             vectors=xb,
@@ -308,6 +329,8 @@ class RoutedIndex:
             codec=codec,
             manifest=manifest,
         )
+        index.manifest["router"] = {"mean_residual": index.mean_residual()}
+        return index
 
     def _refresh(self) -> None:
         """Recompute what depends on the entries: multiplicity bound and the backend's structures."""
@@ -365,23 +388,19 @@ class RoutedIndex:
         threshold = self.cfg.score_threshold if threshold is None else threshold
         rerank = self.cfg.rerank if rerank is None else int(rerank)
         with self._lock.read():
-            exact = self.cfg.storage == "flat"
             # Each of the best k classes has its best entry among the best k * (entries per class).
             fetch = top_k * self._max_mult
-            if not exact:
-                fetch = max(fetch, rerank or max(4 * top_k, 40))
+            if self.cfg.storage != "flat":
+                fetch = max(fetch, (rerank or max(4 * top_k, 40)) * (1 + max(self.cfg.spill, 0)))
             fetch = max(1, min(fetch, self.num_entries))
-            if len(xq) == 0:
-                scores = np.zeros((0, fetch), np.float32)
-                rows = np.zeros((0, fetch), np.int64)
-                probes = np.zeros((0, nprobe), np.int64)
+            parts = self._slices(len(xq))
+            if len(parts) > 1:
+                done = list(self._pool().map(lambda sl: self._search_part(xq[sl], nprobe, fetch, top_k), parts))
             else:
-                scores, rows, probes = self._scan(xq, nprobe, fetch)
-                if not exact:
-                    scores = self._exact_scores(xq, rows)
-            cand = np.where(rows >= 0, self._row_class[np.maximum(rows, 0)], -1)
-            class_ids, best = aggregate_classes(scores, cand, top_k)
-            scanned = float(self._sizes[probes].sum(axis=1).mean()) if len(probes) else 0.0
+                done = [self._search_part(xq, nprobe, fetch, top_k)]
+            class_ids = np.concatenate([d[0] for d in done])
+            best = np.concatenate([d[1] for d in done])
+            scanned = sum(d[2] for d in done) / max(len(xq), 1)
             result = self._finish(class_ids, best, threshold)
         result.stats = {
             "backend": self.cfg.backend,
@@ -392,6 +411,39 @@ class RoutedIndex:
             "seconds": time.perf_counter() - t0,
         }
         return result
+
+    def _slices(self, q: int) -> list[slice]:
+        """The FAISS backend splits a batch over its threads (one single-threaded pipeline each)."""
+        threads = self._threads if self.cfg.backend == "faiss" else 1
+        parts = max(1, min(threads, q // 8))
+        bounds = np.linspace(0, q, parts + 1).astype(int)
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._pool_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        self._threads, thread_name_prefix="routed-index", initializer=faiss.omp_set_num_threads,
+                        initargs=(1,),
+                    )  # fmt: skip
+        return self._executor
+
+    def _search_part(self, xq: np.ndarray, nprobe: int, fetch: int, top_k: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Route, scan, re-rank and aggregate one slice: (class ids, scores, entries scanned in total)."""
+        if len(xq) == 0:
+            return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), 0.0
+        scores, rows, probes = self._scan(xq, nprobe, fetch)
+        if self.cfg.storage != "flat":
+            scores = self._exact_scores(xq, rows)
+            keep = top_k * self._max_mult  # enough entries for top_k distinct classes
+            if scores.shape[1] > keep:
+                top = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+                scores = np.take_along_axis(scores, top, axis=1)
+                rows = np.take_along_axis(rows, top, axis=1)
+        cand = np.where(rows >= 0, self._row_class[np.maximum(rows, 0)], -1)
+        class_ids, best = aggregate_classes(scores, cand, top_k)
+        return class_ids, best, float(self._sizes[probes].sum())
 
     def _scan(self, xq: np.ndarray, nprobe: int, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best `fetch` (approximate) scores and entry rows per query from its `nprobe` clusters."""
@@ -437,7 +489,7 @@ class RoutedIndex:
     def _exact_scores(self, xq: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact inner products of each query with its candidate rows (-inf where rows is -1)."""
         v = self._vectors[np.maximum(rows, 0)]  # [Q, M, D]
-        s = np.matmul(v, xq[:, :, None])[:, :, 0]
+        s = np.einsum("qmd,qd->qm", v, xq)  # no BLAS threads: runs inside the slice's worker
         s[rows < 0] = -np.inf
         return s
 
@@ -496,8 +548,7 @@ class RoutedIndex:
             new_labels = _labels_for(new, labels)
             first = len(self._vectors)
             rows = np.arange(first, first + len(xb))
-            sizes = self.list_sizes()
-            lists, spill_rows, spill_lists = _assign_new(xb, self.centroids, sizes, self.cfg)
+            lists, spill_rows, spill_lists = _assign_new(xb, self.centroids, self.cfg)
             entry_row = np.concatenate([rows, rows[spill_rows]])
             entry_list = np.concatenate([lists, spill_lists])
             self._vectors = np.concatenate([self._vectors, xb])
@@ -555,6 +606,7 @@ class RoutedIndex:
             self.nlist = nlist
             self.codec = _train_codec(self._vectors, self.cfg)
             self._refresh()
+            self.manifest["router"] = {"mean_residual": self.mean_residual()}
         return self
 
     def _compact(self) -> bool:
@@ -673,18 +725,12 @@ def _route_rows(
     return centroids, np.concatenate([rows, extra_rows]), np.concatenate([primary, spill[ok]])
 
 
-def _assign_new(
-    xb: np.ndarray, centroids: np.ndarray, sizes: np.ndarray, cfg: IndexConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clusters for added rows: (primary [n], spilled row indices, their clusters)."""
+def _assign_new(xb: np.ndarray, centroids: np.ndarray, cfg: IndexConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clusters for added rows (nearest, SOAR spills): (primary [n], spilled row indices, their clusters)."""
     nlist = len(centroids)
-    total = int(sizes.sum()) + len(xb) * (1 + max(cfg.spill, 0))  # cap is on primary + spilled entries
-    if cfg.balance and cfg.balance > 0:
-        cap = np.maximum(int(np.ceil(cfg.balance * total / nlist)) - sizes, 0)
-    else:
-        cap = np.full(nlist, total, dtype=np.int64)
-    if cap.sum() < len(xb):  # full everywhere: grow evenly (rebuild_router re-balances)
-        cap = cap + int(np.ceil(len(xb) / nlist))
+    # No capacity here: a row goes where the router will look for it. Drift then shows as uneven
+    # clusters or growing residuals (`needs_rebuild`), and `rebuild_router` re-balances.
+    cap = np.full(nlist, len(xb) * (1 + max(cfg.spill, 0)), dtype=np.int64)
     primary = assign_primary(xb, centroids, cap)
     if cfg.spill <= 0 or nlist < 2:
         return primary, np.zeros(0, np.int64), np.zeros(0, np.int64)

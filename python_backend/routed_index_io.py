@@ -128,3 +128,15 @@ def load_json(directory: Path, name: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IndexIntegrityError(f"{path}: unreadable JSON: {e}") from e
+
+
+def update_manifest_params(directory: Path, params: dict[str, Any], tuning: dict[str, Any] | None = None) -> None:
+    """Change search defaults in a saved index's manifest (atomic rewrite; file checksums are unaffected)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest.setdefault("params", {}).update(params)
+    if tuning is not None:
+        manifest["tuning"] = tuning
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False))
+    os.replace(tmp, directory / MANIFEST)

@@ -31,7 +31,7 @@ STUB_NAME = "triton_python_backend_stub"
 class Recovery:
     """One dead stub (or server exit) and what the watchdog did about it."""
 
-    model: str  # "" when the server process itself exited
+    model: str  # "" when the server process itself exited or the stub was never seen alive
     instance: str
     pid: int
     action: str  # "reload" (model-control API) or "restart" (the whole server)
@@ -56,6 +56,13 @@ def stub_identity(cmdline: list[str]) -> tuple[str, str] | None:
     return model, instance
 
 
+def stub_shm_region(cmdline: list[str]) -> str | None:
+    """The shared-memory region (in /dev/shm) of a Python-backend stub, from its command line."""
+    if stub_identity(cmdline) is None:
+        return None
+    return cmdline[2] if cmdline[2].startswith("triton_python_backend_shm_region") else None
+
+
 class StubWatchdog:
     """Polls a `TritonServer`'s stubs every `interval_s` and recovers from dead ones (see module doc)."""
 
@@ -68,6 +75,7 @@ class StubWatchdog:
         interval_s: float = 0.5,
         max_restarts: int = 5,
         restart_window_s: float = 600.0,
+        stop_timeout_s: float = 5.0,
     ):
         self.server = server
         self.explicit = explicit
@@ -75,6 +83,9 @@ class StubWatchdog:
         self.interval_s = interval_s
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
+        # A server with a dead stub waits its whole exit timeout (30 s) for that model on SIGTERM:
+        # a restart does not drain, it stops the server after this long.
+        self.stop_timeout_s = stop_timeout_s
         self.recoveries: list[Recovery] = []
         self.paused = threading.Event()  # tests pause it to observe Triton's own behaviour
         self._known: dict[int, tuple[str, str]] = {}  # pid -> (model, instance), learnt while alive
@@ -83,6 +94,7 @@ class StubWatchdog:
         self._thread = threading.Thread(target=self._run, name="triton-stub-watchdog", daemon=True)
 
     def start(self) -> StubWatchdog:
+        self.dead_stubs()  # learn the stubs now: one killed before the first poll is still known
         self._thread.start()
         return self
 
@@ -106,7 +118,11 @@ class StubWatchdog:
                 self._log(f"check failed: {type(exc).__name__}: {exc}")
 
     def dead_stubs(self) -> list[tuple[int, str, str]]:
-        """(pid, model, instance) of stubs that have been zombies on two polls in a row."""
+        """(pid, model, instance) of stubs that have been zombies on two polls in a row.
+
+        A zombie never seen alive (started and killed between two polls) has no readable
+        command line any more: it is reported with model "" and gets a server restart.
+        """
         import psutil
 
         try:
@@ -118,11 +134,13 @@ class StubWatchdog:
             try:
                 if child.status() == psutil.STATUS_ZOMBIE:
                     zombies.add(child.pid)
-                elif child.pid not in self._known and (ident := stub_identity(child.cmdline())):
+                elif child.pid not in self._known and (ident := stub_identity(cmdline := child.cmdline())):
                     self._known[child.pid] = ident
+                    if region := stub_shm_region(cmdline):
+                        self.server.shm_regions.add(region)
             except psutil.Error:
                 continue
-        dead = [(pid, *self._known[pid]) for pid in zombies & self._suspects if pid in self._known]
+        dead = [(pid, *self._known.get(pid, ("", f"unknown stub {pid}"))) for pid in zombies & self._suspects]
         self._suspects = zombies
         alive = {c.pid for c in children}
         self._known = {pid: ident for pid, ident in self._known.items() if pid in alive}
@@ -139,12 +157,14 @@ class StubWatchdog:
             if any(r.pid == pid for r in self.recoveries):
                 continue  # already handled; the reload reaps it
             self._suspects.discard(pid)
-            action = "reload" if self.explicit else "restart"
+            action = "reload" if self.explicit and model else "restart"
             self._recover(Recovery(model, instance, pid, action, time.monotonic()))
 
     def _recover(self, r: Recovery) -> None:
         self.recoveries.append(r)
-        what = f"stub {r.instance} (pid {r.pid}) of model '{r.model}' died" if r.model else "tritonserver exited"
+        what = f"stub {r.instance} (pid {r.pid}) of model '{r.model or '?'}' died"
+        if r.instance == "tritonserver":
+            what = f"tritonserver (pid {r.pid}) exited with code {self.server.process.returncode}"
         if r.action == "reload":
             self._log(f"{what}; reloading '{r.model}'")
             try:
@@ -168,7 +188,7 @@ class StubWatchdog:
             return
         self._log(f"{what}; restarting the server")
         try:
-            self.server.restart()
+            self.server.restart(timeout=self.stop_timeout_s)
             self._known.clear()
             self._suspects.clear()
             r.recovered_at = time.monotonic()
@@ -180,9 +200,10 @@ class StubWatchdog:
     def _reload(self, model: str) -> None:
         """Load `model` again with its own current config as an override.
 
-        A plain load request is a no-op when the model's files did not change (measured: Triton
-        2.51 keeps the broken instance); an override config makes Triton create new instances
-        beside the old ones and switch when they are ready, without touching the repository.
+        A plain load request is a no-op when the model's files did not change, and so is one whose
+        override config equals the loaded one (measured: Triton 2.51 keeps the broken instance).
+        An override config with a fresh marker parameter makes Triton create new instances beside
+        the old ones and switch when they are ready, without touching the repository.
         """
         import json
 
@@ -190,11 +211,14 @@ class StubWatchdog:
 
         base = f"http://{self.server.http_url}/v2"
         with urllib.request.urlopen(f"{base}/models/{model}/config", timeout=10) as resp:
-            config = resp.read().decode()
+            config = json.loads(resp.read())
+        # Triton skips a load whose config equals the loaded one: make each reload's config unique.
+        params = config.setdefault("parameters", {})
+        params["megaclass_watchdog_reload"] = {"string_value": f"{time.time():.6f}"}
         headers = {"Content-Type": "application/json"}
         if self.admin_key:
             headers.update(admin_headers(self.admin_key, "http"))
-        body = json.dumps({"parameters": {"config": config}}).encode()
+        body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
         req = urllib.request.Request(
             f"{base}/repository/models/{model}/load", data=body, headers=headers, method="POST"
         )

@@ -141,6 +141,7 @@ class TritonServer:
     ready_timeout_s: float = 180.0
     watchdog: object | None = None  # StubWatchdog (server_watchdog.py) when started with one
     stopping: bool = False
+    shm_regions: set[str] = field(default_factory=set)  # the stubs' shared-memory regions seen
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -176,12 +177,36 @@ class TritonServer:
 
     def _terminate(self, timeout: float) -> None:
         if self.process.poll() is None:
+            self.note_stub_regions()
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._unlink_stub_regions()
+
+    def note_stub_regions(self) -> None:
+        """Remember the shared-memory regions of the server's live Python-backend stubs."""
+        from megaclass.python_backend.server_watchdog import stub_shm_region
+
+        try:
+            import psutil
+
+            children = psutil.Process(self.process.pid).children()
+        except Exception:  # psutil missing, or the server already gone
+            return
+        for child in children:
+            with contextlib.suppress(Exception):  # a child that exits meanwhile
+                if region := stub_shm_region(child.cmdline()):
+                    self.shm_regions.add(region)
+
+    def _unlink_stub_regions(self) -> None:
+        """Remove what a killed server (or a dead stub's instance) left in /dev/shm."""
+        for region in self.shm_regions:
+            with contextlib.suppress(OSError):
+                (Path("/dev/shm") / region).unlink(missing_ok=True)
+        self.shm_regions.clear()
 
     def _spawn(self) -> None:
         """Start `command` (again) with its log pumped into `log_path` and the tail."""

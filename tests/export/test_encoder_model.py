@@ -21,6 +21,15 @@ def test_unit_norm_embeddings_for_any_size(size):
     torch.testing.assert_close(y.norm(dim=1), torch.ones(3))
 
 
+def test_deeper_stages():
+    shallow = build_encoder(TrainConfig(width=8, convs_per_stage=1), 32)
+    deep = build_encoder(TrainConfig(width=8, convs_per_stage=2), 32).eval()
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in e.modules()) for e in (shallow, deep)]
+    assert convs == [4, 6] and deep.args["convs_per_stage"] == 2
+    with torch.no_grad():
+        assert deep(torch.rand(2, 1, 32, 32)).shape == (2, 128)
+
+
 def test_too_small_image_is_refused():
     with pytest.raises(ValueError, match="at least 8"):
         build_encoder(TrainConfig(), 4)

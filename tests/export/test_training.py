@@ -105,7 +105,7 @@ def test_metrics_file_and_checkpoint(trained):
     assert {"loss", "train_s", "elapsed_s", "lr", "precision_at_1"} <= set(lines[0])
     ckpt = torch.load(result.checkpoint_path, weights_only=True)
     assert ckpt["epoch"] == 6 and ckpt["config"]["loss"] == "triplet"
-    assert ckpt["model_args"] == {"embedding_dim": 32, "width": 8, "in_channels": 1}
+    assert ckpt["model_args"] == {"embedding_dim": 32, "width": 8, "in_channels": 1, "convs_per_stage": 1}
     model = load_encoder(result.checkpoint_path)
     x = torch.rand(5, 1, SIZE, SIZE)
     with torch.no_grad():

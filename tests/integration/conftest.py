@@ -53,6 +53,7 @@ def projection_encoder(size: int, dim: int, seed: int = 0):
             super().__init__()
             torch.manual_seed(seed)
             self.proj = nn.Linear(size * size, dim, bias=False)
+            self.embedding_dim = dim
 
         def forward(self, x):
             return nn.functional.normalize(self.proj(x.flatten(1) - 0.5), dim=1)

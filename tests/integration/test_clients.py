@@ -189,3 +189,15 @@ def test_a_silent_server_times_out(protocol):
         elapsed = time.monotonic() - start
     assert info.value.status in (TIMEOUT, UNAVAILABLE), info.value
     assert elapsed < 5, elapsed
+
+
+def test_transport_measurement_covers_every_transport(tiny_stack):
+    from megaclass.loadtest.transport_bench import measure_transport, transport_markdown
+
+    urls = {"grpc": tiny_stack.server.grpc_url, "http": tiny_stack.server.http_url}
+    points = measure_transport(urls, tiny_stack.images, batch_sizes=(1, 16, 64), calls=5, warmup=1)
+    assert {(p.protocol, p.shared_memory, p.batch_size) for p in points} == {
+        (proto, shm, b) for proto in urls for shm in (False, True) for b in (1, 16)
+    }  # 64 exceeds the tiny stack's max batch and is skipped
+    assert all(p.p99_ms >= p.p50_ms > 0 and p.images_per_s > 0 for p in points)
+    assert "grpc + shared memory" in transport_markdown(points, "cmd", "machine", "now")

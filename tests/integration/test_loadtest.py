@@ -76,3 +76,29 @@ def test_baseline_service_answers_like_triton(tiny_stack, tmp_path):
     want = tiny_stack.index.search(tiny_stack.encoder.embed(images[:, None].astype(np.float32) / 255), top_k=3)
     assert got["class_ids"] == want.class_ids.tolist()
     assert result.total.failures == 0 and result.measured().requests >= 10
+
+
+def test_cli_locust_then_report_and_a_request_rate_sweep(tiny_stack, tmp_path, capsys):
+    from megaclass.clients.cli import main
+
+    code = main([
+        "loadtest", "locust", "--host", f"http://{tiny_stack.server.http_url}",
+        "--grpc-url", tiny_stack.server.grpc_url, "--users", "2", "--spawn-rate", "2", "--run-time", "2s",
+        "--batch-mix", "1:3,8:1", "--out", str(tmp_path / "lt"), "--name", "cli",
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert (tmp_path / "lt" / "cli.html").exists()
+    perf_csv = tmp_path / "rate.csv"
+    code = main([
+        "loadtest", "perf", "--url", tiny_stack.server.grpc_url, "--request-rate", "40",
+        "--measurement-ms", "1000", "--stability-percent", "500", "--out", str(perf_csv),
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    assert (
+        main(
+            ["report", "--locust", str(tmp_path / "lt" / "cli"), "--perf", str(perf_csv), "--out", str(tmp_path / "r")]
+        )
+        == 0
+    )
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "### cli" in text and "perf_analyzer" in text and "| classify grpc b=1 | 0 | 40 |" in text

@@ -17,6 +17,17 @@ from megaclass.python_backend.routed_index import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():
+    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 

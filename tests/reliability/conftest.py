@@ -39,6 +39,7 @@ class Stack:
     images: np.ndarray  # uint8 [N, S, S]
     class_ids: np.ndarray
     admin_key: str = ADMIN_KEY
+    tmpfs: Path | None = None  # the mount point holding `repo`, when the repository is on a tmpfs
 
     def url(self, protocol: str) -> str:
         return self.server.grpc_url if protocol == "grpc" else self.server.http_url
@@ -71,13 +72,43 @@ def start_stack(root: Path, repo_dir: Path | None = None, **server_kwargs) -> St
     )
 
 
+def mount_tmpfs(path: Path, size_mb: int) -> bool:
+    """Mount a tmpfs of `size_mb` at `path` (root only); False where that is not allowed."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def umount(path: Path) -> None:
+    import subprocess
+
+    if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    s = start_stack(tmp_path_factory.mktemp("reliability"))
+    """The stack for the whole suite. Its repository lives on a small tmpfs of its own where the
+    machine lets root mount one (`stack.tmpfs`), so publishing can meet a full or read-only disk."""
+    root = tmp_path_factory.mktemp("reliability")
+    tmpfs = root / "fs" if mount_tmpfs(root / "fs", 64) else None
+    s = start_stack(root, repo_dir=tmpfs / "repo" if tmpfs else None)
+    s.tmpfs = tmpfs
     try:
         yield s
     finally:
-        s.server.stop()
+        # Triton 2.51 never releases a model instance whose stub died (test_faults.py kills some):
+        # on SIGTERM it waits its whole 30 s exit timeout for them. A few seconds are enough here.
+        s.server.stop(timeout=5)
+        if tmpfs:
+            umount(tmpfs)
 
 
 # --- requests -----------------------------------------------------------------------------------

@@ -100,6 +100,13 @@ def _wait_recovered(stack, deadline_s: float = 30.0) -> float:
     raise AssertionError(f"not recovered after {deadline_s}s; log:\n{stack.server.log_tail(20)}")
 
 
+def _wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def test_killed_stub_under_load_is_brought_back(stack):
     """Triton 2.51 alone: the killed stub is not restarted and its model stays READY while every
     request to it fails. With the watchdog: the model is reloaded and serving resumes in seconds."""
@@ -161,15 +168,17 @@ def test_server_without_model_control_is_restarted(tmp_path):
     (seconds of downtime, no manual action); it also restarts a server process that died."""
     s = start_stack(tmp_path, explicit=False, models=MODELS, admin_key=None)
     try:
+        recoveries = s.server.watchdog.recoveries
         os.kill(stub_pid(s.server, "encoder"), signal.SIGKILL)
         took = _wait_recovered(s)
-        assert [r.action for r in s.server.watchdog.recoveries] == ["restart"]
+        _wait_until(lambda: recoveries and recoveries[-1].recovered_at)
+        assert [(r.model, r.action, r.error) for r in recoveries] == [("encoder", "restart", None)]
         os.kill(s.server.process.pid, signal.SIGKILL)
-        time.sleep(0.5)
         took_server = _wait_recovered(s)
-        assert [r.action for r in s.server.watchdog.recoveries] == ["restart", "restart"]
+        _wait_until(lambda: len(recoveries) == 2 and recoveries[-1].recovered_at)
+        assert [(r.model, r.action, r.error) for r in recoveries][1:] == [("", "restart", None)]
         assert s.server.is_running()
         print(f"no model control: stub kill -> restart, serving after {took:.1f}s; "
               f"server kill -> restart, serving after {took_server:.1f}s")  # fmt: skip
     finally:
-        s.server.stop()
+        s.server.stop(timeout=10)

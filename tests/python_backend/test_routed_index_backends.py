@@ -1,0 +1,146 @@
+"""Storage forms × scan backends: exact at full probe, the same answers across backends, spilling."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from megaclass.export.config import IndexConfig
+from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.routed_index_tune import search_recall_at_k
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():
+    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((25, 32))
+    xb = _unit(centres[rng.integers(0, 25, 2500)] + 0.6 * rng.standard_normal((2500, 32)))
+    row_class = rng.integers(0, 1100, 2500).astype(np.int64)  # several prototypes per class
+    labels = {int(c): f"c{c}" for c in np.unique(row_class)}
+    xq = _unit(xb[rng.integers(0, 2500, 60)] + 0.5 * rng.standard_normal((60, 32)))
+    return {"xb": xb, "row_class": row_class, "labels": labels, "xq": xq}
+
+
+def _build(data: dict, **kw: object) -> RoutedIndex:
+    cfg = IndexConfig(**{"nlist": 20, "nprobe": 3, "kmeans_iters": 8, **kw})
+    return RoutedIndex.build(data["xb"], data["row_class"], data["labels"], cfg)
+
+
+def _same_up_to_ties(a, b) -> None:
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    diff = a.class_ids != b.class_ids
+    assert np.allclose(a.scores[diff], b.scores[diff], atol=1e-4)
+
+
+@pytest.mark.parametrize("storage", ["flat", "fp16", "sq8", "pq"])
+def test_exact_at_full_probe_with_full_rerank(data: dict, storage: str) -> None:
+    index = _build(data, storage=storage, pq_m=8)
+    truth = index.exact_search(data["xq"], 10)
+    backends = ["faiss"] if storage == "pq" else ["faiss", "numpy", "torch"]
+    for backend in backends:
+        index.use_backend(backend)
+        got = index.search(data["xq"], 10, nprobe=index.nlist, rerank=index.num_entries)
+        _same_up_to_ties(got, truth)
+        assert got.stats["backend"] == backend and got.stats["storage"] == storage
+
+
+@pytest.mark.parametrize("storage", ["flat", "fp16", "sq8"])
+def test_backends_give_the_same_answers(data: dict, storage: str) -> None:
+    index = _build(data, storage=storage, spill=1)
+    answers = {}
+    for backend in ("faiss", "numpy", "torch"):
+        index.use_backend(backend)
+        answers[backend] = index.search(data["xq"], 5, nprobe=3, rerank=40)
+    for backend in ("numpy", "torch"):
+        if storage == "flat":
+            _same_up_to_ties(answers[backend], answers["faiss"])
+        else:  # approximate candidates may differ near the cut; the re-ranked answers barely do
+            agree = search_recall_at_k(answers[backend].class_ids, answers["faiss"].class_ids)
+            assert agree >= 0.97, (backend, agree)
+        assert answers[backend].stats["candidates"] == pytest.approx(answers["faiss"].stats["candidates"])
+
+
+def test_compressed_storage_recall_grows_with_rerank(data: dict) -> None:
+    index = _build(data, storage="pq", pq_m=8)
+    truth = index.exact_search(data["xq"], 10).class_ids
+    recalls = [
+        search_recall_at_k(index.search(data["xq"], 10, nprobe=index.nlist, rerank=r).class_ids, truth)
+        for r in (10, 40, 160, 640)
+    ]
+    assert recalls == sorted(recalls) and recalls[-1] >= 0.99
+
+
+def test_spilling_stores_copies_merges_duplicates_and_helps_at_low_nprobe(data: dict) -> None:
+    plain = _build(data, spill=0)
+    spilled = _build(data, spill=1)
+    assert plain.num_entries == 2500
+    assert 1.9 * 2500 <= spilled.num_entries <= 2 * 2500
+    truth = plain.exact_search(data["xq"], 10).class_ids
+    for backend in ("faiss", "numpy"):
+        spilled.use_backend(backend)
+        res = spilled.search(data["xq"], 10, nprobe=spilled.nlist)
+        assert (res.class_ids == truth).mean() > 0.99
+        for row in res.class_ids:  # a class spilled into two probed clusters still counts once
+            assert len(set(row[row >= 0])) == (row >= 0).sum()
+    spilled.use_backend("faiss")
+    gain = []
+    for nprobe in (1, 2, 3):
+        r0 = search_recall_at_k(plain.search(data["xq"], 10, nprobe=nprobe).class_ids, truth)
+        r1 = search_recall_at_k(spilled.search(data["xq"], 10, nprobe=nprobe).class_ids, truth)
+        gain.append(r1 - r0)
+    assert np.mean(gain) > 0
+
+
+def test_balance_bounds_cluster_sizes(data: dict) -> None:
+    index = _build(data, balance=1.5, spill=1)
+    sizes = index.list_sizes()
+    assert sizes.max() <= np.ceil(1.5 * index.num_entries / index.nlist) + 1
+    assert index.imbalance() <= 1.55
+
+
+def test_big_batches_are_split_over_threads_with_the_same_answers(data: dict) -> None:
+    one = _build(data, threads=1)
+    two = RoutedIndex(
+        cfg=dataclasses.replace(one.cfg, threads=2),
+        centroids=one.centroids,
+        vectors=one._vectors,
+        row_class=one._row_class,
+        entry_row=one._entry_row,
+        entry_list=one._entry_list,
+        classes=one._classes,
+        labels=one._labels,
+        codec=one.codec,
+    )
+    assert len(two._slices(60)) == 2 and len(two._slices(5)) == 1
+    a, b = one.search(data["xq"], 7), two.search(data["xq"], 7)
+    np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    assert a.stats["candidates"] == pytest.approx(b.stats["candidates"])
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_cuda_matches_faiss(data: dict) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    index = _build(data, device="cuda")
+    want = index.search(data["xq"], 5)
+    index.use_backend("torch")
+    assert index._grouped["codes"].device.type == "cuda"
+    _same_up_to_ties(index.search(data["xq"], 5), want)

@@ -1,0 +1,109 @@
+"""Adding and removing classes without a rebuild; router rebuild after drift; save/load afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megaclass.export.config import IndexConfig
+from megaclass.python_backend.routed_index import RoutedIndex
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():
+    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _data(n: int, seed: int, centre_seed: int = 0, shift: float = 0.0) -> np.ndarray:
+    centres = np.random.default_rng(centre_seed).standard_normal((15, 24))
+    centres[:, 0] += shift
+    rng = np.random.default_rng(seed)
+    return _unit(centres[rng.integers(0, 15, n)] + 0.5 * rng.standard_normal((n, 24)))
+
+
+def _index(storage: str = "flat", backend: str = "faiss", spill: int = 1) -> RoutedIndex:
+    xb = _data(1500, 0)
+    ids = np.arange(1500) // 2  # two prototypes per class
+    labels = {int(c): f"c{c}" for c in np.unique(ids)}
+    cfg = IndexConfig(nlist=12, nprobe=12, spill=spill, storage=storage, backend=backend, kmeans_iters=8)
+    return RoutedIndex.build(xb, ids, labels, cfg)
+
+
+@pytest.mark.parametrize(("storage", "backend"), [("flat", "faiss"), ("pq", "faiss"), ("sq8", "numpy")])
+def test_added_classes_are_found_and_removed_ones_never_returned(storage: str, backend: str) -> None:
+    index = _index(storage, backend)
+    new = _data(60, 1)
+    new_ids = 5000 + np.arange(60)
+    index.add(new, new_ids, {int(c): f"new{c}" for c in new_ids})
+    assert index.num_classes == 750 + 60 and index.num_prototypes == 1560
+    res = index.search(new, 1, nprobe=index.nlist, rerank=index.num_entries)
+    assert (res.class_ids[:, 0] == new_ids).all()
+    assert res.labels[0, 0] == "new5000"
+    np.testing.assert_array_equal(
+        index.search(new, 5, nprobe=index.nlist, rerank=index.num_entries).class_ids,
+        index.exact_search(new, 5).class_ids,
+    )
+    gone = np.concatenate([new_ids[:30], [0, 1, 2]])
+    assert index.remove(gone) == 30 + 6
+    assert index.remove([123456]) == 0
+    res = index.search(np.vstack([new, _data(50, 2)]), 10, nprobe=index.nlist, rerank=index.num_entries)
+    assert not np.isin(res.class_ids, gone).any()
+    assert index.num_classes == 750 + 60 - 33
+    assert (index.label_of(np.array([0, 5030])) == ["", "new5030"]).all()
+
+
+def test_more_prototypes_for_a_known_class_and_label_conflicts() -> None:
+    index = _index()
+    extra = _data(3, 7)
+    index.add(extra, np.array([4, 4, 4]))  # known class: no label needed
+    res = index.search(extra, 1, nprobe=index.nlist)
+    assert (res.class_ids[:, 0] == 4).all()
+    with pytest.raises(ValueError, match="different label"):
+        index.add(extra[:1], np.array([4]), {4: "renamed"})
+    with pytest.raises(ValueError, match="no label"):
+        index.add(extra[:1], np.array([9999]))
+    with pytest.raises(ValueError, match="dimension"):
+        index.add(np.zeros((1, 5), np.float32), np.array([1]))
+
+
+def test_save_load_after_add_and_remove(tmp_path: Path) -> None:
+    index = _index(spill=1)
+    index.add(_data(40, 3), 7000 + np.arange(40), {int(c): f"n{c}" for c in 7000 + np.arange(40)})
+    index.remove(np.arange(0, 100))
+    xq = _data(30, 4)
+    before = index.search(xq, 6, nprobe=4)
+    index.save(tmp_path / "idx")
+    loaded = RoutedIndex.load(tmp_path / "idx")
+    after = loaded.search(xq, 6, nprobe=4)
+    np.testing.assert_array_equal(before.class_ids, after.class_ids)
+    np.testing.assert_allclose(before.scores, after.scores, rtol=1e-6)
+    assert loaded.num_prototypes == index.num_prototypes == 1500 - 200 + 40
+    assert loaded.manifest["num_entries"] == index.num_entries
+    # the in-memory index still answers the same after the compaction save did
+    np.testing.assert_array_equal(index.search(xq, 6, nprobe=4).class_ids, before.class_ids)
+
+
+def test_drift_makes_clusters_uneven_and_rebuild_router_restores_balance() -> None:
+    index = _index(spill=0)
+    assert not index.needs_rebuild
+    drifted = _data(6000, 5, centre_seed=9, shift=4.0)  # a new region of the space, four times the data
+    index.add(drifted, 10_000 + np.arange(6000), {int(c): str(c) for c in 10_000 + np.arange(6000)})
+    assert index.needs_rebuild
+    assert index.drift() > index.cfg.rebuild_drift and index.imbalance() > 2.0
+    xq = drifted[:40]
+    truth = index.exact_search(xq, 5).class_ids
+    index.rebuild_router()
+    assert index.imbalance() <= 1.55 and not index.needs_rebuild and index.drift() == pytest.approx(1.0)
+    np.testing.assert_array_equal(index.search(xq, 5, nprobe=index.nlist).class_ids, truth)

@@ -1,0 +1,113 @@
+"""Router pieces: capacity-bounded assignment, balanced k-means, SOAR spilling, routing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from megaclass.python_backend.routed_index_router import (
+    assign_primary,
+    assign_spill,
+    capacity_assign,
+    cluster_means,
+    route,
+    soar_loss,
+    top_clusters,
+    train_centroids,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():
+    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _skewed(n: int, d: int, seed: int) -> np.ndarray:
+    """Clusters of very different sizes (what plain k-means leaves unbalanced)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((12, d))
+    weights = 1.0 / np.arange(1, 13) ** 1.5
+    g = rng.choice(12, n, p=weights / weights.sum())
+    return _unit(centres[g] + 0.3 * rng.standard_normal((n, d)))
+
+
+def test_capacity_assign_respects_capacity_and_prefers_best_scores() -> None:
+    pref = np.array([[0, 1], [0, 1], [0, 1], [1, 0]])
+    score = np.array([[0.9, 0.1], [0.5, 0.4], [0.7, 0.2], [0.8, 0.3]])
+    got = capacity_assign(pref, score, 2, np.array([2, 2]))
+    assert got.tolist() == [0, 1, 0, 1]  # row 1 has the weakest claim on cluster 0 and moves
+    assert capacity_assign(pref, score, 2, np.array([1, 1])).tolist() == [0, -1, -1, 1]
+
+
+def test_balanced_assignment_has_no_cluster_over_the_cap() -> None:
+    x = _skewed(6000, 16, seed=0)
+    nlist = 24
+    c = train_centroids(x, nlist, seed=0, iters=10, balance=1.5)
+    cap = np.full(nlist, int(np.ceil(1.5 * len(x) / nlist)))
+    a = assign_primary(x, c, cap)
+    sizes = np.bincount(a, minlength=nlist)
+    assert (a >= 0).all() and sizes.sum() == len(x)
+    assert sizes.max() <= cap[0] <= 2 * sizes.mean()
+    # plain k-means on the same data is far more uneven
+    plain = top_clusters(x, train_centroids(x, nlist, seed=0, iters=10, balance=None), 1)[1][:, 0]
+    assert np.bincount(plain, minlength=nlist).max() > sizes.max()
+
+
+def test_cluster_means_match_a_loop() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((200, 5)).astype(np.float32)
+    a = rng.integers(0, 7, 200)
+    a[a == 3] = 4  # cluster 3 empty
+    old = np.full((7, 5), 9.0, np.float32)
+    m = cluster_means(x, a, 7, old)
+    for c in range(7):
+        want = x[a == c].mean(axis=0) if (a == c).any() else old[c]
+        np.testing.assert_allclose(m[c], want, atol=1e-5)
+
+
+def test_soar_picks_the_cluster_with_the_orthogonal_residual() -> None:
+    # x sits between c0 (primary) and two candidates: c1 lies further along the primary residual
+    # direction, c2 is a bit further away but orthogonal to it. SOAR prefers c2; distance prefers c1.
+    x = np.array([[0.0, 0.0]], np.float32)
+    c = np.array([[-1.0, 0.0], [1.05, 0.0], [0.0, 1.2]], np.float32)
+    loss = soar_loss(x, c[[0]], c[None, [1, 2]], lam=1.0)
+    assert loss[0, 1] < loss[0, 0]
+    assert np.linalg.norm(x - c[1]) < np.linalg.norm(x - c[2])
+    got = assign_spill(x, c, np.array([0]), np.array([5, 5, 5]), spill=1, lam=1.0, candidates=3)
+    assert got.tolist() == [[2]]
+    # with lam = 0 it is plain distance: the nearest other cluster
+    got0 = assign_spill(x, c, np.array([0]), np.array([5, 5, 5]), spill=1, lam=0.0, candidates=3)
+    assert got0.tolist() == [[1]]
+
+
+def test_spill_never_repeats_the_primary_and_keeps_capacity() -> None:
+    x = _skewed(3000, 16, seed=2)
+    nlist = 16
+    c = train_centroids(x, nlist, seed=0, iters=8)
+    cap = np.full(nlist, int(np.ceil(1.5 * 2 * len(x) / nlist)))
+    primary = assign_primary(x, c, np.full(nlist, int(np.ceil(1.5 * len(x) / nlist))))
+    spill = assign_spill(x, c, primary, cap, spill=2)
+    assert spill.shape == (3000, 2)
+    assert not (spill == primary[:, None]).any()
+    assert ((spill[:, 0] != spill[:, 1]) | (spill[:, 1] < 0)).all()
+    total = np.bincount(primary, minlength=nlist) + np.bincount(spill[spill >= 0], minlength=nlist)
+    assert total.max() <= cap[0]
+
+
+def test_route_returns_the_best_clusters_in_order() -> None:
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((30, 8)).astype(np.float32)
+    q = rng.standard_normal((5, 8)).astype(np.float32)
+    want = np.argsort(-(q @ c.T), axis=1)[:, :4]
+    np.testing.assert_array_equal(route(q, c, 4), want)
+    assert route(q, c, 100).shape == (5, 30)

@@ -1,0 +1,124 @@
+"""`tune`, the CLI functions (build / tune / search from files) and a tiny benchmark run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megaclass.export.config import IndexConfig
+from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.routed_index_cli import build_index, read_label_file, search_index, tune_index
+from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, tune
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_openmp_thread():
+    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 16))
+    xb = _unit(centres[rng.integers(0, 20, 3000)] + 0.6 * rng.standard_normal((3000, 16)))
+    labels = [f"label {i // 3}" for i in range(3000)]  # three prototypes per class
+    xq = _unit(xb[rng.integers(0, 3000, 200)] + 0.4 * rng.standard_normal((200, 16)))
+    d = tmp_path_factory.mktemp("files")
+    np.save(d / "P.npy", xb)
+    (d / "L.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+    np.save(d / "Q.npy", xq)
+    return {"dir": d, "xb": xb, "labels": labels, "xq": xq}
+
+
+def test_search_recall_at_k() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, -1]])
+    found = np.array([[3, 9, 1], [5, -1, -1]])
+    assert search_recall_at_k(found, truth) == pytest.approx(3 / 5)
+    assert nprobe_grid(10) == [1, 2, 3, 4, 6, 8, 10]
+
+
+def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
+    ids, names = read_label_file(files["dir"] / "L.txt")
+    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, kmeans_iters=8))
+    result = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1)
+    assert result.reached and result.recall >= 0.9 and result.qps > 0
+    # the chosen nprobe is the first on the grid that reaches the target; recall never falls with nprobe
+    recalls = [p["recall"] for p in result.curve]
+    assert recalls == sorted(recalls)
+    assert all(p["recall"] < 0.9 for p in result.curve if p["nprobe"] < result.nprobe)
+    impossible = tune(index, files["xq"][:20], target_recall=1.01, top_k=5, nprobes=[1, 2], repeats=1)
+    assert not impossible.reached and impossible.nprobe == 2
+
+
+def test_tune_picks_a_rerank_depth_for_compressed_storage(files: dict) -> None:
+    ids, names = read_label_file(files["dir"] / "L.txt")
+    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, storage="pq", pq_m=4, kmeans_iters=8))
+    result = tune(index, files["xq"], target_recall=0.9, top_k=5, reranks=[10, 40, 160], repeats=1)
+    assert result.reached and result.rerank in (10, 40, 160)
+    assert {p["rerank"] for p in result.curve} <= {10, 40, 160}
+
+
+def test_build_tune_search_from_files(files: dict, tmp_path: Path) -> None:
+    d = files["dir"]
+    out = tmp_path / "index"
+    index = build_index(d / "P.npy", d / "L.txt", out, IndexConfig(nlist=30, kmeans_iters=8, spill=1))
+    assert index.num_classes == 1000 and index.num_prototypes == 3000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"]["labels"].endswith("L.txt")
+
+    result = tune_index(out, d / "Q.npy", target_recall=0.9, top_k=5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["nprobe"] == result.nprobe and manifest["tuning"]["reached"]
+    loaded = RoutedIndex.load(out)  # checksums still hold after the manifest rewrite
+    assert loaded.cfg.nprobe == result.nprobe
+
+    npz = search_index(out, d / "Q.npy", tmp_path / "r.npz", top_k=4)
+    with np.load(npz, allow_pickle=False) as r:
+        assert r["class_ids"].shape == r["scores"].shape == r["labels"].shape == (200, 4)
+        assert r["labels"].dtype.kind == "U" and r["labels"][0, 0].startswith("label ")
+        exact = loaded.exact_search(files["xq"], 4)
+        assert search_recall_at_k(r["class_ids"], exact.class_ids) >= 0.9
+
+
+def test_bad_files_are_refused(files: dict, tmp_path: Path) -> None:
+    d = files["dir"]
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match="2 labels for 3000"):
+        build_index(d / "P.npy", tmp_path / "short.txt", tmp_path / "x")
+    np.save(tmp_path / "one_d.npy", np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        build_index(tmp_path / "one_d.npy", d / "L.txt", tmp_path / "y")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="junk.npy"):
+        build_index(tmp_path / "junk.npy", d / "L.txt", tmp_path / "z")
+
+
+def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
+    from megaclass.loadtest.bench_index import bench_index
+
+    doc = tmp_path / "benchmarks.md"
+    report = bench_index(
+        num_classes=3000, dim=16, num_queries=256, batch_sizes=(1, 64), threads=1, target_recall=0.9,
+        routed_configs=({"storage": "flat"}, {"storage": "sq8", "spill": 1}), hnsw=True,
+        out_dir=tmp_path / "out", cache_dir=None, doc=doc, name="tiny",
+    )  # fmt: skip
+    names = [r["name"] for r in report["runs"]]
+    assert names[0].startswith("exact") and any("IVF" in n for n in names) and any("HNSW" in n for n in names)
+    assert sum(n.startswith("routed") for n in names) == 2
+    assert all(r["recall"] >= 0.9 for r in report["runs"])
+    assert (tmp_path / "out" / "tiny.png").stat().st_size > 1000
+    text = doc.read_text()
+    assert "<!-- megaclass:index-tiny:begin -->" in text and "| method |" in text and "img/index-tiny.png" in text
