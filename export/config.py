@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -231,6 +230,10 @@ def load_config(
         raise ValueError(f"unknown preset {defaults!r}; known: {sorted(PRESETS)}")
     data = dict(PRESETS[defaults])
     if path is not None:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10 (the NGC Triton image): the same parser, backported
+            import tomli as tomllib
         with open(path, "rb") as f:
             data = _merge(data, tomllib.load(f))
     data = _merge(data, overrides or {})

@@ -59,6 +59,15 @@ def check_index(index_dir: Path, repo: Path) -> dict:
     return index.manifest
 
 
+def _os_error_text(exc: OSError) -> str:
+    """An OSError as one line; `shutil.copytree` gathers its per-file errors into a list."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        first, more = exc.args[0][0], len(exc.args[0]) - 1
+        why = first[2] if isinstance(first, tuple) and len(first) == 3 else first
+        return f"{why}" + (f" (and {more} more file(s))" if more else "")
+    return str(exc)
+
+
 def check_free_space(target: Path, sources: list[Path], margin_bytes: int = 1 << 20) -> None:
     """Refuse early, with the numbers, when `target`'s file system cannot hold a copy of `sources`.
 
@@ -90,7 +99,9 @@ def publish_index(repo: Path, index_dir: Path, keep: int = 3) -> Published:
     try:
         v = publish_version(repo / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": Path(index_dir)}, keep=keep)
     except OSError as exc:
-        raise PublishError(f"could not write {repo / RETRIEVER}: {exc}; the serving version is untouched") from exc
+        raise PublishError(
+            f"could not write {repo / RETRIEVER}: {_os_error_text(exc)}; the serving version is untouched"
+        ) from exc
     return Published(RETRIEVER, v)
 
 
@@ -119,7 +130,9 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
     try:
         v = publish_version(repo / ENCODER, files, keep=keep)
     except OSError as exc:
-        raise PublishError(f"could not write {repo / ENCODER}: {exc}; the serving version is untouched") from exc
+        raise PublishError(
+            f"could not write {repo / ENCODER}: {_os_error_text(exc)}; the serving version is untouched"
+        ) from exc
     return Published(ENCODER, v)
 
 

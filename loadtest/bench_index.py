@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -96,23 +97,26 @@ def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return a.nbytes / best / 1e9
 
 
-def set_threads(threads: int) -> None:
-    """Use `threads` threads in FAISS (OpenMP), torch and the BLAS numpy links."""
+def set_threads(threads: int) -> Callable[[], None]:
+    """Use `threads` threads in FAISS (OpenMP), torch (if imported) and BLAS; returns a function that restores."""
     import faiss
 
+    undo: list[Callable[[], None]] = []
+    before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)
-    try:
-        import torch
-
+    undo.append(lambda: faiss.omp_set_num_threads(before))
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        t_before = torch.get_num_threads()
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
+        undo.append(lambda: torch.set_num_threads(t_before))
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(threads)
+        undo.append(threadpool_limits(threads).restore_original_limits)
     except ImportError:
         pass
+    return lambda: [u() for u in reversed(undo)] and None
 
 
 def _fingerprint(*arrays: np.ndarray, **params: Any) -> str:
@@ -277,7 +281,7 @@ def _routed_run(
     mem = index.memory_bytes()
     code = mem["codes"] / max(index.num_entries, 1)
     per_query = res.stats["candidates"] * code + index.nlist * 4 * d
-    per_query += res.stats["fetched"] * 4 * d if cfg.storage != "flat" else 0
+    per_query += res.stats["fetched_per_query"] * 4 * d if cfg.storage != "flat" else 0
     curve = []
     for p in t.curve:
         if p["rerank"] == t.rerank:
@@ -291,11 +295,15 @@ def _routed_run(
     )  # fmt: skip
 
 
-def _time_batches(fn: Callable[[np.ndarray], Any], xq: np.ndarray, batch_sizes: Sequence[int]) -> dict[int, dict]:
+def _time_batches(
+    fn: Callable[[np.ndarray], Any], xq: np.ndarray, batch_sizes: Sequence[int], slow: bool = False
+) -> dict[int, dict]:
+    """QPS and latency per batch size (batch 1: the first 512 queries, one pass). `slow`: exact
+    search, timed on fewer queries (64 single queries, 4 batches of 64, one pass per size)."""
     out = {}
     for b in batch_sizes:
-        n = len(xq) if b > 1 else min(len(xq), 512)
-        out[b] = time_search(fn, xq[:n], b, repeats=3 if b > 1 else 1)
+        n = (64 if b == 1 else max(b, 4 * b if b < 1024 else b)) if slow else (len(xq) if b > 1 else 512)
+        out[b] = time_search(fn, xq[: min(n, len(xq))], b, repeats=1 if slow or b == 1 else 3)
     return out
 
 
@@ -320,9 +328,39 @@ def run_index_benchmark(
     plot_batch: int = 64,
 ) -> dict[str, Any]:
     """Run every method on one data set; returns a report dict (also written as JSON, table and PNG)."""
+
+    restore = set_threads(threads)
+    try:
+        return _run(
+            prototypes, class_ids, labels, queries, name=name, top_k=top_k, batch_sizes=batch_sizes,
+            threads=threads, target_recall=target_recall, nlist=nlist, routed_configs=routed_configs,
+            hnsw_m=hnsw_m, hnsw=hnsw, out_dir=out_dir, cache_dir=cache_dir, plot_batch=plot_batch,
+        )  # fmt: skip
+    finally:
+        restore()
+
+
+def _run(
+    prototypes: np.ndarray,
+    class_ids: np.ndarray,
+    labels: dict[int, str],
+    queries: np.ndarray,
+    *,
+    name: str,
+    top_k: int,
+    batch_sizes: Sequence[int],
+    threads: int,
+    target_recall: float,
+    nlist: int | None,
+    routed_configs: Sequence[dict[str, Any]],
+    hnsw_m: int,
+    hnsw: bool,
+    out_dir: Path,
+    cache_dir: Path | None,
+    plot_batch: int,
+) -> dict[str, Any]:
     import faiss
 
-    set_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     xb = np.ascontiguousarray(prototypes, dtype=np.float32)
@@ -335,7 +373,7 @@ def run_index_benchmark(
     xq_tune, xq = np.ascontiguousarray(queries[:half]), np.ascontiguousarray(queries[half:])
     key = _fingerprint(xb, ids, queries, k=top_k)
     cache = Path(cache_dir) / f"{name}-{key}" if cache_dir else None
-    bandwidth = copy_bandwidth_gbs()
+    bandwidth = copy_bandwidth_gbs(256 << 20 if xb.nbytes > 64 << 20 else 64 << 20)
     print(f"[bench index] {name}: {n} prototypes, {num_classes} classes, dim {d}, nlist {nlist}, "
           f"{len(xq)} eval + {len(xq_tune)} tuning queries, {threads} threads, copy {bandwidth:.1f} GB/s", flush=True)  # fmt: skip
 
@@ -350,7 +388,7 @@ def run_index_benchmark(
     runs: list[MethodRun] = []
     runs.append(
         MethodRun("exact (IndexFlatIP)", "-", 1.0, flat_build, 4 * d * n / num_classes, 4 * d * n,
-                  _time_batches(lambda x: exact(x, top_k, 0), xq, batch_sizes), [])
+                  _time_batches(lambda x: exact(x, top_k, 0), xq, batch_sizes, slow=True), [])
     )  # fmt: skip
     print(f"  exact: {runs[-1].timings}", flush=True)
 

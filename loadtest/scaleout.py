@@ -246,23 +246,12 @@ def locust_totals(csv_prefix: Path) -> dict[str, float]:
 
 # --- the run ---------------------------------------------------------------------------------
 def tiny_repository(root: Path) -> Path:
-    """The tiny real repository of the integration tests (projection encoder, 40 classes)."""
+    """The tiny real repository (projection encoder, 40 classes; megaclass.export.tiny_repository)."""
     repo = root / "repo"
     if (repo / "classify" / "config.pbtxt").exists():
         return repo
-    try:
-        from tests.integration.conftest import build_tiny_repository
-    except ImportError:
-        checkout = Path(__file__).resolve().parents[1]
-        sys.path.insert(0, str(checkout))
-        try:
-            from tests.integration.conftest import build_tiny_repository
-        except ImportError as exc:
-            raise RuntimeError(
-                "the tiny repository is built by tests/integration/conftest.py, which this install does not "
-                "have; pass --repository DIR (e.g. the demo's model_repository)"
-            ) from exc
     from megaclass.export.config import ModelServingConfig, ServingConfig
+    from megaclass.export.tiny_repository import build_tiny_repository
 
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=1000)
     root.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,8 @@ __all__ = [
 UNKNOWN_LABEL = "<unknown>"  # label of an entry whose score is below the threshold (class id -1)
 MISSING_LABEL = ""  # label of an empty slot: fewer than k classes found (class id -1, score -inf)
 BACKENDS = ("faiss", "numpy", "torch")
+_SMALL_M = 64
+_BEFORE = np.tri(_SMALL_M, _SMALL_M, -1, dtype=bool)  # [j, i]: i comes before j
 _ADD_CHUNK = 262144
 
 
@@ -67,7 +69,8 @@ class SearchResult:
 
     Empty slots (fewer than k classes found): class id -1, score -inf, label "".
     Below the threshold: class id -1, label "<unknown>", the score is kept.
-    `stats`: backend, storage, nprobe, candidates (mean entries scanned per query), fetched, seconds.
+    `stats`: backend, storage, nprobe, candidates (mean entries scanned per query), candidates_scanned
+    (the batch's total), fetched_per_query (candidates taken from the scan), seconds.
     """
 
     class_ids: np.ndarray  # int64 [Q, k]
@@ -105,6 +108,21 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     out_c = np.full((q, k), -1, dtype=np.int64)
     out_s = np.full((q, k), -np.inf, dtype=np.float32)
     if q == 0 or m == 0 or k == 0:
+        return out_c, out_s
+    if m <= _SMALL_M:  # small candidate lists: per-row sort and an m x m duplicate test
+        order = np.lexsort((classes, -scores), axis=1)
+        row = np.arange(q)[:, None]
+        s = scores[row, order].astype(np.float32, copy=False)
+        c = classes[row, order]
+        valid = (c >= 0) & np.isfinite(s)
+        cv = np.where(valid, c, -2 - np.arange(m))  # invalid slots never match anything
+        seen = ((cv[:, :, None] == cv[:, None, :]) & _BEFORE[:m, :m]).any(axis=2)
+        keep = valid & ~seen
+        rank = np.cumsum(keep, axis=1) - 1
+        sel = keep & (rank < k)
+        rows = np.nonzero(sel)[0]
+        out_c[rows, rank[sel]] = c[sel]
+        out_s[rows, rank[sel]] = s[sel]
         return out_c, out_s
     s = scores.ravel().astype(np.float32, copy=False)
     c = classes.ravel()
@@ -406,8 +424,9 @@ class RoutedIndex:
             "backend": self.cfg.backend,
             "storage": self.cfg.storage,
             "nprobe": nprobe,
-            "candidates": scanned,
-            "fetched": fetch,
+            "candidates": scanned,  # entries scanned per query (mean)
+            "candidates_scanned": int(round(scanned * len(xq))),  # in the whole batch
+            "fetched_per_query": fetch,
             "seconds": time.perf_counter() - t0,
         }
         return result
@@ -416,8 +435,8 @@ class RoutedIndex:
         """The FAISS backend splits a batch over its threads (one single-threaded pipeline each)."""
         threads = self._threads if self.cfg.backend == "faiss" else 1
         parts = max(1, min(threads, q // 8))
-        bounds = np.linspace(0, q, parts + 1).astype(int)
-        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        bounds = [q * i // parts for i in range(parts + 1)]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -451,7 +470,7 @@ class RoutedIndex:
         backend = self.cfg.backend
         if backend == "faiss":
             ivf, searched = self._faiss
-            _, probes = ivf.quantizer.search(xq, nprobe)
+            probes = _faiss_route(ivf.quantizer, xq, nprobe)
             scores, rows = _search_preassigned(searched, xs, fetch, probes, nprobe)
             return scores + const[:, None], rows, probes
         if backend == "numpy":
@@ -780,6 +799,14 @@ def _to_torch(g: dict[str, Any], centroids: np.ndarray, cfg: IndexConfig) -> Non
     g["rows"] = torch.from_numpy(g["rows"]).to(dev)
     g["centroids"] = torch.from_numpy(centroids).to(dev)
     g["compute_dtype"] = torch.float16 if dev.type == "cuda" and cfg.storage != "flat" else torch.float32
+
+
+def _faiss_route(quantizer: faiss.Index, xq: np.ndarray, nprobe: int) -> np.ndarray:
+    """The `nprobe` best clusters per query (FAISS flat search, no Python wrapper overhead)."""
+    dist = np.empty((len(xq), nprobe), dtype=np.float32)
+    ids = np.empty((len(xq), nprobe), dtype=np.int64)
+    quantizer.search_c(len(xq), faiss.swig_ptr(xq), nprobe, faiss.swig_ptr(dist), faiss.swig_ptr(ids))
+    return ids
 
 
 def _search_preassigned(

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def prepare_backend_dir(install: TritonInstall, work_dir: Path) -> Path:
     """Copy the backends with the stub for the running Python into `work_dir/backends`."""
     target = work_dir / "backends"
     if not (target / "python" / "triton_python_backend_stub").exists():
-        tmp = work_dir / f".backends.{os.getpid()}"
+        tmp = work_dir / f".backends.{uuid.uuid4().hex}"  # unique per call: threads may race
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(install.backends_dir, tmp, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy2(install.stub, tmp / "python" / "triton_python_backend_stub")

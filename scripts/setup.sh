@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   libb64-0d                      # perf_analyzer (tritonclient wheel) links it
+  nginx                          # the local scale-out run: gRPC/HTTP load balancing over replicas
   fontconfig
   fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf
   fonts-wqy-microhei fonts-wqy-zenhei fonts-arphic-ukai fonts-arphic-uming fonts-ipafont-gothic
@@ -21,7 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # RUNLEVEL=1: do not start services (nginx) on install; the project starts its own.
+    RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
     echo "setup: WARNING: not root (or no apt-get), so these Debian packages are not installed: ${missing[*]}" >&2
     echo "setup:   ask an administrator for: sudo apt-get install ${missing[*]}" >&2

@@ -7,6 +7,7 @@ import pytest
 
 from megaclass.loadtest.scaleout import (
     ScaleoutConfig,
+    format_report,
     parse_triton_counters,
     queue_time_per_request_us,
     read_access_log,
@@ -94,18 +95,19 @@ def test_failover_run_is_bounded_and_nothing_hangs(tiny_repo, tmp_path, protocol
     report = run_scaleout(cfg, log=lambda _: None)
     (phase,) = report.phases
     f = phase.failover
+    why = format_report(report)  # the whole report when an assertion fails
     # nothing hung: Locust stopped by itself, nothing in flight, no request ran into its deadline
-    assert phase.locust_exit is not None and phase.in_flight_at_stop == 0 and not phase.hung
-    assert phase.latency_ms["max"] < cfg.client_timeout_s * 1000
+    assert phase.locust_exit is not None and phase.in_flight_at_stop == 0 and not phase.hung, why
+    assert phase.latency_ms["max"] < cfg.client_timeout_s * 1000, why
     # both served before the kill; afterwards only the survivor, and it kept serving
-    assert phase.per_replica.get("replica-1", 0) > 0 and phase.per_replica.get("replica-0", 0) > 0
-    assert f["answered_by_killed_after_kill"] == 0
-    assert f["ok_per_s_after_kill"] > 0
+    assert phase.per_replica.get("replica-1", 0) > 0 and phase.per_replica.get("replica-0", 0) > 0, why
+    assert f["answered_by_killed_after_kill"] == 0, why
+    assert f["ok_per_s_after_kill"] > 0, why
     # bounded errors: at most the requests in flight on the dead replica (one per user), all at the kill
-    assert f["errors_before_kill"] == 0
-    assert f["errors_after_kill"] <= users
+    assert f["errors_before_kill"] == 0, why
+    assert f["errors_after_kill"] <= users, why
     if f["errors_after_kill"]:
-        assert f["last_error_after_kill_s"] < 1.0
-        assert set(phase.errors) <= {"UNAVAILABLE", "502", "HTTP 502", "InferenceServerException"}
-    assert phase.ok > 0 and np.isfinite(phase.latency_ms["p99"])
-    assert (tmp_path / report.machine["started"] / "report.md").exists()
+        assert f["last_error_after_kill_s"] < 1.0, why
+        assert set(phase.errors) <= {"UNAVAILABLE", "502", "HTTP 502", "InferenceServerException"}, why
+    assert phase.ok > 0 and np.isfinite(phase.latency_ms["p99"]), why
+    assert (tmp_path / report.machine["started"] / "report.md").exists(), why

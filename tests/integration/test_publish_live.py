@@ -12,9 +12,8 @@ from megaclass.clients.client import Client
 from megaclass.export.config import IndexConfig, ModelServingConfig, ServingConfig
 from megaclass.export.preprocess import to_model_input
 from megaclass.export.publish import PublishError, load_models, publish_index, rollback
+from megaclass.export.tiny_repository import IMAGE_SIZE, build_tiny_repository, class_patterns
 from megaclass.python_backend.triton_server import free_port, start_server
-
-from .conftest import IMAGE_SIZE, build_tiny_repository, class_patterns
 
 pytestmark = pytest.mark.integration
 

@@ -109,15 +109,18 @@ def test_class_aggregation_counts_a_class_once_at_its_best_score() -> None:
     assert res.scores[0, 3] == -np.inf
 
 
-def test_aggregate_classes_matches_loop() -> None:
+@pytest.mark.parametrize("m", [1, 30, 200])  # both the small-m and the general path
+def test_aggregate_classes_matches_loop(m: int) -> None:
     rng = np.random.default_rng(3)
-    s = rng.standard_normal((20, 30)).astype(np.float32)
-    c = rng.integers(-1, 8, (20, 30))
+    s = rng.standard_normal((20, m)).astype(np.float32)
+    s[0, :2] = np.inf * np.array([-1, 1]) if m > 1 else s[0, :1]
+    s[1, : m // 2] = 0.5  # ties: broken by class id
+    c = rng.integers(-1, 8, (20, m))
     got_c, got_s = aggregate_classes(s, c, 5)
     for i in range(20):
         best: dict[int, float] = {}
         for cc, ss in zip(c[i], s[i], strict=True):
-            if cc >= 0:
+            if cc >= 0 and np.isfinite(ss):
                 best[int(cc)] = max(best.get(int(cc), -np.inf), float(ss))
         top = sorted(best.items(), key=lambda t: (-t[1], t[0]))[:5]
         assert got_c[i, : len(top)].tolist() == [k for k, _ in top]

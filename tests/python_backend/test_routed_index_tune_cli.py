@@ -111,7 +111,7 @@ def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
 
     doc = tmp_path / "benchmarks.md"
     report = bench_index(
-        num_classes=3000, dim=16, num_queries=256, batch_sizes=(1, 64), threads=1, target_recall=0.9,
+        num_classes=3000, dim=16, num_queries=128, batch_sizes=(1, 64), threads=1, target_recall=0.9,
         routed_configs=({"storage": "flat"}, {"storage": "sq8", "spill": 1}), hnsw=True,
         out_dir=tmp_path / "out", cache_dir=None, doc=doc, name="tiny",
     )  # fmt: skip

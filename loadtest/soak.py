@@ -1,0 +1,281 @@
+"""A bounded soak run: steady Locust load on the Triton stack while the memory (RSS) of every
+server process — tritonserver and each Python-backend stub — is sampled; reports the error
+count and each process's RSS growth after the warm-up.
+
+    megaclass loadtest soak --duration 10m            # a synthetic stack, served for the run
+    megaclass loadtest soak --repository model_repository --duration 10m --users 8
+
+Target (issue 8): zero errors, and RSS growth under 5 % from the end of the warm-up to the end.
+`run_soak` takes a running `TritonServer` too (the CI test runs a short soak on its stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+TARGET_GROWTH_PERCENT = 5.0
+
+
+def parse_duration(text: str) -> float:
+    """'10m', '90s', '1h', '1m30s' or plain seconds -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"bad duration {text!r}: use e.g. 600, 90s, 10m, 1h or 1m30s")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    """One soak run."""
+
+    duration_s: float = 600.0
+    warmup_s: float = 60.0  # growth is measured from here; Locust's statistics are reset here too
+    users: int = 8
+    sample_every_s: float = 5.0
+    user_classes: tuple[str, ...] = ("TritonGrpcUser", "TritonHttpUser")
+    batch_mix: str | None = None  # None: the locustfile's default mix
+    model_mix: str | None = None
+    images: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.duration_s <= 0 or not 0 <= self.warmup_s < self.duration_s or self.sample_every_s <= 0:
+            raise ValueError(f"need 0 <= warm-up < duration and a positive sampling period: {self}")
+        if self.users < 1:
+            raise ValueError("users must be at least 1")
+
+
+@dataclass
+class RssSample:
+    t: float  # seconds since the load started
+    rss: dict[str, int]  # process name -> bytes
+
+
+@dataclass
+class SoakResult:
+    settings: dict
+    started: str
+    machine: str
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    samples: list[RssSample] = field(default_factory=list)
+
+    def growth(self, warmup_s: float) -> dict[str, tuple[float, float, float]]:
+        """Per process: (RSS MB at the end of the warm-up, RSS MB at the end, growth %)."""
+        after = [s for s in self.samples if s.t >= warmup_s] or self.samples[-1:]
+        first, last = after[0], self.samples[-1]
+        out = {}
+        for name, start in first.rss.items():
+            end = last.rss.get(name)
+            if end is None:  # the process is gone (a stub restarted): report it as missing
+                out[name] = (start / 2**20, float("nan"), float("nan"))
+            else:
+                out[name] = (start / 2**20, end / 2**20, 100.0 * (end - start) / start)
+        return out
+
+    def verdict(self, warmup_s: float) -> tuple[bool, str]:
+        growth = self.growth(warmup_s)
+        worst = max(growth.items(), key=lambda kv: kv[1][2] if kv[1][2] == kv[1][2] else float("inf"))
+        ok = self.failures == 0 and all(g == g and g < TARGET_GROWTH_PERCENT for _, _, g in growth.values())
+        why = f"{self.failures} failed of {self.requests} requests; largest RSS growth {worst[0]} {worst[1][2]:+.1f} %"
+        return ok, why
+
+
+def sample_rss(server) -> dict[str, int]:
+    """RSS in bytes of tritonserver and of each live Python-backend stub (by instance name)."""
+    import psutil
+
+    from megaclass.python_backend.server_watchdog import stub_identity
+
+    main = psutil.Process(server.process.pid)
+    out = {"tritonserver": main.memory_info().rss}
+    for child in main.children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and (ident := stub_identity(child.cmdline())):
+                out[ident[1]] = child.memory_info().rss
+        except psutil.Error:
+            continue
+    return out
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, server, every_s: float):
+        super().__init__(daemon=True, name="soak-rss-sampler")
+        self.server, self.every_s = server, every_s
+        self.samples: list[RssSample] = []
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.samples.append(RssSample(time.monotonic() - self.t0, sample_rss(self.server)))
+            except Exception:  # the server restarting: skip this sample
+                pass
+            if self.stop.wait(self.every_s):
+                return
+
+
+def run_soak(server, settings: SoakSettings, out_dir: Path) -> SoakResult:
+    """Load `server` with Locust for `settings.duration_s`, sampling RSS; Locust's files go to `out_dir`."""
+    from megaclass.loadtest.head_to_head import machine_description
+    from megaclass.loadtest.locust_run import LocustSettings, run_locust
+
+    extra = {}
+    if settings.batch_mix:
+        extra["batch_mix"] = settings.batch_mix
+    if settings.model_mix:
+        extra["model_mix"] = settings.model_mix
+    locust = LocustSettings(
+        host=f"http://{server.http_url}",
+        grpc_url=server.grpc_url,
+        users=settings.users,
+        spawn_rate=float(settings.users),
+        run_time_s=settings.duration_s,
+        user_classes=settings.user_classes,
+        images=settings.images,
+        warmup_s=settings.warmup_s,
+        **extra,
+    )
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_description()
+    sampler = _Sampler(server, settings.sample_every_s)
+    sampler.start()
+    try:
+        run = run_locust(locust, Path(out_dir), "soak")
+    finally:
+        sampler.stop.set()
+        sampler.join(30)
+    total = run.total
+    return SoakResult(
+        settings={k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
+        started=started,
+        machine=machine,
+        requests=total.requests,
+        failures=total.failures,
+        rps=total.rps,
+        p50_ms=total.p50_ms,
+        p99_ms=total.p99_ms,
+        samples=sampler.samples,
+    )
+
+
+def soak_markdown(result: SoakResult, warmup_s: float, command: str, note: str = "") -> str:
+    """The figures as a Markdown section for docs/reliability.md."""
+    ok, why = result.verdict(warmup_s)
+    s = result.settings
+    lines = [
+        "### Soak run",
+        "",
+        f"`{command}` — {result.started}; {result.machine}{'. ' + note if note else ''}.",
+        "",
+        f"Locust: {s['users']} users ({', '.join(s['user_classes'])}), {s['duration_s']:.0f} s with "
+        f"{s['warmup_s']:.0f} s of warm-up; {result.requests} requests after the warm-up, {result.failures} failed; "
+        f"{result.rps:.1f} req/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms. "
+        f"RSS sampled every {s['sample_every_s']:g} s ({len(result.samples)} samples).",
+        "",
+        "| process | RSS after warm-up (MB) | RSS at the end (MB) | growth |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, (start, end, growth) in sorted(result.growth(warmup_s).items()):
+        lines.append(f"| {name} | {start:.1f} | {end:.1f} | {growth:+.2f} % |")
+    lines += ["", f"Target (zero errors, growth < {TARGET_GROWTH_PERCENT:g} %): {'met' if ok else 'missed'} — {why}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: SoakResult, warmup_s: float, out_dir: Path, command: str, note: str = "") -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "soak.json").write_text(json.dumps(asdict(result), indent=2))
+    with open(out_dir / "soak_rss.csv", "w") as f:
+        names = sorted({n for s in result.samples for n in s.rss})
+        f.write("t_s," + ",".join(f"{n}_mb" for n in names) + "\n")
+        for s in result.samples:
+            f.write(f"{s.t:.1f}," + ",".join(f"{s.rss.get(n, 0) / 2**20:.2f}" for n in names) + "\n")
+    (out_dir / "soak.md").write_text(soak_markdown(result, warmup_s, command, note))
+    return {"json": out_dir / "soak.json", "rss": out_dir / "soak_rss.csv", "markdown": out_dir / "soak.md"}
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, work: Path):
+    """Start tritonserver on --repository, or on a synthetic stack built under `work`."""
+    from megaclass.python_backend.triton_server import free_port, start_server
+
+    images = None
+    if args.repository:
+        repository = Path(args.repository)
+    else:
+        from megaclass.loadtest.head_to_head import load_bench_config, prepare_artifacts
+
+        bench, cfg = load_bench_config(None, {"classes": args.classes})
+        art = prepare_artifacts(work / "artifacts", bench, cfg)
+        repository, images = art.repository, art.images
+    server = start_server(
+        repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=work / "triton",
+        models=("encoder", "retriever", "classify"), explicit=True,
+    )  # fmt: skip
+    return server, images
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    try:
+        duration = parse_duration(args.duration)
+        warmup = parse_duration(args.warmup) if args.warmup else min(60.0, duration / 5)
+        settings = SoakSettings(
+            duration_s=duration, warmup_s=warmup, users=args.users, sample_every_s=parse_duration(args.sample_every)
+        )
+    except ValueError as exc:
+        print(f"megaclass loadtest soak: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    server, images = _serve(args, out / "work")
+    try:
+        if images is not None:
+            settings = SoakSettings(**{**asdict(settings), "images": images})
+        print(f"soaking {server.grpc_url} (gRPC) and {server.http_url} (HTTP) for {duration:.0f} s ...", flush=True)
+        result = run_soak(server, settings, out)
+    finally:
+        server.stop()
+    command = "megaclass loadtest soak " + " ".join(sys.argv[3:])
+    written = write_outputs(result, warmup, out, command.strip(), args.note)
+    print(soak_markdown(result, warmup, command.strip(), args.note))
+    if args.docs:
+        from megaclass.loadtest.report import update_doc_section
+
+        update_doc_section(Path(args.docs), "soak", written["markdown"].read_text(), title="# Reliability")
+        print(f"section updated in {args.docs}")
+    ok, _ = result.verdict(warmup)
+    return 0 if ok else 3
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `loadtest soak` (call after `megaclass.loadtest.commands.add_commands`, which makes `loadtest`)."""
+    if "loadtest" in sub.choices:
+        lt = sub.choices["loadtest"]._subparsers._group_actions[0]
+    else:
+        lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
+    p = lt.add_parser("soak", help="steady Locust load with RSS sampled: errors and memory growth")
+    p.add_argument("--duration", default="10m", help="e.g. 10m, 90s, 1h (default 10m)")
+    p.add_argument("--warmup", default=None, help="growth is measured after this (default: a fifth, at most 60s)")
+    p.add_argument("--users", type=int, default=8, help="Locust users (closed loop, no wait)")
+    p.add_argument("--sample-every", default="5s", help="RSS sampling period")
+    p.add_argument("--repository", default=None, help="serve this model repository (default: a synthetic stack)")
+    p.add_argument("--classes", type=int, default=20000, help="synthetic index size (without --repository)")
+    p.add_argument("--out", default="runs/soak", help="Locust CSVs, soak.json, soak_rss.csv, soak.md")
+    p.add_argument("--docs", default=None, help="update the soak section of this Markdown file")
+    p.add_argument("--note", default="", help="a sentence for the write-up (e.g. what else was running)")
+    p.set_defaults(func=cmd_soak)
