@@ -209,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The README's main job: a few minutes end to end on a 2-core CPU machine.
     "demo": {
         "glyphs": {"max_classes": 1500, "held_out_fonts": 2, "held_out_class_fraction": 0.1},
-        "train": {"epochs": 12, "max_minutes": 3.0},
+        "train": {"epochs": 12, "max_minutes": 3.0, "width": 16},
         "work_dir": ".cache/megaclass/demo",
     },
 }

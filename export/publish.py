@@ -136,12 +136,16 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
     return Published(ENCODER, v)
 
 
-def load_models(url: str, models: list[str], protocol: str = "grpc", admin_key: str | None = None) -> None:
+def load_models(
+    url: str, models: list[str], protocol: str = "grpc", admin_key: str | None = None, repo: Path | None = None
+) -> None:
     """Ask a server in explicit model-control mode to (re)load `models`.
 
     Triton loads the newest version beside the one serving and switches when it is ready;
     a version that fails to load leaves the old one serving and raises here. `admin_key`
     (default: the environment's MEGACLASS_ADMIN_KEY) unlocks a restricted model-control API.
+    With `repo` (the server's repository, on this machine), a refused version is also moved
+    aside (`.refused-N`) so that a restarted server does not try it again.
     """
     import os
 
@@ -160,7 +164,51 @@ def load_models(url: str, models: list[str], protocol: str = "grpc", admin_key: 
         try:
             client.load_model(name, headers=headers)
         except InferenceServerException as exc:
-            raise PublishError(f"server refused to load {name}: {exc.message()}") from exc
+            message = f"server refused to load {name}: {exc.message()}"
+            states = _version_states(client, name, protocol, headers)
+            refused = [v for v, state, why in states if state == "UNAVAILABLE" and why and why != "unloaded"]
+            serving = [v for v, state, _ in states if state == "READY"]
+            if serving:
+                message += f"\nversion {serving[-1]} of {name} keeps serving"
+            if repo is not None:
+                for v in refused:
+                    moved = retire_version(Path(repo), name, v, prefix=".refused")
+                    if moved:
+                        message += f"; the refused version {v} was moved aside to {moved}"
+            if refused:
+                message += (
+                    f".\nUntil a version of {name} loads, Triton's server readiness (/v2/health/ready) says "
+                    f"not ready although every model serves; probe /v2/models/<model>/ready. "
+                    f"Fix the artifacts and publish again."
+                )
+            raise PublishError(message) from exc
+
+
+def _version_states(client, name: str, protocol: str, headers) -> list[tuple[int, str, str]]:
+    """(version, state, reason) of `name` in the server's repository index; [] when unavailable."""
+    try:
+        index = client.get_model_repository_index(headers=headers)
+    except Exception:  # the index only helps the message
+        return []
+    rows = index if protocol == "http" else [
+        {"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in index.models
+    ]  # fmt: skip
+    return [
+        (int(r["version"]), r.get("state", ""), r.get("reason", ""))
+        for r in rows
+        if r.get("name") == name and str(r.get("version", "")).isdigit()
+    ]
+
+
+def retire_version(repo: Path, model: str, version: int, prefix: str = ".retired") -> Path | None:
+    """Move `model`'s version out of the server's sight (kept on disk); None when it is not there."""
+    src = Path(repo) / model / str(version)
+    if not src.is_dir():
+        return None
+    dst = Path(repo) / model / f"{prefix}-{version}"
+    shutil.rmtree(dst, ignore_errors=True)
+    src.rename(dst)
+    return dst
 
 
 def rollback(repo: Path, model: str) -> int:

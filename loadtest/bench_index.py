@@ -78,13 +78,6 @@ def synthetic_embeddings(
     return out, np.arange(num_classes, dtype=np.int64), xq.astype(np.float32)
 
 
-def read_labels(path: Path) -> tuple[np.ndarray, dict[int, str]]:
-    """labels.txt (one label per prototype row; repeats = several prototypes of one class) -> ids, labels."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    names, ids = np.unique(np.array(lines, dtype=object), return_inverse=True)
-    return ids.astype(np.int64), {i: str(n) for i, n in enumerate(names)}
-
-
 def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     """Best large-array copy rate on this machine, GB/s of bytes read (a copy also writes as many)."""
     a = np.ones(nbytes // 4, np.float32)
@@ -383,8 +376,15 @@ def _run(
     flat.add(xb)
     flat_build = time.perf_counter() - t0
     exact = _faiss_method(flat, ids, mult, lambda p: None)
-    truth = exact(xq, top_k, 0)
-    truth_tune = exact(xq_tune, top_k, 0)
+    truth_file = cache / f"truth-top{top_k}.npy" if cache else None
+    if truth_file is not None and truth_file.exists():
+        both = np.load(truth_file, allow_pickle=False)
+    else:
+        both = exact(np.ascontiguousarray(queries), top_k, 0)
+        if truth_file is not None:
+            truth_file.parent.mkdir(parents=True, exist_ok=True)
+            np.save(truth_file, both, allow_pickle=False)
+    truth_tune, truth = both[:half], both[half:]
     runs: list[MethodRun] = []
     runs.append(
         MethodRun("exact (IndexFlatIP)", "-", 1.0, flat_build, 4 * d * n / num_classes, 4 * d * n,
@@ -588,3 +588,62 @@ def write_doc_section(report: dict[str, Any], doc: Path, png: Path, source: str)
         + f"\n![recall vs QPS]({img.relative_to(doc.parent)})\n"
     )
     update_doc_section(doc, f"index-{report['name']}", text)
+
+
+def glyph_embedding_files(
+    encoder_onnx: Path,
+    out_dir: Path,
+    *,
+    glyph_dir: Path = Path(".cache/megaclass/glyphs"),
+    num_queries: int = 4096,
+    seed: int = 0,
+    batch_size: int = 1024,
+    prototypes_per_class: int = 4,
+) -> tuple[Path, Path, Path]:
+    """Glyph embeddings from an exported encoder (ONNX), as P.npy / L.txt / Q.npy for `bench_index`.
+
+    Every class the installed fonts render (GlyphDataConfig defaults, no class limit) is embedded
+    from its training-font samples and reduced to up to `prototypes_per_class` k-means centres
+    (`export.prototypes.class_prototypes`; 0 keeps every sample as a prototype). The queries are
+    `num_queries` samples of the held-out fonts. Labels are "U+XXXX" code points.
+    """
+    import onnxruntime as ort
+
+    from megaclass.export.config import GlyphDataConfig
+    from megaclass.export.glyphs import render_glyph_dataset, split_glyphs
+    from megaclass.export.preprocess import to_model_input
+    from megaclass.export.prototypes import class_prototypes
+
+    out_dir = Path(out_dir)
+    paths = out_dir / "P.npy", out_dir / "L.txt", out_dir / "Q.npy"
+    if all(p.exists() for p in paths):
+        return paths
+    cfg = GlyphDataConfig(max_classes=None, seed=seed)
+    ds = render_glyph_dataset(cfg, Path(glyph_dir))
+    splits = split_glyphs(ds, cfg)
+    session = ort.InferenceSession(str(encoder_onnx), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        out = [
+            session.run(None, {name: to_model_input(images[s : s + batch_size])})[0]
+            for s in range(0, len(images), batch_size)
+        ]
+        x = np.concatenate(out).astype(np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    samples = embed(splits.train.images)
+    cps = splits.train.codepoints[splits.train.class_index]
+    if prototypes_per_class > 0:
+        protos, cps = class_prototypes(samples, cps, prototypes_per_class, seed=seed)
+    else:
+        protos = samples
+    rng = np.random.default_rng(seed)
+    q = splits.held_out_fonts
+    pick = np.sort(rng.choice(len(q.images), min(num_queries, len(q.images)), replace=False))
+    queries = embed(q.images[pick])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(paths[0], protos, allow_pickle=False)
+    paths[1].write_text("".join(f"U+{int(c):04X}\n" for c in cps), encoding="utf-8")
+    np.save(paths[2], queries, allow_pickle=False)
+    return paths

@@ -129,14 +129,28 @@ class _Sampler(threading.Thread):
                 return
 
 
+def fitting_batch_mix(server) -> str:
+    """The locustfile's default batch mix without the batch sizes the served models refuse."""
+    import urllib.request
+
+    from megaclass.loadtest.locust_run import DEFAULT_BATCH_MIX, parse_mix
+
+    limit = None
+    for model in ("classify", "retriever"):
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/config", timeout=10) as r:
+            size = int(json.loads(r.read()).get("max_batch_size", 0))
+        limit = size if limit is None else min(limit, size)
+    sizes, weights = parse_mix(DEFAULT_BATCH_MIX)
+    kept = [(b, w) for b, w in zip(sizes, weights, strict=True) if not limit or b <= limit]
+    return ",".join(f"{b}:{w:g}" for b, w in kept)
+
+
 def run_soak(server, settings: SoakSettings, out_dir: Path) -> SoakResult:
     """Load `server` with Locust for `settings.duration_s`, sampling RSS; Locust's files go to `out_dir`."""
     from megaclass.loadtest.head_to_head import machine_description
     from megaclass.loadtest.locust_run import LocustSettings, run_locust
 
-    extra = {}
-    if settings.batch_mix:
-        extra["batch_mix"] = settings.batch_mix
+    extra = {"batch_mix": settings.batch_mix or fitting_batch_mix(server)}
     if settings.model_mix:
         extra["model_mix"] = settings.model_mix
     locust = LocustSettings(

@@ -31,8 +31,10 @@ def read_vectors(path: Path, name: str = "array") -> np.ndarray:
 
 
 def read_label_file(path: Path, rows: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
-    """Class id per row and {class id: label} from a labels file (one label per line)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    """Class id per row and {class id: label} from a labels file (one label per "\\n"-ended line)."""
+    lines = [s.removesuffix("\r") for s in Path(path).read_text(encoding="utf-8").split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     if rows is not None and len(lines) != rows:
         raise ValueError(f"{path}: {len(lines)} labels for {rows} prototype rows (need one per row)")
     ids: dict[str, int] = {}

@@ -150,8 +150,3 @@ def code_bytes(storage: str, dim: int, params: dict[str, np.ndarray]) -> int:
         return dim
     m, ksub, _ = params["pq_centroids"].shape
     return (m * int(np.log2(ksub)) + 7) // 8
-
-
-def decode(storage: str, codes: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
-    """float32 vectors that the grouped kernels multiply (sq8: the raw codes; offset/scale go on the query)."""
-    return codes.astype(np.float32, copy=storage != "flat")

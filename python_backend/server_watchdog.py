@@ -27,6 +27,10 @@ from pathlib import Path
 STUB_NAME = "triton_python_backend_stub"
 
 
+class ModelRefused(RuntimeError):
+    """The server answered the reload request and refused it (the model's files do not load)."""
+
+
 @dataclass
 class Recovery:
     """One dead stub (or server exit) and what the watchdog did about it."""
@@ -172,7 +176,11 @@ class StubWatchdog:
                 r.recovered_at = time.monotonic()
                 self._log(f"'{r.model}' reloaded in {r.seconds:.1f}s")
                 return
-            except Exception as exc:
+            except ModelRefused as exc:  # the repository's version does not load: a restart cannot help
+                r.error = f"reload refused: {exc}"
+                self._log(f"{r.error}; fix the repository and load '{r.model}' (the other models keep serving)")
+                return
+            except Exception as exc:  # the server did not answer: restart it
                 r.error = f"reload failed: {exc}"
                 self._log(f"{r.error}; restarting the server")
                 r.action = "restart"
@@ -226,4 +234,4 @@ class StubWatchdog:
             with urllib.request.urlopen(req, timeout=self.server.ready_timeout_s) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from None
+            raise ModelRefused(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:300]}") from None

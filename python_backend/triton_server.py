@@ -117,11 +117,22 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+_handed_out: deque = deque(maxlen=256)  # ports free_port returned lately (the kernel may offer one again)
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """An ephemeral port that is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """An ephemeral port that is free now, and not one this process was given lately (three calls
+    in a row for HTTP, gRPC and metrics must not get the same port twice)."""
+    with _handed_out_lock:
+        for _ in range(64):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                break
+        _handed_out.append(port)
+        return port
 
 
 @dataclass

@@ -18,13 +18,18 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import ModelServingConfig, ServingConfig
+from megaclass.export.tiny_repository import (  # noqa: F401 - used by the suite
+    EMBEDDING_DIM,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    build_tiny_repository,
+    class_patterns,
+)
 from megaclass.python_backend.triton_server import TritonServer, free_port, start_server
-from tests.integration.conftest import IMAGE_SIZE, NUM_CLASSES, build_tiny_repository, class_patterns
 
 ADMIN_KEY = "reliability-admin-key"
 MODELS = ["encoder", "retriever", "classify", "decode", "classify_encoded"]
 MAX_BATCH = 16
-EMBEDDING_DIM = 16
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pytest
 
 from megaclass.export.config import IndexConfig
 from megaclass.export.publish import PublishError, load_models
-from megaclass.export.repository import RETRIEVER, model_file, publish_version, remove_version
+from megaclass.export.repository import RETRIEVER, model_file, publish_version, remove_version, versions
 
 from .conftest import MODELS, GoodTraffic, model_input, raw_infer, start_stack, stub_pid
 
@@ -60,11 +60,28 @@ BROKEN = {
 }  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def readiness_restored(stack):
+    """After refused versions, Triton's server readiness stays false until a version of the model
+    loads; leave the suite's server ready: publish the good index again and load it."""
+    yield
+    import tritonclient.grpc as grpcclient
+
+    from megaclass.export.publish import publish_index
+
+    if not grpcclient.InferenceServerClient(stack.server.grpc_url).is_server_ready():
+        publish_index(stack.repo, stack.index_dir)
+        load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
+        _wait_until(grpcclient.InferenceServerClient(stack.server.grpc_url).is_server_ready, timeout_s=20)
+
+
 @pytest.mark.parametrize("name", list(BROKEN))
-def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(stack, tmp_path, name):
+def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(
+    stack, tmp_path, name, readiness_restored
+):
     """A broken version put into the repository behind publish's back (publish itself refuses
-    these: test_publish_faults.py) fails to load with a clear error; no request fails and the
-    previous version answers throughout."""
+    these: test_publish_faults.py) fails to load with a clear error; no request fails, the
+    previous version answers throughout, and the refused version is moved aside."""
     make, match = BROKEN[name]
     files = {"model.py": model_file(RETRIEVER)}
     if make is not None:
@@ -76,8 +93,12 @@ def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(
     try:
         t = time.monotonic()
         with pytest.raises(PublishError, match=match) as info:
-            load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key)
-        assert f"version {version} is at UNAVAILABLE state" in str(info.value)
+            load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
+        message = str(info.value)
+        assert f"version {version} is at UNAVAILABLE state" in message
+        assert f"version {before.split(':')[0]} of retriever keeps serving" in message
+        assert f"moved aside to {stack.repo / RETRIEVER / f'.refused-{version}'}" in message
+        assert version not in versions(stack.repo / RETRIEVER)
         traffic.settle(after=time.monotonic())
         traffic.stop()
         assert traffic.errors == [], traffic.errors[:3]
@@ -86,6 +107,28 @@ def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(
     finally:
         traffic.stop()
         remove_version(stack.repo / RETRIEVER, version)
+        shutil.rmtree(stack.repo / RETRIEVER / f".refused-{version}", ignore_errors=True)
+
+
+def test_a_good_version_after_a_refused_one_makes_the_server_ready_again(stack, tmp_path, readiness_restored):
+    """Measured Triton 2.51 behaviour: a refused version makes /v2/health/ready say not ready
+    (every model still serves and is ready) until a version of that model loads."""
+    import tritonclient.grpc as grpcclient
+
+    from megaclass.export.publish import publish_index
+
+    client = grpcclient.InferenceServerClient(stack.server.grpc_url)
+    _truncated(stack.index_dir, tmp_path / "index")
+    refused = publish_version(stack.repo / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": tmp_path / "index"})
+    with pytest.raises(PublishError, match="not ready although every model serves"):
+        load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
+    shutil.rmtree(stack.repo / RETRIEVER / f".refused-{refused}")
+    assert not client.is_server_ready()
+    assert all(client.is_model_ready(m) for m in MODELS)
+    published = publish_index(stack.repo, stack.index_dir)
+    load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
+    assert served_version(stack).startswith(f"{published.version}:")
+    _wait_until(client.is_server_ready, timeout_s=20)  # once the previous version has unloaded
 
 
 def _wait_recovered(stack, deadline_s: float = 30.0) -> float:

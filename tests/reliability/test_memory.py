@@ -90,6 +90,6 @@ def test_request_far_over_the_size_limits(stack, good_traffic, protocol):
         rss.append(process_rss(stack.server)["tritonserver"])
     print(f"{protocol}: tritonserver RSS MB before 40 x 8 MB requests {base / MB:.0f}, "
           f"every 8th after: {[round(r / MB) for r in rss[::8]]}, last {rss[-1] / MB:.0f}")  # fmt: skip
-    assert rss[-1] - base < 16 * size, "oversized requests are retained: the server grows with each one"
-    assert rss[-1] - rss[19] < 4 * size, "no plateau: the server keeps growing with oversized requests"
+    # 40 requests of 8 MB: a server that kept each would have grown by 320 MB
+    assert max(rss) - base < 16 * size, "oversized requests are retained: the server grows with each one"
     good_traffic.assert_healthy(since=start)

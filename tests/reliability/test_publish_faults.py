@@ -109,7 +109,7 @@ def test_reader_never_sees_a_half_written_version(stack, big_index, tmp_path, mo
     assert reader.exposed == []
     assert reader.checks > 0
     assert len(versions(repo / RETRIEVER)) == 2
-    assert not [p.name for p in (repo / RETRIEVER).iterdir() if p.name.startswith(".")]
+    assert not [name for name in _hidden(repo) if name.startswith((".staging", ".removing"))]
 
 
 def test_the_reader_would_catch_a_non_atomic_publish(stack, big_index, tmp_path, monkeypatch):
@@ -136,12 +136,12 @@ def test_publish_refuses_a_broken_index_before_writing(stack, tmp_path, name):
     if name == "wrong-dimension":  # publish compares with the encoder's config, before any load
         match = r"has dimension 8 but the encoder in .* outputs 16: build the index with embeddings from this encoder"
     repo = _repo_copy(stack, tmp_path / "repo")
-    before = versions(repo / RETRIEVER)
+    before, hidden = versions(repo / RETRIEVER), _hidden(repo)
     make(stack.index_dir, tmp_path / "index")
     with pytest.raises(PublishError, match=match):
         publish_index(repo, tmp_path / "index")
     assert versions(repo / RETRIEVER) == before
-    assert not [p for p in (repo / RETRIEVER).iterdir() if p.name.startswith(".staging")]
+    assert _hidden(repo) == hidden
 
 
 # --- full or unwritable disk ---------------------------------------------------------------------------
@@ -160,37 +160,41 @@ def _enospc_after(monkeypatch, files_ok: int) -> None:
     _patch_copies(monkeypatch, copy)
 
 
-def _assert_untouched(repo: Path, before: list[int]) -> None:
+def _hidden(repo: Path) -> set[str]:
+    return {p.name for p in (repo / RETRIEVER).iterdir() if p.name.startswith(".")}
+
+
+def _assert_untouched(repo: Path, before: list[int], hidden_before: set[str]) -> None:
     assert versions(repo / RETRIEVER) == before
-    assert not [p.name for p in (repo / RETRIEVER).iterdir() if p.name.startswith(".")], "staging left behind"
+    assert _hidden(repo) == hidden_before, "staging left behind"
     for v in before:
         _complete(repo / RETRIEVER / str(v))
 
 
 def test_disk_full_mid_copy_is_a_clear_error_injected(stack, big_index, tmp_path, monkeypatch):
     repo = _repo_copy(stack, tmp_path / "repo")
-    before = versions(repo / RETRIEVER)
+    before, hidden = versions(repo / RETRIEVER), _hidden(repo)
     _enospc_after(monkeypatch, files_ok=2)
     with pytest.raises(PublishError, match=r"could not write .*retriever: \[Errno 28\] No space left on device.*"
                        r"the serving version is untouched"):  # fmt: skip
         publish_index(repo, big_index)
-    _assert_untouched(repo, before)
+    _assert_untouched(repo, before, hidden)
 
 
 def test_too_little_space_is_refused_before_writing_injected(stack, big_index, tmp_path, monkeypatch):
     repo = _repo_copy(stack, tmp_path / "repo")
-    before = versions(repo / RETRIEVER)
+    before, hidden = versions(repo / RETRIEVER), _hidden(repo)
     monkeypatch.setattr(
         shutil, "disk_usage", lambda p: SimpleNamespace(total=10**9, used=10**9 - 500_000, free=500_000)
     )
     with pytest.raises(PublishError, match=r"not enough disk space .* needs \d+\.\d MB, 0\.5 MB are free"):
         publish_index(repo, big_index)
-    _assert_untouched(repo, before)
+    _assert_untouched(repo, before, hidden)
 
 
 def test_unwritable_repository_is_a_clear_error_injected(stack, big_index, tmp_path, monkeypatch):
     repo = _repo_copy(stack, tmp_path / "repo")
-    before = versions(repo / RETRIEVER)
+    before, hidden = versions(repo / RETRIEVER), _hidden(repo)
     real_mkdir = Path.mkdir
 
     def mkdir(self, *a, **k):
@@ -201,7 +205,7 @@ def test_unwritable_repository_is_a_clear_error_injected(stack, big_index, tmp_p
     monkeypatch.setattr(Path, "mkdir", mkdir)
     with pytest.raises(PublishError, match=r"could not write .*Permission denied.*the serving version is untouched"):
         publish_index(repo, big_index)
-    _assert_untouched(repo, before)
+    _assert_untouched(repo, before, hidden)
 
 
 @pytest.fixture
@@ -214,7 +218,7 @@ def real_disk(stack):
 def test_disk_full_while_serving(stack, real_disk, big_index, monkeypatch):
     """The live repository's disk is full: publish refuses with the numbers (and, its pre-check
     skipped, fails cleanly mid-copy with ENOSPC); the server keeps answering with its version."""
-    before, served = versions(stack.repo / RETRIEVER), served_version(stack)
+    before, served, hidden = versions(stack.repo / RETRIEVER), served_version(stack), _hidden(stack.repo)
     traffic = GoodTraffic(stack, max_s=60).start()
     filler = real_disk / "filler"
     try:
@@ -222,11 +226,11 @@ def test_disk_full_while_serving(stack, real_disk, big_index, monkeypatch):
             os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(real_disk).free - 2_000_000)
         with pytest.raises(PublishError, match=r"not enough disk space .* are free"):
             publish_index(stack.repo, big_index)
-        _assert_untouched(stack.repo, before)
+        _assert_untouched(stack.repo, before, hidden)
         monkeypatch.setattr("megaclass.export.publish.check_free_space", lambda *a, **k: None)
         with pytest.raises(PublishError, match=r"No space left on device.*the serving version is untouched"):
             publish_index(stack.repo, big_index)
-        _assert_untouched(stack.repo, before)
+        _assert_untouched(stack.repo, before, hidden)
         assert served_version(stack) == served
         traffic.settle(after=time.monotonic())
     finally:
@@ -236,7 +240,7 @@ def test_disk_full_while_serving(stack, real_disk, big_index, monkeypatch):
 
 
 def test_read_only_repository_while_serving(stack, real_disk, big_index):
-    before, served = versions(stack.repo / RETRIEVER), served_version(stack)
+    before, served, hidden = versions(stack.repo / RETRIEVER), served_version(stack), _hidden(stack.repo)
     subprocess.run(["mount", "-o", "remount,ro", str(real_disk)], check=True, timeout=30)
     try:
         with pytest.raises(
@@ -246,4 +250,4 @@ def test_read_only_repository_while_serving(stack, real_disk, big_index):
         assert served_version(stack) == served
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(real_disk)], check=True, timeout=30)
-    _assert_untouched(stack.repo, before)
+    _assert_untouched(stack.repo, before, hidden)
