@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megaclass.loadtest.scaleout_commands import add_commands as add_scaleout_commands
 
     add_scaleout_commands(sub)
+    from megaclass.export.commands import add_commands as add_export_commands
+
+    add_export_commands(sub)
     p = _subcommands(sub, "bench", "benchmarks that print tables and save plots").add_parser(
         "batching", help="dynamic batching on vs off: perf_analyzer sweeps of classify, retriever"
     )

@@ -120,7 +120,7 @@ class IndexConfig:
     seed: int = 0
     # Routed-index details (python_backend/routed_index*.py).
     rerank: int = 0  # compressed storage: candidates per query re-scored exactly; 0: max(4 * top_k, 40)
-    balance: float | None = 1.5  # no cluster holds more than this times the mean entries (None: plain k-means)
+    balance: float | None = 2.0  # no cluster holds more than this times the mean entries (None: plain k-means)
     kmeans_iters: int = 20
     kmeans_sample: int = 64  # training points per cluster
     soar_lambda: float = 1.0  # SOAR spill: weight of the residual-parallel penalty

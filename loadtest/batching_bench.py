@@ -73,7 +73,8 @@ def sweep(
                 for p in points:
                     rows.append(
                         {"mode": mode, "model": model, "concurrency": p.concurrency, "throughput": p.throughput,
-                         "p50_ms": p.p50_us / 1e3, "p95_ms": p.p95_us / 1e3, "p99_ms": p.p99_us / 1e3}
+                         "p50_ms": p.p50_us / 1e3, "p95_ms": p.p95_us / 1e3, "p99_ms": p.p99_us / 1e3,
+                         "stability_percent": p.stability_percent}
                     )  # fmt: skip
     (out_dir / "batching.json").write_text(json.dumps(rows, indent=2))
     return rows

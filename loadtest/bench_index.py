@@ -254,7 +254,7 @@ def _routed_run(
     backend = rc.get("backend", "faiss")
     cfg = IndexConfig(**{"nlist": nlist, **rc})
     tag = "-".join(f"{k}={v}" for k, v in sorted({"nlist": cfg.nlist, **rc}.items()) if k != "backend")
-    path = cache / f"routed-{tag}" if cache else None
+    path = cache / f"routed-{_fingerprint(**dataclasses.asdict(cfg))}" if cache else None
     if path is not None and (path / "manifest.json").exists():
         index = RoutedIndex.load(path, backend=backend)
         build_s = float(index.manifest.get("build_seconds", float("nan")))

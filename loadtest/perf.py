@@ -59,6 +59,7 @@ class PerfPoint:
     p99_us: float
     batch_size: int
     request_rate: float = 0.0  # requests per second asked for (request-rate sweeps); 0 in concurrency sweeps
+    stability_percent: float = 0.0  # the stability bound perf_analyzer met for this point
 
 
 def write_input_data(path: Path, samples: Sequence[dict[str, Any]]) -> Path:
@@ -100,33 +101,41 @@ def run_perf(
 
     perf_analyzer repeats a window until throughput and p99 agree within `stability_percent`
     over three windows (at most `max_trials` windows); a busy machine needs a looser bound.
+    When a level does not stabilise, it is measured again with the bound doubled (twice), then
+    with no real bound, rather than dropped; the bound used is kept in the point.
     """
     points = []
     loads = [("--request-rate-range", r) for r in request_rates] or [("--concurrency-range", c) for c in concurrency]
     for flag, level in loads:
         c = int(level) if flag == "--concurrency-range" else 16
-        cmd = [
+        base = [
             str(perf_analyzer_binary()),
             "-m", model, "-u", url, "-i", protocol, "-b", str(batch_size),
             f"{flag}={level:g}",
             f"--measurement-interval={measurement_ms}",
-            f"--stability-percentage={stability_percent}",
             f"--max-trials={max_trials}",
             "--percentile=99",
             "--max-threads=" + str(max(16, c)),
             "-f", "/dev/stdout",
         ]  # fmt: skip
         if input_data is not None:
-            cmd += ["--input-data", str(input_data)]
+            base += ["--input-data", str(input_data)]
         for name, dims in (shapes or {}).items():
-            cmd += ["--shape", f"{name}:{','.join(map(str, dims))}"]
-        cmd += list(extra_args)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_environment(), timeout=timeout_s)
+            base += ["--shape", f"{name}:{','.join(map(str, dims))}"]
+        base += list(extra_args)
+        bound = stability_percent
+        while True:
+            cmd = [*base, f"--stability-percentage={bound:g}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=perf_environment(), timeout=timeout_s)
+            unstable = "stable measurement" in proc.stdout + proc.stderr
+            if proc.returncode == 0 or not unstable or bound >= 1000:
+                break
+            bound = 1000 if bound >= 4 * stability_percent else bound * 2  # last try: take the windows as they are
         if proc.returncode != 0:
             raise PerfAnalyzerError(
                 f"perf_analyzer failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
             )
-        point = _parse_csv(proc.stdout, model, protocol, batch_size)
+        point = dataclasses.replace(_parse_csv(proc.stdout, model, protocol, batch_size), stability_percent=bound)
         if flag == "--request-rate-range":
             point = dataclasses.replace(point, request_rate=float(level))
         points.append(point)

@@ -10,8 +10,10 @@ reaps the stubs it stops itself, and never this one), so a zombie stub seen on t
 is a dead one; the watchdog then reloads its model through the model-control API (explicit mode;
 with the admin key when that API is restricted), which starts a fresh stub beside the broken one
 and switches to it.
-A server without model control, or one whose process exited, is restarted instead (a few seconds
-of downtime). Restarts are capped so a crash loop does not spin forever.
+A server without model control, one whose process exited (a stub killed while it held the lock of
+its shared-memory channel can abort tritonserver: boost `lock_exception`), and one that stopped
+answering /v2/health/live (seen hanging after a segfault) are restarted instead (seconds of
+downtime). Restarts are capped so a crash loop does not spin forever.
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ class StubWatchdog:
         max_restarts: int = 5,
         restart_window_s: float = 600.0,
         stop_timeout_s: float = 5.0,
+        unresponsive_after_s: float = 10.0,
+        reload_attempts: int = 3,
+        reload_retry_s: float = 2.0,
     ):
         self.server = server
         self.explicit = explicit
@@ -90,6 +95,9 @@ class StubWatchdog:
         # A server with a dead stub waits its whole exit timeout (30 s) for that model on SIGTERM:
         # a restart does not drain, it stops the server after this long.
         self.stop_timeout_s = stop_timeout_s
+        self.unresponsive_after_s = unresponsive_after_s
+        self.reload_attempts, self.reload_retry_s = reload_attempts, reload_retry_s
+        self._unresponsive_since: float | None = None
         self.recoveries: list[Recovery] = []
         self.paused = threading.Event()  # tests pause it to observe Triton's own behaviour
         self._known: dict[int, tuple[str, str]] = {}  # pid -> (model, instance), learnt while alive
@@ -157,6 +165,9 @@ class StubWatchdog:
         if not self.server.is_running():
             self._recover(Recovery("", "tritonserver", self.server.process.pid, "restart", time.monotonic()))
             return
+        if not self._live():
+            self._recover(Recovery("", "tritonserver", self.server.process.pid, "restart", time.monotonic()))
+            return
         for pid, model, instance in self.dead_stubs():
             if any(r.pid == pid for r in self.recoveries):
                 continue  # already handled; the reload reaps it
@@ -164,15 +175,35 @@ class StubWatchdog:
             action = "reload" if self.explicit and model else "restart"
             self._recover(Recovery(model, instance, pid, action, time.monotonic()))
 
+    def _live(self) -> bool:
+        """False once the server's process runs but has not answered /v2/health/live for
+        `unresponsive_after_s` (measured: after a segfault, tritonserver can hang in its crash handler)."""
+        try:
+            url = f"http://{self.server.http_url}/v2/health/live"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                ok = resp.status == 200
+        except (OSError, ValueError):
+            ok = False
+        now = time.monotonic()
+        if ok:
+            self._unresponsive_since = None
+            return True
+        self._unresponsive_since = self._unresponsive_since or now
+        return now - self._unresponsive_since < self.unresponsive_after_s
+
     def _recover(self, r: Recovery) -> None:
         self.recoveries.append(r)
         what = f"stub {r.instance} (pid {r.pid}) of model '{r.model or '?'}' died"
         if r.instance == "tritonserver":
-            what = f"tritonserver (pid {r.pid}) exited with code {self.server.process.returncode}"
+            code = self.server.process.returncode
+            what = f"tritonserver (pid {r.pid}) " + (
+                f"exited with code {code}" if code is not None
+                else f"has not answered /v2/health/live for {self.unresponsive_after_s:.0f}s"
+            )  # fmt: skip
         if r.action == "reload":
             self._log(f"{what}; reloading '{r.model}'")
             try:
-                self._reload(r.model)
+                self._reload_with_retries(r.model)
                 r.recovered_at = time.monotonic()
                 self._log(f"'{r.model}' reloaded in {r.seconds:.1f}s")
                 return
@@ -199,11 +230,25 @@ class StubWatchdog:
             self.server.restart(timeout=self.stop_timeout_s)
             self._known.clear()
             self._suspects.clear()
+            self._unresponsive_since = None
             r.recovered_at = time.monotonic()
             self._log(f"server restarted in {r.seconds:.1f}s")
         except Exception as exc:
             r.error = f"restart failed: {exc}"
             self._log(r.error)
+
+    def _reload_with_retries(self, model: str) -> None:
+        """`_reload`, tried again (`reload_attempts` in all) when the server refuses: a load can fail
+        for a passing reason (memory, a warm-up), and until one succeeds the model stays broken."""
+        for attempt in range(1, self.reload_attempts + 1):
+            try:
+                self._reload(model)
+                return
+            except ModelRefused as exc:
+                if attempt == self.reload_attempts or self._stop.is_set():
+                    raise
+                self._log(f"reload of '{model}' refused ({str(exc)[:200]}); trying again")
+                time.sleep(self.reload_retry_s)
 
     def _reload(self, model: str) -> None:
         """Load `model` again with its own current config as an override.

