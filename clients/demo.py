@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from megaclass.export import artifacts
-from megaclass.export.config import MegaclassConfig, config_hash
 from rich.console import Console
 from rich.table import Table
+
+from megaclass.export import artifacts
+from megaclass.export.config import MegaclassConfig, config_hash
 
 console = Console()
 

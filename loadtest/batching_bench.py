@@ -135,7 +135,11 @@ def _cores() -> int:
 
 
 def run_batching_bench(
-    cfg, out_dir: Path, concurrency: tuple[int, ...], measurement_ms: int, doc: Path | None,
+    cfg,
+    out_dir: Path,
+    concurrency: tuple[int, ...],
+    measurement_ms: int,
+    doc: Path | None,
     stability_percent: float = 25.0,
 ) -> list[dict]:
     """Build (or reuse) the demo's artifacts, sweep with batching off and on, report."""

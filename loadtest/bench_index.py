@@ -27,7 +27,13 @@ import numpy as np
 
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend.routed_index import RoutedIndex, aggregate_classes
-from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, time_search, tune
+from megaclass.python_backend.routed_index_tune import (
+    nprobe_grid,
+    search_recall_at_k,
+    time_interleaved,
+    time_search,
+    tune,
+)
 
 ROUTED_CONFIGS: tuple[dict[str, Any], ...] = (
     {"storage": "sq8", "spill": 1},
@@ -197,9 +203,8 @@ def _ivf_run(
     top_k: int,
     target: float,
     plot_batch: int,
-    batch_sizes: Sequence[int],
     cache: Path | None,
-) -> MethodRun:
+) -> tuple[MethodRun, Callable[[np.ndarray], Any]]:
     """FAISS IndexIVFFlat with `nlist` clusters (k-means on the same sample size per cluster as ours)."""
     import faiss
 
@@ -228,9 +233,8 @@ def _ivf_run(
     num_classes = len(np.unique(ids))
     return MethodRun(
         f"FAISS IndexIVFFlat C={nlist}", f"nprobe={chosen}", recall, build_s, (4 * d + 8) * n / num_classes,
-        scanned * 4 * d + nlist * 4 * d, _time_batches(lambda x: search(x, top_k, chosen), xq, batch_sizes),
-        [(r, q) for _, r, q in pts],
-    )  # fmt: skip
+        scanned * 4 * d + nlist * 4 * d, {}, [(r, q) for _, r, q in pts],
+    ), lambda x: search(x, top_k, chosen)  # fmt: skip
 
 
 def _routed_run(
@@ -246,9 +250,8 @@ def _routed_run(
     top_k: int,
     target: float,
     plot_batch: int,
-    batch_sizes: Sequence[int],
     cache: Path | None,
-) -> MethodRun:
+) -> tuple[MethodRun, Callable[[np.ndarray], Any]]:
     """The routed index with config `rc` (IndexConfig fields), tuned on the tuning half."""
     d = xb.shape[1]
     backend = rc.get("backend", "faiss")
@@ -284,8 +287,8 @@ def _routed_run(
     return MethodRun(
         f"routed {tag} ({backend})", f"nprobe={t.nprobe} rerank={t.rerank}", recall, build_s,
         sum(mem.values()) / index.num_classes, per_query,
-        _time_batches(search, xq, batch_sizes), curve,
-    )  # fmt: skip
+        {}, curve,
+    ), search  # fmt: skip
 
 
 def _time_batches(
@@ -394,9 +397,10 @@ def _run(
 
     # FAISS IVF-Flat at 4√N clusters and at every cluster count a routed config uses (same C)
     ivf_lists = sorted({nlist, *(int(rc["nlist"]) for rc in routed_configs if rc.get("nlist"))})
+    timed: list[tuple[MethodRun, Callable[[np.ndarray], Any]]] = []
     for c in ivf_lists:
-        runs.append(_ivf_run(xb, ids, mult, c, xq, truth, top_k, target_recall, plot_batch, batch_sizes, cache))
-        print(f"  {runs[-1].name}: {runs[-1].setting} recall {runs[-1].recall:.3f} {runs[-1].timings}", flush=True)
+        timed.append(_ivf_run(xb, ids, mult, c, xq, truth, top_k, target_recall, plot_batch, cache))
+        print(f"  {timed[-1][0].name}: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
 
     if hnsw:
 
@@ -419,17 +423,27 @@ def _run(
         h_search(xq[:256], top_k, chosen_ef)
         ndis = faiss.cvar.hnsw_stats.ndis / 256
         h_bytes = faiss.serialize_index(h).nbytes / num_classes
-        runs.append(
+        timed.append((
             MethodRun(f"FAISS IndexHNSWFlat M={hnsw_m}", f"efSearch={chosen_ef}", recall, h_build, h_bytes,
-                      ndis * 4 * d, _time_batches(lambda x: h_search(x, top_k, chosen_ef), xq, batch_sizes),
-                      [(r, q) for _, r, q in pts])
-        )  # fmt: skip
-        print(f"  hnsw: {runs[-1].setting} recall {recall:.3f} {runs[-1].timings}", flush=True)
+                      ndis * 4 * d, {}, [(r, q) for _, r, q in pts]),
+            lambda x: h_search(x, top_k, chosen_ef),
+        ))  # fmt: skip
+        print(f"  hnsw: {timed[-1][0].setting} recall {recall:.3f}", flush=True)
 
     for rc in routed_configs:
-        runs.append(_routed_run(rc, xb, ids, labels, nlist, xq, truth, xq_tune, truth_tune, top_k, target_recall,
-                                plot_batch, batch_sizes, cache))  # fmt: skip
-        print(f"  {runs[-1].name}: {runs[-1].setting} recall {runs[-1].recall:.3f} {runs[-1].timings}", flush=True)
+        timed.append(_routed_run(rc, xb, ids, labels, nlist, xq, truth, xq_tune, truth_tune, top_k, target_recall,
+                                 plot_batch, cache))  # fmt: skip
+        print(f"  {timed[-1][0].name}: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
+
+    # Final timings: every method's passes interleaved, so background load hits them alike.
+    for b in batch_sizes:
+        n_b = len(xq) if b > 1 else min(len(xq), 512)
+        times = time_interleaved([f for _, f in timed], xq[:n_b], b, 3 if b > 1 else 2)
+        for (run, _), t in zip(timed, times, strict=True):
+            run.timings[b] = t
+    for run, _ in timed:
+        runs.append(run)
+        print(f"  {run.name}: {run.setting} {run.timings}", flush=True)
 
     report = {
         "name": name,

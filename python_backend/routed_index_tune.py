@@ -53,6 +53,35 @@ def time_search(fn: Callable[[np.ndarray], Any], queries: np.ndarray, batch: int
     }
 
 
+def time_interleaved(
+    fns: Sequence[Callable[[np.ndarray], Any]], queries: np.ndarray, batch: int, rounds: int = 3
+) -> list[dict[str, float]]:
+    """`time_search` for several functions, passes interleaved round-robin so that a change in the
+    machine's background load hits them all alike. QPS: best pass; p50/p99 over all passes."""
+    for fn in fns:
+        fn(queries[: min(batch, len(queries))])  # warm up
+    best = [np.inf] * len(fns)
+    lat: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t_pass = 0.0
+            for s in range(0, len(queries), batch):
+                t0 = time.perf_counter()
+                fn(queries[s : s + batch])
+                dt = time.perf_counter() - t0
+                lat[i].append(dt)
+                t_pass += dt
+            best[i] = min(best[i], t_pass)
+    return [
+        {
+            "qps": len(queries) / b,
+            "p50_ms": float(np.percentile(np.array(v) * 1e3, 50)),
+            "p99_ms": float(np.percentile(np.array(v) * 1e3, 99)),
+        }
+        for b, v in zip(best, lat, strict=True)
+    ]
+
+
 @dataclass
 class TuneResult:
     """The chosen settings and every point measured on the way."""
@@ -107,14 +136,8 @@ def tune(
     reached = bool(minimal)
     if not reached:
         minimal = [max(curve, key=lambda p: p["recall"])]
-    for p in minimal:
-        p.update(
-            time_search(
-                lambda x, p=p: index.search(x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"])),
-                queries,
-                batch,
-                repeats,
-            )
-        )
+    fns = [lambda x, p=p: index.search(x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"])) for p in minimal]
+    for p, t in zip(minimal, time_interleaved(fns, queries, batch, repeats), strict=True):
+        p.update(t)
     best = max(minimal, key=lambda p: p["qps"])
     return TuneResult(int(best["nprobe"]), int(best["rerank"]), best["recall"], best["qps"], reached, curve)

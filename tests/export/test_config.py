@@ -14,7 +14,7 @@ def test_defaults_and_presets():
 
 def test_toml_file_then_overrides(tmp_path):
     f = tmp_path / "m.toml"
-    f.write_text('[serving]\nhttp_port = 9000\n[serving.encoder]\ninstances = 2\n[glyphs]\nranges = [[65, 90]]\n')
+    f.write_text("[serving]\nhttp_port = 9000\n[serving.encoder]\ninstances = 2\n[glyphs]\nranges = [[65, 90]]\n")
     cfg = load_config(f, {"serving": {"grpc_port": 9001}})
     assert (cfg.serving.http_port, cfg.serving.grpc_port, cfg.serving.encoder.instances) == (9000, 9001, 2)
     assert cfg.glyphs.ranges == ((65, 90),)

@@ -3,6 +3,10 @@
 Thin by design: parse tensors, call `megaclass.python_backend`, return tensors. Options per
 request: optional inputs TOP_K (INT32) and THRESHOLD (FP32), or request parameters
 `top_k` / `threshold`. Custom metrics: queries, candidates scanned, nprobe, index version.
+
+GPU server (parameter `device` = "cuda", `FORCE_CPU_ONLY_INPUT_TENSORS` = "no"): the index
+is searched by the torch backend with the prototypes resident on this instance's GPU, and an
+embedding batch that arrives on the GPU is taken through DLPack (see `tensor_to_array`).
 """
 
 import json
@@ -22,6 +26,16 @@ from megaclass.python_backend.retriever_service import (
 from megaclass.python_backend.routed_index import RoutedIndex
 
 
+def tensor_to_array(tensor):
+    """A pb_utils tensor as a numpy array; a GPU tensor is read through DLPack (zero-copy into
+    torch). The query batch itself is small (B x D floats); what stays on the GPU is the index."""
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    from torch.utils.dlpack import from_dlpack
+
+    return from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+
 def _error(exc):
     """A bad request is the client's error (INVALID_ARG, HTTP 400); anything else is internal."""
     code = pb_utils.TritonError.INVALID_ARG if is_client_error(exc) else pb_utils.TritonError.INTERNAL
@@ -34,7 +48,12 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         index_dir = version_dir / params.get("index_dir", "index")
-        self.index = RoutedIndex.load(index_dir)
+        device = params.get("device", "cpu")
+        if device == "cuda":  # this instance's GPU, never a hard-wired 0
+            import torch
+
+            torch.cuda.set_device(int(args.get("model_instance_device_id", 0)))
+        self.index = RoutedIndex.load(index_dir, backend="torch" if device == "cuda" else None)
         check_index_matches_config(self.index.dim, config, index_dir)
         fingerprint = index_fingerprint(self.index.manifest)
         self.version = f"{args['model_version']}:{fingerprint}".encode()
@@ -62,7 +81,7 @@ class TritonPythonModel:
 
     def _parse(self, request):
         tensor = pb_utils.get_input_tensor_by_name(request, "EMBEDDING")
-        embeddings = check_input(self.spec, None if tensor is None else tensor.as_numpy(), self.max_rows)
+        embeddings = check_input(self.spec, None if tensor is None else tensor_to_array(tensor), self.max_rows)
         top_k = pb_utils.get_input_tensor_by_name(request, "TOP_K")
         threshold = pb_utils.get_input_tensor_by_name(request, "THRESHOLD")
         k, t = parse_options(
