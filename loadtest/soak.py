@@ -86,6 +86,16 @@ class SoakResult:
                 out[name] = (start / 2**20, end / 2**20, 100.0 * (end - start) / start)
         return out
 
+    def late_growth(self) -> dict[str, float]:
+        """Per process: growth in % over the second half of the run (a leak keeps growing there;
+        a pool that grows once early does not)."""
+        if not self.samples:
+            return {}
+        half = self.samples[-1].t / 2
+        mid = next(s for s in self.samples if s.t >= half)
+        last = self.samples[-1]
+        return {n: 100.0 * (last.rss[n] - v) / v for n, v in mid.rss.items() if n in last.rss}
+
     def verdict(self, warmup_s: float) -> tuple[bool, str]:
         growth = self.growth(warmup_s)
         worst = max(growth.items(), key=lambda kv: kv[1][2] if kv[1][2] == kv[1][2] else float("inf"))
@@ -201,11 +211,12 @@ def soak_markdown(result: SoakResult, warmup_s: float, command: str, note: str =
         f"{result.rps:.1f} req/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms. "
         f"RSS sampled every {s['sample_every_s']:g} s ({len(result.samples)} samples).",
         "",
-        "| process | RSS after warm-up (MB) | RSS at the end (MB) | growth |",
-        "| --- | ---: | ---: | ---: |",
+        "| process | RSS after warm-up (MB) | RSS at the end (MB) | growth | growth over the second half |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
+    late = result.late_growth()
     for name, (start, end, growth) in sorted(result.growth(warmup_s).items()):
-        lines.append(f"| {name} | {start:.1f} | {end:.1f} | {growth:+.2f} % |")
+        lines.append(f"| {name} | {start:.1f} | {end:.1f} | {growth:+.2f} % | {late.get(name, float('nan')):+.2f} % |")
     lines += ["", f"Target (zero errors, growth < {TARGET_GROWTH_PERCENT:g} %): {'met' if ok else 'missed'} — {why}."]
     return "\n".join(lines) + "\n"
 

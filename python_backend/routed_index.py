@@ -543,6 +543,32 @@ class RoutedIndex:
             self.cfg = new_cfg
         return self
 
+    def with_storage(self, storage: str, *, pq_m: int | None = None, pq_bits: int | None = None) -> RoutedIndex:
+        """A new index with the same router and entries but another storage form (codec re-trained)."""
+        with self._lock.read():
+            cfg = dataclasses.replace(
+                self.cfg,
+                storage=storage,
+                pq_m=pq_m if pq_m is not None else self.cfg.pq_m,
+                pq_bits=pq_bits if pq_bits is not None else self.cfg.pq_bits,
+                backend="faiss" if storage == "pq" else self.cfg.backend,
+            )
+            live = self._row_class >= 0
+            codec = _train_codec(self._vectors[live], cfg)
+            manifest = {k: v for k, v in self.manifest.items() if k in ("router", "build_seconds")}
+            return RoutedIndex(
+                cfg=cfg,
+                centroids=self.centroids,
+                vectors=self._vectors,
+                row_class=self._row_class,
+                entry_row=self._entry_row,
+                entry_list=self._entry_list,
+                classes=self._classes,
+                labels=self._labels,
+                codec=codec,
+                manifest={**manifest, "params": dataclasses.asdict(cfg)},
+            )
+
     def with_defaults(self, *, nprobe: int | None = None, rerank: int | None = None) -> RoutedIndex:
         """Set the default nprobe / rerank (as chosen by `tune`); returns self."""
         changes = {k: v for k, v in {"nprobe": nprobe, "rerank": rerank}.items() if v is not None}
@@ -762,7 +788,7 @@ def _train_codec(xb: np.ndarray, cfg: IndexConfig) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(cfg.seed)
     n = min(len(xb), 65536)
     sample = xb if n == len(xb) else xb[np.sort(rng.choice(len(xb), n, replace=False))]
-    return storage_mod.train_codec(cfg.storage, sample, pq_m=cfg.pq_m, pq_bits=cfg.pq_bits, seed=cfg.seed)
+    return storage_mod.train_codec(cfg.storage, sample, pq_m=cfg.pq_m, pq_bits=cfg.pq_bits, opq=cfg.opq, seed=cfg.seed)
 
 
 def _padded_layout(

@@ -8,7 +8,8 @@ A codec is trained once (on a sample) into plain arrays, saved as `.npy`:
   candidate of a query) is added back. FAISS scans z = (x - a)/s with its one-range 8-bit quantiser
   (`QT_8bit_uniform` over [-128, 128]); its `QT_8bit_direct_signed` would fit exactly but returns
   zero scores for d >= 32 under inner product in faiss-cpu 1.15.
-- "pq": product quantiser (m sub-vectors, 2^bits centroids each, not on residuals); with 4 bits FAISS
+- "pq": product quantiser (m sub-vectors, 2^bits centroids each, not on residuals), optionally after an
+  OPQ rotation R (orthogonal, so q·x = Rq·Rx: queries and vectors are rotated alike); with 4 bits FAISS
   scans it with its SIMD "fast scan" kernels.
 The compressed forms only pick candidates; the index re-ranks them with the exact vectors.
 """
@@ -41,7 +42,13 @@ def pq_shape(dim: int, pq_m: int | None, pq_bits: int) -> tuple[int, int]:
 
 
 def train_codec(
-    storage: str, sample: np.ndarray, *, pq_m: int | None = None, pq_bits: int = 4, seed: int = 0
+    storage: str,
+    sample: np.ndarray,
+    *,
+    pq_m: int | None = None,
+    pq_bits: int = 4,
+    opq: bool = True,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Train the codec of `storage` on `sample` (float32 [n, D]); returns its parameter arrays."""
     check_storage(storage)
@@ -52,12 +59,26 @@ def train_codec(
         return {"sq_offset": ((hi + lo) / 2).astype(np.float32), "sq_step": step.astype(np.float32)}
     if storage == "pq":
         m, bits = pq_shape(d, pq_m, pq_bits)
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        out = {}
+        if opq:
+            rot = faiss.OPQMatrix(d, m)
+            rot.niter = 20
+            rot.train(sample)
+            out["opq_rotation"] = faiss.vector_to_array(rot.A).reshape(d, d).astype(np.float32)
+            sample = rotate(sample, out)
         pq = faiss.ProductQuantizer(d, m, bits)
         pq.cp.seed = seed
-        pq.train(np.ascontiguousarray(sample, dtype=np.float32))
-        cent = faiss.vector_to_array(pq.centroids).reshape(m, pq.ksub, pq.dsub)
-        return {"pq_centroids": cent.astype(np.float32)}
+        pq.train(sample)
+        out["pq_centroids"] = faiss.vector_to_array(pq.centroids).reshape(m, pq.ksub, pq.dsub).astype(np.float32)
+        return out
     return {}
+
+
+def rotate(x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+    """x Rᵀ when the codec has an OPQ rotation R, else x."""
+    r = params.get("opq_rotation")
+    return x if r is None else np.ascontiguousarray(x @ r.T, dtype=np.float32)
 
 
 def sq8_encode(x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -81,6 +102,8 @@ def scan_queries(storage: str, xq: np.ndarray, params: dict[str, np.ndarray]) ->
     """Queries as the scanner sees them, and the per-query constant to add to its scores."""
     if storage == "sq8":
         return np.ascontiguousarray(xq * params["sq_step"], dtype=np.float32), xq @ params["sq_offset"]
+    if storage == "pq":
+        return rotate(xq, params), np.zeros(len(xq), dtype=np.float32)
     return xq, np.zeros(len(xq), dtype=np.float32)
 
 
@@ -125,6 +148,8 @@ def faiss_add(
         return
     if storage == "sq8":
         x = np.clip((x - params["sq_offset"]) / params["sq_step"], -128.0, 127.99)
+    elif storage == "pq":
+        x = rotate(x, params)
     x = np.ascontiguousarray(x, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     lists = np.ascontiguousarray(lists, dtype=np.int64)
