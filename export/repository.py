@@ -51,7 +51,8 @@ def _batching(config: mc.ModelConfig, s: ModelServingConfig, gpu: bool = False) 
         db = config.dynamic_batching
         db.preferred_batch_size.extend([b for b in s.preferred_batch_sizes if b <= s.max_batch_size])
         db.max_queue_delay_microseconds = s.max_queue_delay_us
-        db.default_queue_policy.max_queue_size = s.max_queue_size
+        if s.max_queue_size:
+            db.default_queue_policy.max_queue_size = s.max_queue_size
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
     group.count = s.instances

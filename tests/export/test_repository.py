@@ -40,7 +40,9 @@ def test_batching_settings_come_from_serving_config():
     cfg = encoder_config(s, ExportConfig(), SHAPES)
     assert cfg.max_batch_size == 32
     assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]  # 64 > max_batch_size is dropped
-    assert cfg.dynamic_batching.default_queue_policy.max_queue_size == 1024
+    assert not cfg.dynamic_batching.HasField("default_queue_policy")  # unbounded by default
+    bounded = ServingConfig(encoder=ModelServingConfig(max_queue_size=100))
+    assert encoder_config(bounded, ExportConfig(), SHAPES).dynamic_batching.default_queue_policy.max_queue_size == 100
     assert cfg.instance_group[0].count == 3 and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert list(cfg.input[0].dims) == [1, 32, 32] and list(cfg.output[0].dims) == [128]
     no_batching = ServingConfig(encoder=ModelServingConfig(dynamic_batching=False))
