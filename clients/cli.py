@@ -233,15 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     from megaclass.loadtest.commands import add_commands as add_loadtest_commands
 
     add_loadtest_commands(sub)
+    from megaclass.loadtest.soak import add_commands as add_soak_commands
+
+    add_soak_commands(sub)
     from megaclass.loadtest.scaleout_commands import add_commands as add_scaleout_commands
 
     add_scaleout_commands(sub)
     from megaclass.export.commands import add_commands as add_export_commands
 
     add_export_commands(sub)
-    p = _subcommands(sub, "bench", "benchmarks that print tables and save plots").add_parser(
-        "batching", help="dynamic batching on vs off: perf_analyzer sweeps of classify, retriever"
-    )
+    bench = _subcommands(sub, "bench", "benchmarks that print tables and save plots")
+    from megaclass.python_backend.index_commands import add_commands as add_index_commands
+
+    add_index_commands(sub, bench)
+    p = bench.add_parser("batching", help="dynamic batching on vs off: perf_analyzer sweeps of classify, retriever")
     p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     p.add_argument("--measurement-ms", type=int, default=3000)
     p.add_argument("--out", default=".cache/megaclass/bench/batching")

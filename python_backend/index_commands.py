@@ -1,0 +1,103 @@
+"""`megaclass index build | tune | search` and `megaclass bench index`: bring your own embeddings.
+
+argparse wiring only; the work is in `routed_index_cli` and `loadtest.bench_index`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _index_config(args: argparse.Namespace):
+    from megaclass.export.config import IndexConfig
+
+    changes = {k: getattr(args, k) for k in ("nlist", "nprobe", "storage", "spill", "backend") if getattr(args, k)}
+    return dataclasses.replace(IndexConfig(), **changes)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from megaclass.python_backend.routed_index_cli import build_index
+
+    try:
+        index = build_index(
+            Path(args.prototypes), Path(args.labels), Path(args.out), _index_config(args), progress=True
+        )
+    except (ValueError, OSError) as exc:
+        print(f"megaclass index build: {exc}", file=sys.stderr)
+        return 1
+    print(f"{index.num_classes} classes, {index.num_prototypes} prototypes, {index.nlist} clusters -> {args.out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from megaclass.python_backend.routed_index_cli import tune_index
+
+    result = tune_index(Path(args.index), Path(args.queries), target_recall=args.target_recall, top_k=args.top_k)
+    print(json.dumps(dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result, default=str))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from megaclass.python_backend.routed_index_cli import search_index
+
+    out = search_index(Path(args.index), Path(args.queries), Path(args.out), top_k=args.top_k, nprobe=args.nprobe)
+    print(f"results written to {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from megaclass.loadtest.bench_index import bench_index
+
+    bench_index(
+        prototypes=Path(args.prototypes) if args.prototypes else None,
+        labels=Path(args.labels) if args.labels else None,
+        queries=Path(args.queries) if args.queries else None,
+        num_classes=args.classes, dim=args.dim, threads=args.threads, target_recall=args.target_recall,
+        doc=Path(args.doc) if args.doc else None,
+    )  # fmt: skip
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Register `index ...` on the top-level subcommands and `index` on the `bench` group."""
+    ix = sub.add_parser("index", help="the routed index from your own embeddings").add_subparsers(
+        dest="index", required=True
+    )
+    p = ix.add_parser("build", help="build from P.npy (float32 rows) and L.txt (one class label per row)")
+    p.add_argument("--prototypes", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--nlist", type=int, default=None)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--storage", choices=["flat", "fp16", "sq8", "pq"], default=None)
+    p.add_argument("--spill", type=int, default=None)
+    p.add_argument("--backend", choices=["faiss", "numpy", "torch"], default=None)
+    p.set_defaults(func=cmd_build)
+    p = ix.add_parser("tune", help="choose nprobe for a target search recall on held-out queries")
+    p.add_argument("--index", required=True)
+    p.add_argument("--queries", required=True)
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=10)
+    p.set_defaults(func=cmd_tune)
+    p = ix.add_parser("search", help="search queries, write class labels and scores (.npz)")
+    p.add_argument("--index", required=True)
+    p.add_argument("--queries", required=True)
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_search)
+
+    p = bench.add_parser("index", help="routed index vs FAISS IVF, HNSW and exact search (table + plot)")
+    p.add_argument("--prototypes", default=None)
+    p.add_argument("--labels", default=None)
+    p.add_argument("--queries", default=None)
+    p.add_argument("--classes", type=int, default=1_000_000, help="synthetic set size without files")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--doc", default="docs/benchmarks.md", help="Markdown file to update ('' for none)")
+    p.set_defaults(func=cmd_bench)
