@@ -97,11 +97,6 @@ def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSh
     warm.inputs[export.input_name].data_type = mc.TYPE_FP32
     warm.inputs[export.input_name].dims.extend(image_dims)
     warm.inputs[export.input_name].zero_data = True
-    if c.max_batch_size > 1:
-        # Size the runtime's memory pools at load: otherwise the first full batch grows the encoder's
-        # RSS under load, minutes into a run (a one-time +6 % step in the 10-minute soak).
-        full = c.model_warmup.add(name="zeros-max-batch", batch_size=c.max_batch_size)
-        full.inputs[export.input_name].CopyFrom(warm.inputs[export.input_name])
     return c
 
 

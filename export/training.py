@@ -327,6 +327,8 @@ def train_on_batches(
                 record.update(_plain(eval_fn(model)))
         elapsed += time.perf_counter() - t0
         record["elapsed_s"] = elapsed
+        # the budget may run out during the epoch's last step: this epoch is then the last one
+        out_of_time = out_of_time or (budget_s is not None and elapsed >= budget_s and epoch + 1 < cfg.epochs)
         if out_of_time:
             record["stopped"] = "time budget"
         history.append(_plain(record))

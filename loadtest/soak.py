@@ -259,7 +259,7 @@ def _serve(args: argparse.Namespace, work: Path):
 def cmd_soak(args: argparse.Namespace) -> int:
     try:
         duration = parse_duration(args.duration)
-        warmup = parse_duration(args.warmup) if args.warmup else min(60.0, duration / 5)
+        warmup = parse_duration(args.warmup) if args.warmup else min(300.0, duration / 5)
         settings = SoakSettings(
             duration_s=duration, warmup_s=warmup, users=args.users, sample_every_s=parse_duration(args.sample_every)
         )
@@ -295,7 +295,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
     p = lt.add_parser("soak", help="steady Locust load with RSS sampled: errors and memory growth")
     p.add_argument("--duration", default="10m", help="e.g. 10m, 90s, 1h (default 10m)")
-    p.add_argument("--warmup", default=None, help="growth is measured after this (default: a fifth, at most 60s)")
+    p.add_argument("--warmup", default=None, help="growth is measured after this (default: a fifth, at most 5m)")
     p.add_argument("--users", type=int, default=8, help="Locust users (closed loop, no wait)")
     p.add_argument("--sample-every", default="5s", help="RSS sampling period")
     p.add_argument("--repository", default=None, help="serve this model repository (default: a synthetic stack)")
