@@ -126,7 +126,7 @@ class IndexConfig:
     soar_lambda: float = 1.0  # SOAR spill: weight of the residual-parallel penalty
     pq_m: int | None = None  # PQ sub-quantisers; None: dim // 4
     pq_bits: int = 4  # 4: FAISS fast-scan kernels
-    opq: bool = True  # PQ after a learnt rotation (OPQ): more accurate codes, fewer candidates to re-rank
+    opq: bool = False  # PQ after a learnt rotation (OPQ); helps on data whose variance is uneven across dims
     threads: int = 0  # search threads (FAISS/OpenMP, torch); 0: the libraries' default
     rebuild_imbalance: float = 3.0  # `needs_rebuild` once the largest cluster exceeds this times the mean
     rebuild_drift: float = 1.5  # ... or once entries sit this much farther (mean squared) from their centroids

@@ -237,6 +237,40 @@ def _ivf_run(
     ), lambda x: search(x, top_k, chosen)  # fmt: skip
 
 
+_ROUTER_FIELDS = ("nlist", "spill", "balance", "kmeans_iters", "kmeans_sample", "soar_lambda", "seed")
+
+
+def _cached_routed(
+    xb: np.ndarray, ids: np.ndarray, labels: dict[int, str], cfg: IndexConfig, backend: str, cache: Path | None
+) -> tuple[RoutedIndex, float]:
+    """Build (or load) the routed index; a cached index with the same router only gets a new codec."""
+    if cache is None:
+        t0 = time.perf_counter()
+        return RoutedIndex.build(xb, ids, labels, cfg), time.perf_counter() - t0
+    params = dataclasses.asdict(cfg)
+    router_key = _fingerprint(**{k: params[k] for k in _ROUTER_FIELDS})
+    path = cache / f"routed-{router_key}-{_fingerprint(**{**params, 'backend': ''})}"
+    if (path / "manifest.json").exists():
+        index = RoutedIndex.load(path, backend=backend)
+        return index, float(index.manifest.get("build_seconds", float("nan")))
+    same_router = sorted(cache.glob(f"routed-{router_key}-*/manifest.json"))
+    t0 = time.perf_counter()
+    if same_router:
+        base = RoutedIndex.load(same_router[0].parent)
+        router_s = float(base.manifest["router"].get("seconds", base.manifest.get("build_seconds", 0.0)))
+        base.cfg = dataclasses.replace(base.cfg, opq=cfg.opq, rerank=cfg.rerank)
+        index = base.with_storage(cfg.storage, pq_m=cfg.pq_m, pq_bits=cfg.pq_bits)
+        build_s = router_s + time.perf_counter() - t0
+        index.manifest["build_seconds"] = build_s
+    else:
+        index = RoutedIndex.build(xb, ids, labels, cfg)
+        build_s = time.perf_counter() - t0
+    index.save(path)
+    if backend != index.cfg.backend:
+        index.use_backend(backend)
+    return index, build_s
+
+
 def _routed_run(
     rc: dict[str, Any],
     xb: np.ndarray,
@@ -257,16 +291,7 @@ def _routed_run(
     backend = rc.get("backend", "faiss")
     cfg = IndexConfig(**{"nlist": nlist, **rc})
     tag = "-".join(f"{k}={v}" for k, v in sorted({"nlist": cfg.nlist, **rc}.items()) if k != "backend")
-    path = cache / f"routed-{_fingerprint(**dataclasses.asdict(cfg))}" if cache else None
-    if path is not None and (path / "manifest.json").exists():
-        index = RoutedIndex.load(path, backend=backend)
-        build_s = float(index.manifest.get("build_seconds", float("nan")))
-    else:
-        t0 = time.perf_counter()
-        index = RoutedIndex.build(xb, ids, labels, cfg)
-        build_s = time.perf_counter() - t0
-        if path is not None:
-            index.save(path)
+    index, build_s = _cached_routed(xb, ids, labels, cfg, backend, cache)
     t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch)
 
     def search(x: np.ndarray, nprobe: int = t.nprobe) -> Any:

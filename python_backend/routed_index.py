@@ -332,6 +332,7 @@ class RoutedIndex:
             faiss.omp_set_num_threads(cfg.threads)
         nlist = min(cfg.nlist or default_nlist(len(xb)), len(xb))
         centroids, entry_row, entry_list = _route_rows(xb, nlist, cfg, progress)
+        router_s = time.perf_counter() - t0
         codec = _train_codec(xb, cfg)
         params = {**dataclasses.asdict(cfg), "nlist": nlist}
         manifest = {"params": params, "build_seconds": round(time.perf_counter() - t0, 3)}
@@ -347,7 +348,7 @@ class RoutedIndex:
             codec=codec,
             manifest=manifest,
         )
-        index.manifest["router"] = {"mean_residual": index.mean_residual()}
+        index.manifest["router"] = {"mean_residual": index.mean_residual(), "seconds": round(router_s, 3)}
         return index
 
     def _refresh(self) -> None:

@@ -47,7 +47,7 @@ def train_codec(
     *,
     pq_m: int | None = None,
     pq_bits: int = 4,
-    opq: bool = True,
+    opq: bool = False,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Train the codec of `storage` on `sample` (float32 [n, D]); returns its parameter arrays."""

@@ -144,3 +144,18 @@ def test_torch_backend_on_cuda_matches_faiss(data: dict) -> None:
     index.use_backend("torch")
     assert index._grouped["codes"].device.type == "cuda"
     _same_up_to_ties(index.search(data["xq"], 5), want)
+
+
+def test_with_storage_keeps_the_router_and_opq_rotation_is_orthogonal(data: dict) -> None:
+    flat = _build(data, spill=1)
+    pq = flat.with_storage("pq", pq_m=8)
+    assert pq.cfg.storage == "pq" and pq.cfg.backend == "faiss"
+    np.testing.assert_array_equal(pq.centroids, flat.centroids)
+    np.testing.assert_array_equal(pq.list_sizes(), flat.list_sizes())
+    opq = _build(data, storage="pq", pq_m=8, opq=True)
+    r = opq.codec["opq_rotation"]
+    np.testing.assert_allclose(r @ r.T, np.eye(r.shape[0]), atol=1e-4)
+    truth = opq.exact_search(data["xq"], 5)
+    _same_up_to_ties(opq.search(data["xq"], 5, nprobe=opq.nlist, rerank=opq.num_entries), truth)
+    with pytest.raises(ValueError, match="faiss backend only"):
+        opq.use_backend("numpy")
