@@ -116,5 +116,6 @@ def test_admin_key_guards_model_control_but_not_inference(tmp_path: Path, protoc
         assert client.is_model_ready("echo")
         client.load_model("echo", headers=admin_headers("s3cret", protocol))
         assert client.is_model_ready("echo")
+        client.close()  # an open HTTP connection holds the server's shutdown for its exit timeout
     finally:
         server.stop()
