@@ -32,6 +32,30 @@ def nprobe_grid(nlist: int) -> list[int]:
     return out + [nlist]
 
 
+def smallest_reaching(
+    recall_at: Callable[[int], float], grid: Sequence[int], target: float
+) -> tuple[int | None, dict[int, float]]:
+    """Smallest integer setting whose recall reaches `target`: walk `grid` (ascending), then bisect the
+    integers between the last miss and the first hit (recall is taken to grow with the setting).
+    Returns (setting or None, every recall evaluated)."""
+    seen: dict[int, float] = {}
+    lo, hi = None, None
+    for p in grid:
+        seen[p] = recall_at(p)
+        if seen[p] >= target:
+            hi = p
+            break
+        lo = p
+    if hi is None:
+        return None, seen
+    lo = 0 if lo is None else lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        seen[mid] = recall_at(mid)
+        lo, hi = (lo, mid) if seen[mid] >= target else (mid, hi)
+    return hi, seen
+
+
 def time_search(fn: Callable[[np.ndarray], Any], queries: np.ndarray, batch: int, repeats: int = 3) -> dict[str, float]:
     """Run `fn` over `queries` in batches: QPS (best of `repeats` passes), p50/p99 batch latency (ms)."""
     fn(queries[: min(batch, len(queries))])  # warm up
@@ -108,7 +132,8 @@ def tune(
 ) -> TuneResult:
     """Fastest (nprobe, rerank) whose search recall@top_k on `queries` reaches `target_recall`.
 
-    For each rerank depth, nprobe grows until the target is met; those minimal points are timed at
+    For each rerank depth, the smallest nprobe meeting the target is found (grid walk, then bisection);
+    those minimal points are timed (interleaved) at
     `batch` queries per call and the one with the most queries per second wins. `truth`: exact top-k
     class ids (computed by brute force when None). Recall never falls as nprobe grows (for fixed rerank).
     """
@@ -121,18 +146,22 @@ def tune(
     curve: list[dict[str, float]] = []
     minimal: list[dict[str, float]] = []
     for rr in reranks:
-        for nprobe in nprobes:
+        points: dict[int, dict[str, float]] = {}
+
+        def recall_at(nprobe: int, rr: int = rr, points: dict = points) -> float:
             res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf)
-            point = {
+            points[nprobe] = {
                 "nprobe": nprobe,
                 "rerank": rr,
                 "recall": search_recall_at_k(res.class_ids, truth),
                 "candidates": res.stats["candidates"],
             }
-            curve.append(point)
-            if point["recall"] >= target_recall:
-                minimal.append(point)
-                break
+            return points[nprobe]["recall"]
+
+        chosen, _ = smallest_reaching(recall_at, nprobes, target_recall)
+        curve.extend(points[p] for p in sorted(points))
+        if chosen is not None:
+            minimal.append(points[chosen])
     reached = bool(minimal)
     if not reached:
         minimal = [max(curve, key=lambda p: p["recall"])]

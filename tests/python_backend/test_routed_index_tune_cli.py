@@ -11,7 +11,7 @@ import pytest
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend.routed_index import RoutedIndex
 from megaclass.python_backend.routed_index_cli import build_index, read_label_file, search_index, tune_index
-from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, tune
+from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, smallest_reaching, tune
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,6 +48,20 @@ def test_search_recall_at_k() -> None:
     found = np.array([[3, 9, 1], [5, -1, -1]])
     assert search_recall_at_k(found, truth) == pytest.approx(3 / 5)
     assert nprobe_grid(10) == [1, 2, 3, 4, 6, 8, 10]
+
+
+def test_smallest_reaching_bisects_between_grid_points() -> None:
+    calls = []
+
+    def recall(p: int) -> float:
+        calls.append(p)
+        return min(1.0, p / 40)
+
+    chosen, seen = smallest_reaching(recall, [1, 2, 4, 8, 16, 32, 64], 0.95)
+    assert chosen == 38 and seen[38] >= 0.95 and seen[37] < 0.95
+    assert sorted(seen) == sorted(set(calls)) and len(calls) < 7 + 6
+    assert smallest_reaching(lambda p: 0.1, [1, 2], 0.95)[0] is None
+    assert smallest_reaching(lambda p: 1.0, [3, 6], 0.95)[0] == 1
 
 
 def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
