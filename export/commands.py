@@ -202,15 +202,21 @@ def cmd_export(args: argparse.Namespace) -> int:
             report["tensorrt"] = f"skipped: {why}"
         else:
             max_batch = args.max_batch or cfg.serving.encoder.max_batch_size
-            profile = EngineProfile(args.min_batch, min(args.opt_batch, max_batch), max_batch)
-            plan = build_engine(
-                out / "encoder.onnx",
-                out / "model.plan",
-                cfg.export.input_name,
-                (1, size, size),
-                profile,
-                fp16=not args.no_fp16,
-            )
+            try:
+                profile = EngineProfile(args.min_batch, min(args.opt_batch, max_batch), max_batch)
+                plan = build_engine(
+                    out / "encoder.onnx",
+                    out / "model.plan",
+                    cfg.export.input_name,
+                    (1, size, size),
+                    profile,
+                    fp16=not args.no_fp16,
+                )
+            except (RuntimeError, ValueError) as e:  # TensorRTUnavailable, a parse or build failure, a bad profile
+                print(f"megaclass export: TensorRT engine not built ({e}); ONNX files are written", file=sys.stderr)
+                report["tensorrt"] = f"failed: {e}"
+                (out / "export_report.json").write_text(json.dumps(report, indent=2))
+                return 1
             report["tensorrt"] = {"plan": str(plan), "profile": dataclasses.asdict(profile), "fp16": not args.no_fp16}
             print(
                 f"TensorRT engine ({why}): {plan}  batch min/opt/max {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}"

@@ -160,9 +160,10 @@ class ServingConfig:
         default_factory=lambda: ModelServingConfig(max_batch_size=256, preferred_batch_sizes=(64, 128, 256))
     )
     # Which encoder form the repository is generated for: the Python backend with ONNX Runtime
-    # (CPU server), Triton's ONNX Runtime backend with the TensorRT accelerator, or a TensorRT plan.
-    target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt"] = "cpu"
-    trt_fp16: bool = True
+    # (CPU server), Triton's ONNX Runtime backend with the TensorRT accelerator, a TensorRT plan, or
+    # the Python backend running the PyTorch encoder on the GPU (a server with only the Python backend).
+    target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"] = "cpu"
+    trt_fp16: bool = True  # FP16 encoder on the GPU (TensorRT precision; torch half for gpu-torch)
     trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
     default_top_k: int = 5
     max_top_k: int = 100

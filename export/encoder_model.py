@@ -9,6 +9,8 @@ normalisation.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,3 +92,28 @@ class VectorEncoder(nn.Module):
 
 # Encoder classes by name, so a checkpoint can say which one to rebuild.
 ENCODERS: dict[str, type[nn.Module]] = {"GlyphEncoder": GlyphEncoder, "VectorEncoder": VectorEncoder}
+
+
+def save_encoder(model: nn.Module, path: Path, **meta: Any) -> Path:
+    """Write a slim encoder file (class name, constructor args, weights, `meta`); atomic."""
+    blob = {"model_class": type(model).__name__, "model_args": dict(model.args), "state_dict": model.state_dict()}
+    blob.update(meta)
+    return atomic_save(blob, Path(path))
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The encoder stored in a checkpoint or `save_encoder` file, in eval mode (weights_only load)."""
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    cls = ENCODERS[blob["model_class"]]
+    model = cls(**blob["model_args"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """torch.save to a temporary file, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

@@ -110,13 +110,16 @@ def _encoder_target(repo: Path) -> str:
     cfg_path = Path(repo) / ENCODER / "config.pbtxt"
     if not cfg_path.exists():
         raise PublishError(f"{repo} has no encoder model: build the repository first (megaclass demo)")
-    platform = parse_config(cfg_path.read_text()).platform
-    return {"onnxruntime_onnx": "gpu-onnxruntime", "tensorrt_plan": "gpu-tensorrt"}.get(platform, "cpu")
+    config = parse_config(cfg_path.read_text())
+    if "runtime" in config.parameters and config.parameters["runtime"].string_value == "torch":
+        return "gpu-torch"
+    return {"onnxruntime_onnx": "gpu-onnxruntime", "tensorrt_plan": "gpu-tensorrt"}.get(config.platform, "cpu")
 
 
 def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
-    """Publish `onnx_path` (a TensorRT plan for a gpu-tensorrt repository) as the next encoder version."""
-    if _encoder_target(repo) != "gpu-tensorrt":
+    """Publish `onnx_path` (a TensorRT plan for a gpu-tensorrt repository, a `save_encoder` file for
+    gpu-torch) as the next encoder version."""
+    if _encoder_target(repo) not in ("gpu-tensorrt", "gpu-torch"):
         import onnx
 
         try:
@@ -124,7 +127,7 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
         except Exception as exc:
             raise PublishError(f"{onnx_path} is not a valid ONNX model: {exc}") from exc
     files = {encoder_file_name(_encoder_target(repo)): Path(onnx_path)}
-    if _encoder_target(repo) == "cpu":
+    if _encoder_target(repo) in ("cpu", "gpu-torch"):
         files["model.py"] = model_file(ENCODER)
     check_free_space(repo / ENCODER, [Path(onnx_path)])
     try:

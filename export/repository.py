@@ -42,7 +42,12 @@ class ModelShapes:
 
 def encoder_file_name(target: str) -> str:
     """The encoder artifact's file name in a version directory, per serving target."""
-    return {"cpu": "encoder.onnx", "gpu-onnxruntime": "model.onnx", "gpu-tensorrt": "model.plan"}[target]
+    return {
+        "cpu": "encoder.onnx",
+        "gpu-onnxruntime": "model.onnx",
+        "gpu-tensorrt": "model.plan",
+        "gpu-torch": "encoder.pt",
+    }[target]
 
 
 def _batching(config: mc.ModelConfig, s: ModelServingConfig, gpu: bool = False) -> None:
@@ -73,7 +78,9 @@ def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSh
 
     cpu: Python backend running ONNX Runtime (this project's CPU server has no ONNX Runtime
     backend). gpu-onnxruntime: Triton's ONNX Runtime backend with the TensorRT execution
-    accelerator (FP16, engine cache). gpu-tensorrt: a TensorRT plan.
+    accelerator (FP16, engine cache). gpu-tensorrt: a TensorRT plan. gpu-torch: Python backend running
+    the PyTorch encoder on the instance's GPU (for a server with only the Python backend, such as the
+    nvidia-pytriton wheel's); its output reaches the retriever on the GPU through DLPack.
     """
     target = serving.target
     if target == "cpu":
@@ -87,6 +94,11 @@ def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSh
         trt.parameters["trt_engine_cache_path"] = serving.trt_engine_cache_path
     elif target == "gpu-tensorrt":
         c = mc.ModelConfig(name=ENCODER, platform="tensorrt_plan", default_model_filename="model.plan")
+    elif target == "gpu-torch":
+        c = mc.ModelConfig(name=ENCODER, backend="python")
+        c.parameters["runtime"].string_value = "torch"
+        c.parameters["weights_file"].string_value = encoder_file_name(target)
+        c.parameters["fp16"].string_value = "true" if serving.trt_fp16 else "false"
     else:
         raise ValueError(f"unknown serving target {target!r}")
     _batching(c, serving.encoder, gpu=target != "cpu")
@@ -275,7 +287,7 @@ def build_repository(
     write_config(repo_dir / RETRIEVER, retriever_config(serving, shapes))
     write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
     encoder_files = {encoder_file_name(serving.target): onnx_path}
-    if serving.target == "cpu":
+    if serving.target in ("cpu", "gpu-torch"):  # Python-backend encoders
         encoder_files["model.py"] = model_file(ENCODER)
     published = {
         ENCODER: publish_version(repo_dir / ENCODER, encoder_files, keep=keep),
@@ -292,3 +304,15 @@ def build_repository(
         if not versions(repo_dir / CLASSIFY_ENCODED):
             published[CLASSIFY_ENCODED] = publish_version(repo_dir / CLASSIFY_ENCODED, {}, keep=keep)
     return published
+
+
+def use_cpu_instances(repo_dir: Path, models: tuple[str, ...] = (ENCODER, RETRIEVER)) -> None:
+    """Turn the GPU instances of a generated repository into CPU ones (the retriever searches on the
+    CPU): runs a GPU target's Python-backend models on a machine without a GPU (tests, dry runs)."""
+    for name in models:
+        config = parse_config((Path(repo_dir) / name / "config.pbtxt").read_text())
+        for group in config.instance_group:
+            group.kind = mc.ModelInstanceGroup.KIND_CPU
+        if "device" in config.parameters:
+            config.parameters["device"].string_value = "cpu"
+        write_config(Path(repo_dir) / name, config)

@@ -71,3 +71,37 @@ def build_tiny_repository(root: Path, serving: ServingConfig) -> tuple[Path, Pat
     repo = root / "repo"
     build_repository(repo, onnx_path, root / "index", ModelShapes(IMAGE_SIZE, EMBEDDING_DIM), serving, ExportConfig())
     return repo, onnx_path, root / "index"
+
+
+def build_torch_repository(root: Path, serving: ServingConfig, on_gpu: bool) -> tuple[Path, Path, Path]:
+    """The `gpu-torch` repository (Python-backend PyTorch encoder, torch-backend retriever) over a
+    small untrained GlyphEncoder; returns (repo, encoder.pt, index_dir).
+
+    `on_gpu` False turns its instances into CPU ones (and the retriever's search to the CPU), so that
+    the same model code runs on a machine without a GPU; True keeps the target's GPU instances.
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from megaclass.export.embedding import embed_images
+    from megaclass.export.encoder_model import GlyphEncoder, save_encoder
+    from megaclass.export.prototypes import class_prototypes
+    from megaclass.export.repository import ModelShapes, build_repository, use_cpu_instances
+    from megaclass.python_backend.routed_index import RoutedIndex
+
+    torch.manual_seed(0)
+    model = GlyphEncoder(embedding_dim=EMBEDDING_DIM, width=4).eval()
+    weights = save_encoder(model, root / "encoder.pt", image_size=IMAGE_SIZE)
+    images, ids = class_patterns(NUM_CLASSES, 4, IMAGE_SIZE)
+    protos, proto_ids = class_prototypes(embed_images(model, images), ids)
+    labels = {int(c): f"class-{int(c)}" for c in np.unique(ids)}
+    index_cfg = IndexConfig(nlist=4, nprobe=4, backend="torch", device="auto")
+    RoutedIndex.build(protos, proto_ids, labels, index_cfg).save(root / "index")
+    repo = root / "repo"
+    serving = replace(serving, target="gpu-torch", trt_fp16=False)
+    shapes = ModelShapes(IMAGE_SIZE, EMBEDDING_DIM)
+    build_repository(repo, weights, root / "index", shapes, serving, ExportConfig(), encoded_images=False)
+    if not on_gpu:
+        use_cpu_instances(repo)
+    return repo, weights, root / "index"

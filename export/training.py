@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .embedding import embed_images
-from .encoder_model import ENCODERS, build_encoder
+from .encoder_model import atomic_save, build_encoder, load_encoder, save_encoder  # noqa: F401 (re-exported)
 from .losses import build_loss
 from .metrics import retrieval_metrics
 from .preprocess import to_model_input
@@ -58,10 +57,13 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`"auto"` -> cuda when available, else cpu; anything else as given."""
+    """`"auto"` -> cuda when available, else cpu; anything else as given (ValueError: cuda asked for, none here)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use device 'auto' or 'cpu'")
+    return device
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -140,30 +142,6 @@ def retrieval_eval_fn(
         return retrieval_metrics(embed_images(model, query_images), query_labels, gallery, labels, ks)
 
     return evaluate
-
-
-def save_encoder(model: nn.Module, path: Path, **meta: Any) -> Path:
-    """Write a slim encoder file (class name, constructor args, weights, `meta`); atomic."""
-    blob = {"model_class": type(model).__name__, "model_args": dict(model.args), "state_dict": model.state_dict()}
-    blob.update(meta)
-    return _atomic_save(blob, Path(path))
-
-
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The encoder stored in a checkpoint or `save_encoder` file, in eval mode (weights_only load)."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    cls = ENCODERS[blob["model_class"]]
-    model = cls(**blob["model_args"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()
-
-
-def _atomic_save(obj: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def train_encoder(
@@ -372,4 +350,4 @@ def _save_checkpoint(
         "history": history,
     }
     blob.update(meta or {})
-    _atomic_save(blob, path)
+    atomic_save(blob, path)

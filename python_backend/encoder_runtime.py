@@ -46,3 +46,29 @@ class OnnxEncoder:
         """float32 `[N, 1, S, S]` -> float32 `[N, D]` embeddings."""
         (out,) = self.session.run([self.output_name], {self.input_name: images})
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class TorchEncoder:
+    """The PyTorch encoder (a `save_encoder` file) on one device: the GPU server's encoder when
+    Triton has no ONNX Runtime or TensorRT backend (the nvidia-pytriton wheel's server). Its
+    output stays on the device as a torch tensor, handed to the retriever through DLPack."""
+
+    def __init__(self, path: Path, device: str = "cpu", fp16: bool = False):
+        import torch
+
+        from megaclass.export.encoder_model import load_encoder
+
+        self.device = torch.device(device)
+        self.model = load_encoder(path, map_location=self.device)
+        self.dtype = torch.float16 if fp16 and self.device.type == "cuda" else torch.float32
+        self.model = self.model.to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def embed(self, images: np.ndarray):
+        """float32 `[N, 1, S, S]` (host) -> float32 torch tensor `[N, D]` on `self.device`."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(images).to(self.device, self.dtype, non_blocking=True)
+            return self.model(x).float().contiguous()

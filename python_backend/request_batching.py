@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megaclass.python_backend.device_arrays import all_finite, concat_rows, is_torch_tensor, numpy_dtype
+
 
 class InputError(ValueError):
     """A request's input is unusable; the message says what and how to fix it."""
@@ -32,11 +34,15 @@ class TensorSpec:
 
 
 def check_input(spec: TensorSpec, array: np.ndarray | None, max_rows: int | None = None) -> np.ndarray:
-    """Validate one request's batch for `spec`; returns it as a C-contiguous array."""
+    """Validate one request's batch for `spec`; returns it as a C-contiguous array.
+
+    A torch tensor (a GPU input taken through DLPack) is checked where it lives and stays a tensor.
+    """
     if array is None:
         raise InputError(f"input {spec.name} is missing")
-    if array.dtype != spec.dtype:
-        raise InputError(f"input {spec.name} must be {np.dtype(spec.dtype).name}, got {array.dtype.name}")
+    dtype = numpy_dtype(array)
+    if dtype != spec.dtype:
+        raise InputError(f"input {spec.name} must be {np.dtype(spec.dtype).name}, got {dtype.name}")
     if array.ndim != 1 + len(spec.item_shape) or tuple(array.shape[1:]) != spec.item_shape:
         want = "[batch, " + ", ".join(map(str, spec.item_shape)) + "]"
         raise InputError(f"input {spec.name} must have shape {want}, got {list(array.shape)}")
@@ -44,9 +50,9 @@ def check_input(spec: TensorSpec, array: np.ndarray | None, max_rows: int | None
         raise InputError(f"input {spec.name} is an empty batch")
     if max_rows is not None and array.shape[0] > max_rows:
         raise InputError(f"input {spec.name} has {array.shape[0]} rows, more than the limit {max_rows}")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    if np.issubdtype(dtype, np.floating) and not all_finite(array):
         raise InputError(f"input {spec.name} contains NaN or Inf values")
-    return np.ascontiguousarray(array)
+    return array.contiguous() if is_torch_tensor(array) else np.ascontiguousarray(array)
 
 
 def run_batched(
@@ -63,7 +69,7 @@ def run_batched(
     results: list[list | Exception] = [x if isinstance(x, Exception) else [] for x in inputs]
     if not valid:
         return results
-    stacked = np.concatenate([inputs[i] for i in valid]) if len(valid) > 1 else inputs[valid[0]]
+    stacked = concat_rows([inputs[i] for i in valid])
     try:
         outputs = fn(stacked)
     except Exception as exc:  # one failure answers every request of this batch with it

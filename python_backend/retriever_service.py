@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megaclass.python_backend.device_arrays import concat_rows
 from megaclass.python_backend.request_batching import InputError
 
 UNKNOWN_LABEL = "<unknown>"
@@ -127,7 +128,7 @@ def answer_requests(
     if not valid:
         return list(requests), {}
     k = max(r.top_k for r in valid)
-    queries = np.concatenate([r.embeddings for r in valid]) if len(valid) > 1 else valid[0].embeddings
+    queries = concat_rows([r.embeddings for r in valid])
     try:
         result = index.search(queries, top_k=k)
     except Exception as exc:

@@ -29,6 +29,7 @@ import numpy as np
 
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend import routed_index_storage as storage_mod
+from megaclass.python_backend.device_arrays import is_torch_tensor, to_numpy
 from megaclass.python_backend.routed_index_grouped import grouped_scan_numpy, grouped_scan_torch
 from megaclass.python_backend.routed_index_io import (
     IndexIntegrityError,
@@ -80,7 +81,12 @@ class SearchResult:
 
 
 def validate_queries(queries: Any, dim: int) -> np.ndarray:
-    """Return `queries` as a C-contiguous float32 [Q, dim] array or raise ValueError saying why."""
+    """Return `queries` as a C-contiguous float32 [Q, dim] array or raise ValueError saying why.
+
+    A torch tensor is checked where it lives and returned as a float32 tensor on its device.
+    """
+    if is_torch_tensor(queries):
+        return _validate_tensor(queries, dim)
     try:
         xq = np.asarray(queries)
     except Exception as e:  # ragged lists and the like
@@ -96,6 +102,22 @@ def validate_queries(queries: Any, dim: int) -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(xq).all(axis=1))[0])
         raise ValueError(f"queries contain NaN or infinity (first in row {bad})")
     return xq
+
+
+def _validate_tensor(x: Any, dim: int) -> Any:
+    import torch
+
+    if x.ndim != 2:
+        raise ValueError(f"queries must be 2-D [num_queries, {dim}], got shape {tuple(x.shape)}")
+    if x.shape[1] != dim:
+        raise ValueError(f"queries have dimension {x.shape[1]}, the index has {dim}")
+    if x.dtype == torch.bool or x.dtype.is_complex:
+        raise ValueError(f"queries must be numeric (float32-convertible), got dtype {x.dtype}")
+    x = x.to(torch.float32).contiguous()
+    finite = torch.isfinite(x).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"queries contain NaN or infinity (first in row {int(torch.nonzero(~finite)[0, 0])})")
+    return x
 
 
 def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -394,9 +416,13 @@ class RoutedIndex:
 
         `nprobe` clusters are scanned per query (default cfg.nprobe); `rerank`: candidates per query
         re-scored exactly for compressed storage (default cfg.rerank, 0: max(4 top_k, 40)).
+        `queries` may be a torch tensor: with the torch backend and flat storage it is searched on its
+        device without a host copy (the GPU serving path); otherwise it is copied to numpy first.
         """
         t0 = time.perf_counter()
         xq = validate_queries(queries, self.dim)
+        if is_torch_tensor(xq) and not (self.cfg.backend == "torch" and self.cfg.storage == "flat"):
+            xq = to_numpy(xq)  # only the torch backend scanning exact vectors keeps queries on the device
         if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
         top_k = int(top_k)
@@ -482,9 +508,10 @@ class RoutedIndex:
             import torch
 
             g = self._grouped
-            xt = torch.from_numpy(xq).to(g["codes"].device)
+            dev = g["codes"].device
+            xt = xq.to(dev) if is_torch_tensor(xq) else torch.from_numpy(xq).to(dev)
             probes = torch.topk(xt @ g["centroids"].T, nprobe, dim=1).indices.cpu().numpy()
-            xst = torch.from_numpy(xs).to(g["codes"].device)
+            xst = xs.to(dev) if is_torch_tensor(xs) else torch.from_numpy(xs).to(dev)
             scores, rows = grouped_scan_torch(xst, probes, g["codes"], g["rows"], fetch, g["compute_dtype"])
         if scores.shape[1] > fetch:
             top = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch]
@@ -494,7 +521,7 @@ class RoutedIndex:
 
     def exact_search(self, queries: np.ndarray, top_k: int) -> SearchResult:
         """Brute-force answer over every live prototype (the ground truth of `search`; no threshold)."""
-        xq = validate_queries(queries, self.dim)
+        xq = to_numpy(validate_queries(queries, self.dim))
         with self._lock.read():
             live = np.flatnonzero(self._row_class >= 0)
             per_class = np.unique(self._row_class[live], return_counts=True)[1]

@@ -162,3 +162,35 @@ def test_cli_evaluate_and_prototypes_of_embedding_catalogue(tmp_path):
     assert index.num_classes == 6
     # training needs images: an embedding catalogue is refused with a message, not a traceback
     assert run("--config", str(config), "train", "--catalog", str(path), "--out", str(tmp_path / "r"), "--quiet") == 1
+
+
+def test_parquet_columns_as_pyarrow_returns_them(tmp_path, monkeypatch):
+    """The Parquet path without pyarrow installed: a stand-in `pyarrow.parquet` returns what
+    `read_table(path).to_pydict()` gives (ints, strings, list<float> embeddings, image paths)."""
+    import sys
+    import types
+
+    tables = {
+        "e.parquet": {"class_id": [4, 4, 9], "label": ["x", "x", "y"], "embedding": [[1.0, 0.0], [0.5, 0.5], [0, 1]]},
+        "i.parquet": {
+            "class_id": [1, 2],
+            "label": ["a", "b"],
+            "path": ["img/a.png", "img/b.png"],
+            "split": ["train", "query"],
+        },
+    }
+    pq = types.ModuleType("pyarrow.parquet")
+    pq.read_table = lambda path: types.SimpleNamespace(to_pydict=lambda: tables[path.name])
+    pa = types.ModuleType("pyarrow")
+    pa.parquet = pq
+    monkeypatch.setitem(sys.modules, "pyarrow", pa)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", pq)
+    for name in tables:
+        (tmp_path / name).write_bytes(b"PAR1")
+    emb = read_catalog(tmp_path / "e.parquet")
+    assert emb.kind == "embeddings" and emb.labels == {4: "x", 9: "y"}
+    np.testing.assert_allclose(emb.embeddings, [[1, 0], [0.5, 0.5], [0, 1]])
+    assert emb.embeddings.dtype == np.float32 and emb.rows("train").tolist() == [0, 1, 2]
+    img = read_catalog(tmp_path / "i.parquet")
+    assert img.kind == "images" and img.rows("query").tolist() == [1]
+    assert img.paths[0] == (tmp_path / "img" / "a.png").resolve()

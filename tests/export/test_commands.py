@@ -93,3 +93,37 @@ def test_synthetic_softmax_train_and_evaluate(tmp_path):
     assert head["held_out_classes"].startswith("cannot answer")
     assert 0.0 <= head["seen_classes"]["precision_at_1"] <= 1.0
     assert run(*base, "export", str(out / "checkpoint.pt")) == 1  # vectors: no image encoder to export
+
+
+def test_train_flags_seed_progress_resume(tmp_path, capsys):
+    """`megaclass train` flags on the synthetic set: a progress bar, JSON-lines metrics, seeded, resumable."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(work=tmp_path / "work"))
+    base = ("--config", str(config))
+    argv = ("train", "--synthetic-classes", "300", "--loss", "cosface", "--width", "4")
+
+    def losses(out):
+        return [json.loads(s)["loss"] for s in (out / "metrics.jsonl").read_text().splitlines()]
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run(*base, *argv, "--seed", "3", "--epochs", "1", "--out", str(a)) == 0
+    assert "epoch 1/1" in capsys.readouterr().err  # the tqdm bar (no --quiet)
+    assert run(*base, *argv, "--seed", "3", "--epochs", "1", "--out", str(b), "--quiet") == 0
+    assert run(*base, *argv, "--seed", "4", "--epochs", "1", "--out", str(c), "--quiet") == 0
+    assert losses(a) == losses(b) != losses(c)
+    first = losses(a)
+    assert run(*base, *argv, "--seed", "3", "--epochs", "2", "--out", str(a), "--resume", "--quiet") == 0
+    assert len(losses(a)) == 2 and losses(a)[0] == first[0]  # epoch 1 kept, epoch 2 added
+    import torch
+
+    ckpt = torch.load(a / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["seed"] == 3 and ckpt["config"]["loss"] == "cosface"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_train_on_cuda_without_cuda_is_a_message(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY.format(work=tmp_path / "work"))
+    argv = ("train", "--synthetic-classes", "50", "--device", "cuda", "--out", str(tmp_path / "r"), "--quiet")
+    assert run("--config", str(config), *argv) == 1
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -294,3 +294,44 @@ def test_max_classes_subset_is_balanced_and_seeded(tmp_path: Path) -> None:
     rows_a = a.images[a.codepoints[a.class_index] == cls]
     rows_full = full.images[full.codepoints[full.class_index] == cls]
     assert np.array_equal(rows_a, rows_full)
+
+
+# --- progress and scale ---------------------------------------------------------------------
+
+
+def test_rendering_shows_a_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = GlyphDataConfig(font_dirs=(str(DEJAVU),), ranges=((0x41, 0x43),), workers=1)
+    G.render_glyph_dataset(cfg, tmp_path, progress=True)
+    captured = capsys.readouterr()
+    assert "render glyphs" in captured.err  # the tqdm bar, on stderr
+    assert "glyphs: 3 classes" in captured.out
+    G.render_glyph_dataset(cfg, tmp_path / "quiet", progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+CJK_FONT_DIRS = [
+    Path(p)
+    for p in (
+        "/usr/share/fonts/opentype/noto",
+        "/usr/share/fonts/truetype/arphic",
+        "/usr/share/fonts/truetype/wqy",
+        "/usr/share/fonts/opentype/ipafont-gothic",
+        "/usr/share/fonts/opentype/ipafont-mincho",
+    )
+    if Path(p).is_dir()
+]
+
+
+@pytest.mark.skipif(len(CJK_FONT_DIRS) < 3, reason="Debian's CJK font packages are not installed")
+def test_cjk_fonts_give_20000_classes() -> None:
+    """With the CJK packages, 20,000+ code points are real glyphs (in the cmap, not glyph 0) of enough fonts.
+
+    Counted from the cmaps, without rendering; the full render of the default config (23,324
+    classes on the development machine) only drops fallback boxes, empty bitmaps and duplicates.
+    """
+    cfg = GlyphDataConfig()
+    allowed = G.allowed_codepoints(cfg.ranges)
+    counts = np.zeros(len(allowed), np.int64)
+    for spec in G.find_fonts(cfg.font_dirs):
+        counts[np.searchsorted(allowed, G.font_codepoints(spec, allowed))] += 1
+    assert int(np.sum(counts >= cfg.min_fonts_per_class)) >= 20_000

@@ -72,3 +72,23 @@ def test_retrieval_metrics_on_separable_clusters():
     assert out == {"precision_at_1": 1.0, "hit_rate_at_1": 1.0, "hit_rate_at_3": 1.0, "map_at_r": 1.0}
     shuffled = retrieval_metrics(xb, rng.permutation(yb), xb, yb, ks=(1,))
     assert shuffled["precision_at_1"] < 0.6 and shuffled["map_at_r"] < 0.6
+
+
+def test_agrees_with_pml_accuracy_calculator():
+    """precision@1 and MAP@R as pytorch-metric-learning's AccuracyCalculator computes them (queries apart
+    from the gallery; unit vectors, so its L2 neighbours are our inner-product neighbours)."""
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    rng = np.random.default_rng(3)
+    yb = rng.integers(0, 6, size=60)
+    yq = rng.integers(0, 6, size=25)
+    centres = rng.normal(size=(6, 8))
+    xb, xq = centres[yb] + rng.normal(size=(60, 8)), centres[yq] + rng.normal(size=(25, 8))
+    xb, xq = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (xb, xq))
+    ours = retrieval_metrics(xq.astype(np.float32), yq, xb.astype(np.float32), yb, ks=(1,))
+    calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"), device=torch.device("cpu"))
+    pml = calc.get_accuracy(torch.tensor(xq), torch.tensor(yq), torch.tensor(xb), torch.tensor(yb))
+    assert 0.2 < ours["precision_at_1"] < 1.0  # neither trivial nor perfect
+    assert ours["precision_at_1"] == pytest.approx(pml["precision_at_1"])
+    assert ours["map_at_r"] == pytest.approx(pml["mean_average_precision_at_r"])

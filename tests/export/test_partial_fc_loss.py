@@ -111,3 +111,30 @@ def test_invalid_options():
         PartialFCLoss(10, 4, kind="sphereface")
     with pytest.raises(ValueError, match="num_sampled"):
         PartialFCLoss(10, 4, num_sampled=0)
+
+
+def test_training_loop_steps_at_a_million_classes(tmp_path):
+    """The training loop (SparseAdam on the centre table) with partial FC over 1,000,000 classes,
+    K = 256 centres per step: a few steps run, and the checkpoint holds the whole [C, D] table."""
+    import numpy as np
+
+    from megaclass.export.config import TrainConfig
+    from megaclass.export.synthetic import SyntheticConfig, build_synthetic_encoder, iter_batches, samples_per_class
+    from megaclass.export.training import train_on_batches
+
+    syn = SyntheticConfig(num_classes=1_000_000, input_dim=16)
+    cfg = TrainConfig(
+        loss="cosface", embedding_dim=8, width=4, batch_size=128, epochs=1, partial_fc_classes=256, threads=1
+    )
+    counts = samples_per_class(syn)
+    torch.manual_seed(0)
+    model = build_synthetic_encoder(syn, cfg)
+
+    def batches(epoch):
+        stream = iter_batches(syn, cfg.batch_size, epoch, counts=counts)
+        return [next(stream) for _ in range(3)]
+
+    result = train_on_batches(model, batches, 3, syn.num_classes, cfg, tmp_path, progress=False)
+    assert result.history[0]["steps"] == 3 and np.isfinite(result.history[0]["loss"])
+    ckpt = torch.load(result.checkpoint_path, weights_only=True)
+    assert ckpt["loss_state"]["weight"].shape == (1_000_000, 8)

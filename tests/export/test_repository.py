@@ -126,3 +126,48 @@ def test_gpu_targets(target, platform, accelerator, tmp_path):
     for cfg in (enc, ret):
         write_config(tmp_path / cfg.name, cfg)
         assert parse_config((tmp_path / cfg.name / "config.pbtxt").read_text()) == cfg
+
+
+def test_gpu_torch_target_is_a_python_encoder_on_the_gpu(tmp_path):
+    """gpu-torch: the Python backend runs the PyTorch encoder on its GPU (runtime=torch, half precision)."""
+    serving = ServingConfig(target="gpu-torch")
+    enc = encoder_config(serving, ExportConfig(), SHAPES)
+    assert (enc.backend, enc.platform) == ("python", "")
+    assert enc.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert enc.parameters["runtime"].string_value == "torch"
+    assert enc.parameters["weights_file"].string_value == "encoder.pt"
+    assert enc.parameters["fp16"].string_value == "true"
+    ret = retriever_config(serving, SHAPES)
+    assert ret.parameters["device"].string_value == "cuda"
+    write_config(tmp_path / "encoder", enc)
+    assert parse_config((tmp_path / "encoder" / "config.pbtxt").read_text()) == enc
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"])
+def test_build_repository_writes_only_parseable_configs(target, tmp_path: Path):
+    """Each file `build_repository` writes is a valid ModelConfig; the encoder form follows the target."""
+    from megaclass.export.repository import build_repository, encoder_file_name
+
+    artifact = tmp_path / "encoder.bin"
+    artifact.write_bytes(b"model")
+    index = tmp_path / "index"
+    index.mkdir()
+    (index / "meta.json").write_text("{}")
+    repo = tmp_path / "repo"
+    build_repository(repo, artifact, index, SHAPES, ServingConfig(target=target), ExportConfig())
+    configs = {p.parent.name: parse_config(p.read_text()) for p in repo.glob("*/config.pbtxt")}
+    assert set(configs) == {"encoder", "retriever", "classify", "decode", "classify_encoded"}
+    for name, cfg in configs.items():
+        assert cfg.name == name and cfg.max_batch_size > 0
+    enc = configs["encoder"]
+    want = {
+        "cpu": ("", "python"),
+        "gpu-onnxruntime": ("onnxruntime_onnx", ""),
+        "gpu-tensorrt": ("tensorrt_plan", ""),
+        "gpu-torch": ("", "python"),
+    }
+    assert (enc.platform, enc.backend) == want[target]
+    accels = [a.name for a in enc.optimization.execution_accelerators.gpu_execution_accelerator]
+    assert accels == (["tensorrt"] if target == "gpu-onnxruntime" else [])
+    assert (repo / "encoder" / "1" / encoder_file_name(target)).read_bytes() == b"model"
+    assert (repo / "encoder" / "1" / "model.py").exists() == (enc.backend == "python")

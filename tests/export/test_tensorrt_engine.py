@@ -87,3 +87,64 @@ def test_unavailable_is_a_typed_error(tmp_path, monkeypatch):
     assert tensorrt_available()[0] is False
     with pytest.raises(TensorRTUnavailable):
         build_engine(tmp_path / "m.onnx", tmp_path / "p.plan", "IMAGE", (1, 8, 8), EngineProfile())
+
+
+# --- `megaclass export --tensorrt`: an engine where TensorRT imports, a clear message where it does not
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    import torch
+
+    from megaclass.export.config import TrainConfig
+    from megaclass.export.encoder_model import build_encoder
+    from megaclass.export.training import save_encoder
+
+    torch.manual_seed(0)
+    model = build_encoder(TrainConfig(embedding_dim=8, width=4), 16)
+    return save_encoder(model.eval(), tmp_path / "run" / "checkpoint.pt", image_size=16)
+
+
+def export_cli(checkpoint, *extra):
+    from .test_commands import run
+
+    return run("export", str(checkpoint), "--no-fp16", "--tensorrt", *extra)
+
+
+def test_cli_builds_the_engine_with_the_profile(checkpoint, monkeypatch, capsys):
+    import json
+
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(calls))
+    assert export_cli(checkpoint, "--min-batch", "2", "--opt-batch", "8", "--max-batch", "32") == 0
+    out = checkpoint.parent / "export"
+    assert (out / "model.plan").read_bytes() == b"PLAN"
+    assert calls["profile"] == ("IMAGE", (2, 1, 16, 16), (8, 1, 16, 16), (32, 1, 16, 16))
+    assert "flags" not in calls  # --no-fp16: an FP32 engine
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["tensorrt"]["profile"] == {"min_batch": 2, "opt_batch": 8, "max_batch": 32}
+    assert "TensorRT engine (fake)" in capsys.readouterr().out
+
+
+def test_cli_without_tensorrt_says_so_and_succeeds(checkpoint, monkeypatch, capsys):
+    import json
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert export_cli(checkpoint) == 0
+    out = checkpoint.parent / "export"
+    assert (out / "encoder.onnx").exists() and not (out / "model.plan").exists()
+    assert json.loads((out / "export_report.json").read_text())["tensorrt"].startswith("skipped")
+    assert "TensorRT is not available here" in capsys.readouterr().out
+
+
+def test_cli_engine_build_failure_is_a_message_not_a_traceback(checkpoint, monkeypatch, capsys):
+    import json
+
+    trt = fake_tensorrt({})
+    trt.Builder.build_serialized_network = lambda self, network, config: None
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    assert export_cli(checkpoint) == 1
+    out = checkpoint.parent / "export"
+    assert (out / "encoder.onnx").exists()
+    assert json.loads((out / "export_report.json").read_text())["tensorrt"].startswith("failed: TensorRT failed")
+    assert "TensorRT engine not built" in capsys.readouterr().err

@@ -1,4 +1,6 @@
-"""Triton Python-backend model `encoder`: images -> embeddings with ONNX Runtime (CPU server).
+"""Triton Python-backend model `encoder`: images -> embeddings with ONNX Runtime (CPU server),
+or, with parameter `runtime` = "torch", with the PyTorch encoder on this instance's GPU whose
+output leaves as a GPU tensor (DLPack) for the retriever (the `gpu-torch` serving target).
 
 Thin by design: parse tensors, call `megaclass.python_backend`, return tensors.
 """
@@ -9,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from megaclass.python_backend.encoder_runtime import OnnxEncoder, cpu_threads_per_instance
+from megaclass.python_backend.device_arrays import is_torch_tensor
+from megaclass.python_backend.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
 from megaclass.python_backend.request_batching import TensorSpec, check_input, is_client_error, run_batched
 
 
@@ -25,9 +28,15 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
         instances = int(params.get("instance_count", "1"))
-        self.encoder = OnnxEncoder(
-            version_dir / params.get("onnx_file", "encoder.onnx"), cpu_threads_per_instance(instances)
-        )
+        if params.get("runtime") == "torch":
+            gpu = args.get("model_instance_kind") == "GPU"
+            device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
+            fp16 = params.get("fp16", "false") == "true"
+            self.encoder = TorchEncoder(version_dir / params.get("weights_file", "encoder.pt"), device, fp16)
+        else:
+            self.encoder = OnnxEncoder(
+                version_dir / params.get("onnx_file", "encoder.onnx"), cpu_threads_per_instance(instances)
+            )
         inp, out = config["input"][0], config["output"][0]
         self.spec = TensorSpec(inp["name"], np.float32, tuple(int(d) for d in inp["dims"]))
         self.output_name = out["name"]
@@ -46,5 +55,12 @@ class TritonPythonModel:
             if isinstance(result, Exception):
                 responses.append(pb_utils.InferenceResponse(error=_error(result)))
             else:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, result[0])]))
+                responses.append(pb_utils.InferenceResponse([self._tensor(result[0])]))
         return responses
+
+    def _tensor(self, out):
+        if is_torch_tensor(out):  # stays on its device: DLPack, no host copy
+            from torch.utils.dlpack import to_dlpack
+
+            return pb_utils.Tensor.from_dlpack(self.output_name, to_dlpack(out))
+        return pb_utils.Tensor(self.output_name, out)

@@ -27,13 +27,13 @@ from megaclass.python_backend.routed_index import RoutedIndex
 
 
 def tensor_to_array(tensor):
-    """A pb_utils tensor as a numpy array; a GPU tensor is read through DLPack (zero-copy into
-    torch). The query batch itself is small (B x D floats); what stays on the GPU is the index."""
+    """A pb_utils tensor as a numpy array, or, when it is on the GPU, as a torch tensor on that GPU
+    taken through DLPack (zero-copy): the routed index searches it there without a host copy."""
     if tensor.is_cpu():
         return tensor.as_numpy()
     from torch.utils.dlpack import from_dlpack
 
-    return from_dlpack(tensor.to_dlpack()).cpu().numpy()
+    return from_dlpack(tensor.to_dlpack())
 
 
 def _error(exc):

@@ -1,0 +1,108 @@
+"""A closed-loop gRPC load generator in plain Python: `concurrency` clients, each sending its next
+request as soon as the last is answered, spread over worker processes so the client's GIL is not
+the bottleneck. For machines without perf_analyzer or Locust (the lent GPU machine); same numbers:
+requests per second and latency percentiles of the measured window (after a warm-up).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    concurrency: int
+    requests: int
+    failures: int
+    rps: float
+    rows_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    first_error: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _client_thread(url, model, inputs, deadline, measure_from, lat, errors) -> None:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(url) as client:
+        tensors = []
+        for name, array in inputs.items():
+            t = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT32")
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        while (now := time.perf_counter()) < deadline:
+            try:
+                client.infer(model, tensors)
+                if now >= measure_from:
+                    lat.append(time.perf_counter() - now)
+            except Exception as exc:  # counted, and the first one reported
+                if now >= measure_from:
+                    errors.append(str(exc)[:300])
+
+
+def _worker(url, model, inputs, threads, start_at, warmup_s, duration_s, queue) -> None:
+    lat: list[float] = []
+    errors: list[str] = []
+    while time.time() < start_at:  # every process starts its clients together
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    measure_from, deadline = t0 + warmup_s, t0 + warmup_s + duration_s
+    pool = [
+        threading.Thread(target=_client_thread, args=(url, model, inputs, deadline, measure_from, lat, errors))
+        for _ in range(threads)
+    ]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    queue.put((lat, errors))
+
+
+def run_closed_loop(
+    url: str,
+    model: str,
+    inputs: dict[str, np.ndarray],
+    concurrency: int,
+    duration_s: float = 8.0,
+    warmup_s: float = 2.0,
+    processes: int = 8,
+) -> LoadPoint:
+    """Drive `model` at `url` (gRPC) with `concurrency` closed-loop clients sending `inputs`."""
+    processes = max(1, min(processes, concurrency))
+    per = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + 3.0  # time for the spawned interpreters to import
+    procs = [
+        ctx.Process(target=_worker, args=(url, model, inputs, n, start_at, warmup_s, duration_s, queue)) for n in per
+    ]
+    for p in procs:
+        p.start()
+    lat: list[float] = []
+    errors: list[str] = []
+    for _ in procs:
+        got_lat, got_err = queue.get(timeout=warmup_s + duration_s + 120)
+        lat += got_lat
+        errors += got_err
+    for p in procs:
+        p.join()
+    ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
+    rows = next(iter(inputs.values())).shape[0]
+    return LoadPoint(
+        concurrency,
+        len(lat),
+        len(errors),
+        len(lat) / duration_s,
+        len(lat) * rows / duration_s,
+        *(float(np.percentile(ms, q)) for q in (50, 95, 99)),
+        errors[0] if errors else "",
+    )

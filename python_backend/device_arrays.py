@@ -1,0 +1,49 @@
+"""Arrays that may be numpy or torch tensors: the retriever's GPU path keeps a query batch that
+arrived on the GPU (through DLPack) as a torch tensor instead of copying it to the host.
+
+Only what the request path needs: recognise a tensor, concatenate rows, bring to numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def is_torch_tensor(x: Any) -> bool:
+    """True for a torch.Tensor (checked without importing torch)."""
+    return type(x).__module__.startswith("torch") and hasattr(x, "device") and hasattr(x, "dtype")
+
+
+def concat_rows(arrays: Sequence[Any]) -> Any:
+    """Concatenate along the first axis, in torch when the first one is a tensor."""
+    if len(arrays) == 1:
+        return arrays[0]
+    if is_torch_tensor(arrays[0]):
+        import torch
+
+        return torch.cat([a.to(arrays[0].device) for a in arrays])
+    return np.concatenate(arrays)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A numpy array (a device tensor is copied to the host)."""
+    return x.detach().cpu().numpy() if is_torch_tensor(x) else np.asarray(x)
+
+
+def numpy_dtype(x: Any) -> np.dtype:
+    """The numpy dtype of an array or tensor (torch.float32 -> float32)."""
+    if is_torch_tensor(x):
+        return np.dtype(str(x.dtype).removeprefix("torch."))
+    return np.asarray(x).dtype
+
+
+def all_finite(x: Any) -> bool:
+    """No NaN or infinity (computed where the data lives)."""
+    if is_torch_tensor(x):
+        import torch
+
+        return bool(torch.isfinite(x).all())
+    return bool(np.isfinite(x).all())

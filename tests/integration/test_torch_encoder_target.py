@@ -1,0 +1,81 @@
+"""The `gpu-torch` serving target in a real Triton server: the Python-backend PyTorch encoder feeding
+the torch-backend retriever. On a CPU-only machine its instances are turned into CPU ones (the same
+model code, outputs handed over through DLPack on the host); with a GPU the target runs as generated
+(encoder output stays on the GPU and reaches the retriever through DLPack)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from megaclass.export.config import ModelServingConfig, ServingConfig
+from megaclass.export.encoder_model import load_encoder
+from megaclass.export.preprocess import to_model_input
+from megaclass.export.tiny_repository import IMAGE_SIZE, NUM_CLASSES, build_torch_repository, class_patterns
+from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.triton_server import free_port, start_server
+
+pytestmark = pytest.mark.integration
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _classify(url: str, x: np.ndarray, top_k: int = 3):
+    with grpcclient.InferenceServerClient(url) as client:
+        inp = grpcclient.InferInput("IMAGE", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        outs = [grpcclient.InferRequestedOutput(n) for n in ("CLASS_IDS", "SCORES", "INDEX_VERSION")]
+        res = client.infer("classify", [inp], outputs=outs, parameters={"top_k": top_k})
+        return res.as_numpy("CLASS_IDS"), res.as_numpy("SCORES")
+
+
+def _serve_and_compare(tmp_path, on_gpu: bool) -> None:
+    small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=2000)
+    repo, weights, index_dir = build_torch_repository(
+        tmp_path, ServingConfig(encoder=small, retriever=small), on_gpu=on_gpu
+    )
+    images, ids = class_patterns(NUM_CLASSES, 2, IMAGE_SIZE, seed=3)
+    x = to_model_input(images[:12])
+    import torch
+
+    with torch.inference_mode():
+        want_emb = load_encoder(weights)(torch.from_numpy(x)).numpy()
+    want = RoutedIndex.load(index_dir, backend="numpy").search(want_emb, top_k=3)
+    server = start_server(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), work_dir=tmp_path / "triton"
+    )
+    try:
+        got_ids, got_scores = _classify(server.grpc_url, x)
+        bad = _classify_error(server.grpc_url, np.full_like(x[:2], np.nan))
+    finally:
+        server.stop()
+    np.testing.assert_allclose(got_scores, want.scores, atol=2e-3 if on_gpu else 1e-4)
+    assert np.mean(got_ids[:, 0] == want.class_ids[:, 0]) >= (0.9 if on_gpu else 1.0)
+    assert "NaN" in bad
+
+
+def _classify_error(url: str, x: np.ndarray) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        _classify(url, x)
+    except InferenceServerException as exc:
+        return str(exc)
+    return ""
+
+
+def test_torch_encoder_target_on_cpu_instances(tmp_path):
+    _serve_and_compare(tmp_path, on_gpu=False)
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (the encoder output stays on the GPU: DLPack)")
+def test_torch_encoder_target_on_the_gpu(tmp_path):
+    _serve_and_compare(tmp_path, on_gpu=True)
