@@ -50,12 +50,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from megaclass.loadtest.bench_index import bench_index
+    from megaclass.loadtest.bench_index import bench_index, glyph_embedding_files
 
+    files = [Path(f) if f else None for f in (args.prototypes, args.labels, args.queries)]
+    if args.glyph_encoder:  # the glyph set embedded by a trained encoder: data set (b) of the issue
+        files = list(glyph_embedding_files(Path(args.glyph_encoder), Path(args.glyph_out)))
     bench_index(
-        prototypes=Path(args.prototypes) if args.prototypes else None,
-        labels=Path(args.labels) if args.labels else None,
-        queries=Path(args.queries) if args.queries else None,
+        prototypes=files[0],
+        labels=files[1],
+        queries=files[2],
         num_classes=args.classes, dim=args.dim, threads=args.threads, target_recall=args.target_recall,
         doc=Path(args.doc) if args.doc else None,
     )  # fmt: skip
@@ -95,6 +98,13 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--prototypes", default=None)
     p.add_argument("--labels", default=None)
     p.add_argument("--queries", default=None)
+    p.add_argument(
+        "--glyph-encoder",
+        default=None,
+        help="an exported encoder (ONNX): benchmark on the glyph set's embeddings (4 prototypes per class; "
+        "queries from the held-out fonts) instead of files or the synthetic set",
+    )
+    p.add_argument("--glyph-out", default=".cache/megaclass/bench/glyph-embeddings", help="where those files go")
     p.add_argument("--classes", type=int, default=1_000_000, help="synthetic set size without files")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
