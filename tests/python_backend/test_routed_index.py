@@ -16,27 +16,14 @@ from megaclass.python_backend.routed_index import (
     aggregate_classes,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():
-    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from .conftest import unit_rows
 
 
 def _clustered(n: int, d: int, centres: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centres, d))
     x = c[rng.integers(0, centres, n)] + 0.5 * rng.standard_normal((n, d))
-    return _normalise(x)
+    return unit_rows(x)
 
 
 def _brute_force(xb: np.ndarray, row_class: np.ndarray, xq: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
@@ -94,11 +81,11 @@ def test_recall_never_falls_as_nprobe_grows(data: dict) -> None:
 def test_class_aggregation_counts_a_class_once_at_its_best_score() -> None:
     d = 8
     rng = np.random.default_rng(0)
-    q = _normalise(rng.standard_normal((1, d)))
+    q = unit_rows(rng.standard_normal((1, d)))
     # class 7 has three prototypes close to the query, class 3 one slightly further, class 5 far away
-    near = _normalise(q + 0.05 * rng.standard_normal((3, d)))
-    mid = _normalise(q + 0.5 * rng.standard_normal((1, d)))
-    far = _normalise(-q + 0.1 * rng.standard_normal((1, d)))
+    near = unit_rows(q + 0.05 * rng.standard_normal((3, d)))
+    mid = unit_rows(q + 0.5 * rng.standard_normal((1, d)))
+    far = unit_rows(-q + 0.1 * rng.standard_normal((1, d)))
     xb = np.vstack([near, mid, far])
     ids = np.array([7, 7, 7, 3, 5])
     index = RoutedIndex.build(xb, ids, {7: "seven", 3: "three", 5: "five"}, IndexConfig(nlist=1))

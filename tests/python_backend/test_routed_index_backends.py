@@ -11,30 +11,17 @@ from megaclass.export.config import IndexConfig
 from megaclass.python_backend.routed_index import RoutedIndex
 from megaclass.python_backend.routed_index_tune import search_recall_at_k
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():
-    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from .conftest import unit_rows
 
 
 @pytest.fixture(scope="module")
 def data() -> dict:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((25, 32))
-    xb = _unit(centres[rng.integers(0, 25, 2500)] + 0.6 * rng.standard_normal((2500, 32)))
+    xb = unit_rows(centres[rng.integers(0, 25, 2500)] + 0.6 * rng.standard_normal((2500, 32)))
     row_class = rng.integers(0, 1100, 2500).astype(np.int64)  # several prototypes per class
     labels = {int(c): f"c{c}" for c in np.unique(row_class)}
-    xq = _unit(xb[rng.integers(0, 2500, 60)] + 0.5 * rng.standard_normal((60, 32)))
+    xq = unit_rows(xb[rng.integers(0, 2500, 60)] + 0.5 * rng.standard_normal((60, 32)))
     return {"xb": xb, "row_class": row_class, "labels": labels, "xq": xq}
 
 

@@ -10,27 +10,14 @@ import pytest
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend.routed_index import RoutedIndex
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():
-    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from .conftest import unit_rows
 
 
 def _data(n: int, seed: int, centre_seed: int = 0, shift: float = 0.0) -> np.ndarray:
     centres = np.random.default_rng(centre_seed).standard_normal((15, 24))
     centres[:, 0] += shift
     rng = np.random.default_rng(seed)
-    return _unit(centres[rng.integers(0, 15, n)] + 0.5 * rng.standard_normal((n, 24)))
+    return unit_rows(centres[rng.integers(0, 15, n)] + 0.5 * rng.standard_normal((n, 24)))
 
 
 def _index(storage: str = "flat", backend: str = "faiss", spill: int = 1) -> RoutedIndex:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from megaclass.python_backend.routed_index_router import (
     assign_primary,
@@ -16,20 +15,7 @@ from megaclass.python_backend.routed_index_router import (
     train_centroids,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():
-    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from .conftest import unit_rows
 
 
 def _skewed(n: int, d: int, seed: int) -> np.ndarray:
@@ -38,7 +24,7 @@ def _skewed(n: int, d: int, seed: int) -> np.ndarray:
     centres = rng.standard_normal((12, d))
     weights = 1.0 / np.arange(1, 13) ** 1.5
     g = rng.choice(12, n, p=weights / weights.sum())
-    return _unit(centres[g] + 0.3 * rng.standard_normal((n, d)))
+    return unit_rows(centres[g] + 0.3 * rng.standard_normal((n, d)))
 
 
 def test_capacity_assign_respects_capacity_and_prefers_best_scores() -> None:

@@ -13,29 +13,16 @@ from megaclass.python_backend.routed_index import RoutedIndex
 from megaclass.python_backend.routed_index_cli import build_index, read_label_file, search_index, tune_index
 from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, smallest_reaching, tune
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_openmp_thread():
-    """One OpenMP thread: small problems, a shared 2-core machine (spinning OpenMP threads contend)."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+from .conftest import unit_rows
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((20, 16))
-    xb = _unit(centres[rng.integers(0, 20, 3000)] + 0.6 * rng.standard_normal((3000, 16)))
+    xb = unit_rows(centres[rng.integers(0, 20, 3000)] + 0.6 * rng.standard_normal((3000, 16)))
     labels = [f"label {i // 3}" for i in range(3000)]  # three prototypes per class
-    xq = _unit(xb[rng.integers(0, 3000, 200)] + 0.4 * rng.standard_normal((200, 16)))
+    xq = unit_rows(xb[rng.integers(0, 3000, 200)] + 0.4 * rng.standard_normal((200, 16)))
     d = tmp_path_factory.mktemp("files")
     np.save(d / "P.npy", xb)
     (d / "L.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
