@@ -53,6 +53,10 @@ def test_retry_policy_rejects_nonsense(bad):
         (InferenceServerException("top_k must be between 1 and 5", status="StatusCode.INVALID_ARGUMENT"), INVALID),
         (InferenceServerException("unexpected shape for input", status="400"), INVALID),
         (InferenceServerException("model crashed", status="StatusCode.INTERNAL"), SERVER),
+        (
+            InferenceServerException("Stub process 'retriever_0_0' is not healthy.", status="StatusCode.INTERNAL"),
+            UNAVAILABLE,
+        ),
         (ConnectionRefusedError(111, "Connection refused"), UNAVAILABLE),
         (TimeoutError("timed out"), TIMEOUT),
         (TimeoutError(), TIMEOUT),
