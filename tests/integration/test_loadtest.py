@@ -102,3 +102,17 @@ def test_cli_locust_then_report_and_a_request_rate_sweep(tiny_stack, tmp_path, c
     )
     text = (tmp_path / "r" / "report.md").read_text()
     assert "### cli" in text and "perf_analyzer" in text and "| classify grpc b=1 | 0 | 40 |" in text
+
+
+def test_closed_loop_generator_counts_answers_and_errors(tiny_stack):
+    """`closed_loop.py` (the generator for machines without perf_analyzer or Locust): real answers are
+    counted and timed; a request the server refuses is counted as a failure with its message."""
+    from megaclass.loadtest.closed_loop import run_closed_loop
+
+    image = np.random.default_rng(0).random((2, 1, 16, 16), dtype=np.float32)
+    ok = run_closed_loop(tiny_stack.server.grpc_url, "classify", {"IMAGE": image}, 3, duration_s=1.5, warmup_s=0.5, processes=2)  # fmt: skip
+    assert ok.failures == 0 and ok.requests > 10
+    assert ok.rows_per_s == pytest.approx(2 * ok.rps) and 0 < ok.p50_ms <= ok.p99_ms
+    wrong = np.zeros((1, 1, 8, 8), np.float32)  # the wrong image size
+    bad = run_closed_loop(tiny_stack.server.grpc_url, "classify", {"IMAGE": wrong}, 1, duration_s=0.5, warmup_s=0.1, processes=1)  # fmt: skip
+    assert bad.requests == 0 and bad.failures > 0 and "IMAGE" in bad.first_error
