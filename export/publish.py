@@ -15,6 +15,7 @@ from pathlib import Path
 
 from megaclass.export.repository import (
     ENCODER,
+    PYTHON_ENCODER_TARGETS,
     RETRIEVER,
     encoder_file_name,
     model_file,
@@ -127,7 +128,7 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
         except Exception as exc:
             raise PublishError(f"{onnx_path} is not a valid ONNX model: {exc}") from exc
     files = {encoder_file_name(_encoder_target(repo)): Path(onnx_path)}
-    if _encoder_target(repo) in ("cpu", "gpu-torch"):
+    if _encoder_target(repo) in PYTHON_ENCODER_TARGETS:
         files["model.py"] = model_file(ENCODER)
     check_free_space(repo / ENCODER, [Path(onnx_path)])
     try:

@@ -40,6 +40,10 @@ class ModelShapes:
     embedding_dim: int
 
 
+# Serving targets whose encoder is a Python-backend model (its model.py is published with the artifact).
+PYTHON_ENCODER_TARGETS = ("cpu", "gpu-torch")
+
+
 def encoder_file_name(target: str) -> str:
     """The encoder artifact's file name in a version directory, per serving target."""
     return {
@@ -287,7 +291,7 @@ def build_repository(
     write_config(repo_dir / RETRIEVER, retriever_config(serving, shapes))
     write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
     encoder_files = {encoder_file_name(serving.target): onnx_path}
-    if serving.target in ("cpu", "gpu-torch"):  # Python-backend encoders
+    if serving.target in PYTHON_ENCODER_TARGETS:
         encoder_files["model.py"] = model_file(ENCODER)
     published = {
         ENCODER: publish_version(repo_dir / ENCODER, encoder_files, keep=keep),

@@ -32,11 +32,12 @@ class LoadPoint:
 
 def _client_thread(url, model, inputs, deadline, measure_from, lat, errors) -> None:
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
     with grpcclient.InferenceServerClient(url) as client:
         tensors = []
         for name, array in inputs.items():
-            t = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT32")
+            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             t.set_data_from_numpy(array)
             tensors.append(t)
         while (now := time.perf_counter()) < deadline:

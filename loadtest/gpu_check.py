@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from megaclass.python_backend.encoder_runtime import usable_cores
+
 
 def log(*args: Any) -> None:
     print(time.strftime("%H:%M:%S"), *args, flush=True)
@@ -220,13 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"device": gpu_name(), "cpu": f"{platform.processor() or platform.machine()}"}
-    try:
-        import os
-
-        report["cpu"] += f", {len(os.sched_getaffinity(0))} cores"
-    except Exception:
-        pass
+    cpu = f"{platform.processor() or platform.machine()}, {usable_cores()} cores"
+    report: dict[str, Any] = {"device": gpu_name(), "cpu": cpu}
 
     def save() -> None:
         (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))

@@ -33,10 +33,14 @@ def to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if is_torch_tensor(x) else np.asarray(x)
 
 
-def numpy_dtype(x: Any) -> np.dtype:
-    """The numpy dtype of an array or tensor (torch.float32 -> float32)."""
+def numpy_dtype(x: Any) -> np.dtype | None:
+    """The numpy dtype of an array or tensor (torch.float32 -> float32); None for a torch dtype numpy
+    lacks (bfloat16, ...)."""
     if is_torch_tensor(x):
-        return np.dtype(str(x.dtype).removeprefix("torch."))
+        try:
+            return np.dtype(str(x.dtype).removeprefix("torch."))
+        except TypeError:
+            return None
     return np.asarray(x).dtype
 
 

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+GLYPH_CACHE = Path(".cache/megaclass/bench")
+
 
 def _index_config(args: argparse.Namespace):
     from megaclass.export.config import IndexConfig
@@ -54,7 +56,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     files = [Path(f) if f else None for f in (args.prototypes, args.labels, args.queries)]
     if args.glyph_encoder:  # the glyph set embedded by a trained encoder: data set (b) of the issue
-        files = list(glyph_embedding_files(Path(args.glyph_encoder), Path(args.glyph_out)))
+        from megaclass.export.onnx_export import sha256_file
+
+        encoder = Path(args.glyph_encoder)
+        # Embeddings are cached by folder: one folder per encoder, so another encoder never reuses them.
+        out = Path(args.glyph_out) if args.glyph_out else GLYPH_CACHE / f"glyph-emb-{sha256_file(encoder)[:12]}"
+        files = list(glyph_embedding_files(encoder, out))
     bench_index(
         prototypes=files[0],
         labels=files[1],
@@ -104,7 +111,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
         help="an exported encoder (ONNX): benchmark on the glyph set's embeddings (4 prototypes per class; "
         "queries from the held-out fonts) instead of files or the synthetic set",
     )
-    p.add_argument("--glyph-out", default=".cache/megaclass/bench/glyph-embeddings", help="where those files go")
+    p.add_argument(
+        "--glyph-out", default=None, help=f"where those files go (default {GLYPH_CACHE}/glyph-emb-<encoder hash>)"
+    )
     p.add_argument("--classes", type=int, default=1_000_000, help="synthetic set size without files")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)

@@ -42,7 +42,8 @@ def check_input(spec: TensorSpec, array: np.ndarray | None, max_rows: int | None
         raise InputError(f"input {spec.name} is missing")
     dtype = numpy_dtype(array)
     if dtype != spec.dtype:
-        raise InputError(f"input {spec.name} must be {np.dtype(spec.dtype).name}, got {dtype.name}")
+        got = dtype.name if dtype is not None else str(array.dtype)
+        raise InputError(f"input {spec.name} must be {np.dtype(spec.dtype).name}, got {got}")
     if array.ndim != 1 + len(spec.item_shape) or tuple(array.shape[1:]) != spec.item_shape:
         want = "[batch, " + ", ".join(map(str, spec.item_shape)) + "]"
         raise InputError(f"input {spec.name} must have shape {want}, got {list(array.shape)}")

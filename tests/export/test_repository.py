@@ -171,3 +171,36 @@ def test_build_repository_writes_only_parseable_configs(target, tmp_path: Path):
     assert accels == (["tensorrt"] if target == "gpu-onnxruntime" else [])
     assert (repo / "encoder" / "1" / encoder_file_name(target)).read_bytes() == b"model"
     assert (repo / "encoder" / "1" / "model.py").exists() == (enc.backend == "python")
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu-torch"])
+def test_publish_encoder_follows_the_repository_target(target, tmp_path: Path):
+    """A new encoder version carries the target's artifact name and, for Python-backend encoders,
+    their model.py; an ONNX encoder is checked first, a PyTorch weights file is not ONNX."""
+    import torch
+
+    from megaclass.export.encoder_model import GlyphEncoder, save_encoder
+    from megaclass.export.onnx_export import export_onnx
+    from megaclass.export.publish import PublishError, publish_encoder
+    from megaclass.export.repository import build_repository, encoder_file_name
+
+    model = GlyphEncoder(embedding_dim=SHAPES.embedding_dim, width=4).eval()
+    if target == "cpu":
+        artifact = tmp_path / "encoder.onnx"
+        export_onnx(model, artifact, ExportConfig(), image_size=SHAPES.image_size)
+    else:
+        artifact = save_encoder(model, tmp_path / "encoder.pt")
+    index = tmp_path / "index"
+    index.mkdir()
+    repo = tmp_path / "repo"
+    build_repository(repo, artifact, index, SHAPES, ServingConfig(target=target), ExportConfig(), encoded_images=False)
+    published = publish_encoder(repo, artifact)
+    new = repo / "encoder" / str(published.version)
+    assert published.version == 2 and (new / encoder_file_name(target)).exists() and (new / "model.py").exists()
+    if target == "gpu-torch":
+        assert torch.load(new / "encoder.pt", weights_only=True)["model_class"] == "GlyphEncoder"
+    else:
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(b"not onnx")
+        with pytest.raises(PublishError, match="not a valid ONNX"):
+            publish_encoder(repo, bad)

@@ -94,3 +94,21 @@ def test_drift_makes_clusters_uneven_and_rebuild_router_restores_balance() -> No
     index.rebuild_router()
     assert index.imbalance() <= 2.05 and not index.needs_rebuild and index.drift() == pytest.approx(1.0)
     np.testing.assert_array_equal(index.search(xq, 5, nprobe=index.nlist).class_ids, truth)
+
+
+def test_with_storage_copy_is_independent_of_removals() -> None:
+    """`with_storage` shares the arrays it can; removing from one index leaves the other whole."""
+    index = _index()
+    other = index.with_storage("sq8")
+    xq = _data(5, 3)
+    before = other.search(xq, 3, nprobe=other.nlist, rerank=other.num_entries).class_ids
+    index.remove(before[:, 0])
+    np.testing.assert_array_equal(other.search(xq, 3, nprobe=other.nlist, rerank=other.num_entries).class_ids, before)
+    assert not np.isin(index.search(xq, 3, nprobe=index.nlist).class_ids, before[:, 0]).any()
+
+
+def test_labels_of_contiguous_and_sparse_class_ids() -> None:
+    index = _index()  # classes 0..749: looked up by offset
+    assert index.label_of(np.array([[0, 749], [-1, 750]])).tolist() == [["c0", "c749"], ["", ""]]
+    index.remove([3])  # a gap: binary search from now on
+    assert index.label_of(np.array([2, 3, 4, -1])).tolist() == ["c2", "", "c4", ""]
