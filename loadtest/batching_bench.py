@@ -14,6 +14,8 @@ from pathlib import Path
 
 from megaclass.export.config import ExportConfig, ServingConfig
 from megaclass.export.repository import ModelShapes, build_repository
+from megaclass.loadtest.cpu_budget import CpuBudget, encoder_us_per_image, measure_cpu_budget, ratio_ceiling
+from megaclass.loadtest.cpu_budget import markdown_table as budget_table
 from megaclass.loadtest.perf import PerfPoint, run_perf, write_csv
 from megaclass.python_backend.triton_server import free_port, running_server
 
@@ -54,11 +56,14 @@ def sweep(
     measurement_ms: int = 3000,
     models: tuple[str, ...] = ("classify", "retriever"),
     stability_percent: float = 25.0,
-) -> list[dict]:
-    """Rows: mode, model, concurrency, throughput, p50/p95/p99 (ms)."""
+    budget_concurrency: int | None = None,
+) -> tuple[list[dict], dict[str, CpuBudget]]:
+    """Rows: mode, model, concurrency, throughput, p50/p95/p99 (ms); and, with `budget_concurrency`,
+    the CPU budget of `classify` at that concurrency per mode (see cpu_budget.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = sample_inputs(out_dir, shapes, export)
     rows = []
+    budgets: dict[str, CpuBudget] = {}
     for mode in ("off", "on"):
         repo = out_dir / f"repository-batching-{mode}"
         build_repository(repo, onnx_path, index_dir, shapes, with_batching(serving, mode == "on"), export)
@@ -76,8 +81,12 @@ def sweep(
                          "p50_ms": p.p50_us / 1e3, "p95_ms": p.p95_us / 1e3, "p99_ms": p.p99_us / 1e3,
                          "stability_percent": p.stability_percent}
                     )  # fmt: skip
+            if budget_concurrency:
+                budgets[f"batching {mode}"] = measure_cpu_budget(
+                    server, "classify", budget_concurrency, input_data=inputs["classify"]
+                )
     (out_dir / "batching.json").write_text(json.dumps(rows, indent=2))
-    return rows
+    return rows, budgets
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -100,6 +109,23 @@ def markdown_table(rows: list[dict]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def budget_section(budgets: dict[str, CpuBudget], onnx_path: Path, image_size: int, serving: ServingConfig) -> str:
+    """The CPU budget table of `classify` and the ratio ceiling it implies."""
+    on = budgets["batching on"]
+    batch = max(1, min(serving.encoder.max_batch_size, on.concurrency // max(1, serving.encoder.instances)))
+    compute = encoder_us_per_image(onnx_path, batch, image_size)
+    ceiling = ratio_ceiling(budgets["batching off"], on, compute)
+    return (
+        f"**Where the CPU goes**, `classify` at concurrency {on.concurrency} (CPU time of each process over a "
+        f"10 s window ÷ requests the server completed; the load generator shares the {on.cores} cores):\n\n"
+        + budget_table(budgets)
+        + f"\n\nThe encoder's own compute is {compute:.0f} µs per image (ONNX Runtime, one thread, batch {batch}). "
+        f"If both Python models cost nothing beyond it, the server core and the load generator at their batched "
+        f"cost would still cap the ratio at **{ceiling:.2f}×** (unbatched total ÷ (tritonserver + load generator "
+        f"+ encoder compute)).\n"
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -141,6 +167,7 @@ def run_batching_bench(
     measurement_ms: int,
     doc: Path | None,
     stability_percent: float = 25.0,
+    budget_concurrency: int | None = 32,
 ) -> list[dict]:
     """Build (or reuse) the demo's artifacts, sweep with batching off and on, report."""
     from megaclass.clients.demo import build_artifacts
@@ -148,12 +175,14 @@ def run_batching_bench(
 
     art, _, _ = build_artifacts(cfg)
     shapes = ModelShapes(art.image_size, art.embedding_dim)
-    rows = sweep(
+    rows, budgets = sweep(
         art.onnx_path, art.index_dir, shapes, cfg.serving, cfg.export, out_dir, concurrency, measurement_ms,
-        stability_percent=stability_percent,
+        stability_percent=stability_percent, budget_concurrency=budget_concurrency,
     )  # fmt: skip
     plot(rows, out_dir / "batching.png")
     table = markdown_table(rows)
+    if budgets:
+        table += "\n" + budget_section(budgets, art.onnx_path, art.image_size, cfg.serving) + "\n"
     print(table)
     if doc is not None:
         png = doc.parent / "img" / "batching.png"

@@ -11,6 +11,7 @@ from megaclass.python_backend.request_batching import InputError
 from megaclass.python_backend.retriever_service import (
     UNKNOWN_LABEL,
     RetrieverRequest,
+    SearchTally,
     answer_requests,
     parse_options,
 )
@@ -73,3 +74,23 @@ def test_answer_requests_searches_once_and_slices_per_request():
     assert out[2].class_ids.tolist() == [[4, 3, 5]]
     strict = answer_requests(index, [RetrieverRequest(np.array([[4.0]], np.float32), 3, threshold=-0.5)])[0][0]
     assert strict.class_ids.tolist() == [[4, -1, -1]] and strict.labels[0, 1] == UNKNOWN_LABEL
+
+
+def test_search_tally_sends_small_batches_at_once_and_large_ones_in_sums():
+    now = [0.0]
+    tally = SearchTally(interval_s=0.5, small_batch=2, clock=lambda: now[0])
+    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4}, requests=1) == {
+        "queries": 1, "candidates": 10, "nprobe": 4}  # fmt: skip
+    # Busy: large batches are summed until the interval has passed since the last send.
+    assert tally.add({"queries": 16, "candidates_scanned": 160, "nprobe": 4}, requests=16) is None
+    now[0] = 0.4
+    assert tally.add({"queries": 8, "candidates_scanned": 80, "nprobe": 5}, requests=8) is None
+    now[0] = 0.6
+    assert tally.add({"queries": 4, "candidates_scanned": 40, "nprobe": 5}, requests=4) == {
+        "queries": 28, "candidates": 280, "nprobe": 5}  # fmt: skip
+    # Nothing summed: nothing to send, even for a small batch (all requests were rejected).
+    assert tally.add({}, requests=1) is None
+    # A small batch flushes whatever a burst left behind.
+    now[0] = 0.7
+    assert tally.add({"queries": 32, "candidates_scanned": 1}, requests=32) is None
+    assert tally.add({"queries": 1, "candidates_scanned": 1}, requests=1)["queries"] == 33

@@ -1,0 +1,42 @@
+"""CPU per request: the metric parsing and the ceiling arithmetic (the live measurement is in
+tests/integration/test_cpu_budget_live.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from megaclass.loadtest.cpu_budget import CpuBudget, completed_requests, markdown_table, ratio_ceiling
+
+METRICS = """# HELP nv_inference_request_success Number of successful inference requests
+nv_inference_request_success{model="classify",version="1"} 120
+nv_inference_request_success{model="classify",version="2"} 30
+nv_inference_request_success{model="encoder",version="1"} 150
+nv_inference_request_failure{model="classify",reason="BACKEND",version="1"} 7
+"""
+
+
+def test_completed_requests_sums_versions_of_one_model_only():
+    assert completed_requests(METRICS, "classify") == 150
+    assert completed_requests(METRICS, "encoder") == 150
+    assert completed_requests(METRICS, "retriever") == 0
+
+
+def _budget(**us):
+    return CpuBudget("classify", 32, 1000.0, 2, us)
+
+
+def test_ratio_ceiling_counts_the_unbatched_whole_against_the_batched_fixed_parts():
+    off = _budget(tritonserver=400, **{"stub:encoder": 500, "stub:retriever": 300, "load generator": 150, "idle": 50})
+    on = _budget(tritonserver=250, **{"stub:encoder": 150, "stub:retriever": 100, "load generator": 150, "idle": 20})
+    # unbatched total 1400 µs; batched fixed part 250 + 150 + the model's own 100 µs
+    assert ratio_ceiling(off, on, model_compute_us=100) == pytest.approx(1400 / 500)
+
+
+def test_markdown_table_lists_the_busy_parts_in_order_with_totals():
+    off = _budget(tritonserver=400, **{"stub:encoder": 500, "stub:decode": 0, "load generator": 150, "idle": 50})
+    on = _budget(tritonserver=250, **{"stub:encoder": 150, "stub:decode": 0.1, "load generator": 150, "idle": 20})
+    lines = markdown_table({"batching off": off, "batching on": on}).splitlines()
+    assert lines[0] == "| CPU µs per request | batching off | batching on |"
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == [
+        "tritonserver", "stub:encoder", "load generator", "idle", "**total**", "requests/s"]  # fmt: skip
+    assert lines[-2] == "| **total** | 1100 | 570 |"
