@@ -55,6 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from megaclass.loadtest.bench_index import bench_index, glyph_embedding_files
 
     files = [Path(f) if f else None for f in (args.prototypes, args.labels, args.queries)]
+    name = None
     if args.glyph_encoder:  # the glyph set embedded by a trained encoder: data set (b) of the issue
         from megaclass.export.onnx_export import sha256_file
 
@@ -62,10 +63,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         # Embeddings are cached by folder: one folder per encoder, so another encoder never reuses them.
         out = Path(args.glyph_out) if args.glyph_out else GLYPH_CACHE / f"glyph-emb-{sha256_file(encoder)[:12]}"
         files = list(glyph_embedding_files(encoder, out))
+        name = "glyphs"  # its docs section: "index-glyphs"
     bench_index(
         prototypes=files[0],
         labels=files[1],
         queries=files[2],
+        name=name,
         num_classes=args.classes, dim=args.dim, threads=args.threads, target_recall=args.target_recall,
         doc=Path(args.doc) if args.doc else None,
     )  # fmt: skip

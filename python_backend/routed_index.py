@@ -18,7 +18,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +58,6 @@ __all__ = [
 UNKNOWN_LABEL = "<unknown>"  # label of an entry whose score is below the threshold (class id -1)
 MISSING_LABEL = ""  # label of an empty slot: fewer than k classes found (class id -1, score -inf)
 BACKENDS = ("faiss", "numpy", "torch")
-_SMALL_M = 64
-_BEFORE = np.tri(_SMALL_M, _SMALL_M, -1, dtype=bool)  # [j, i]: i comes before j
 _ADD_CHUNK = 262144
 
 
@@ -131,21 +128,8 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     out_s = np.full((q, k), -np.inf, dtype=np.float32)
     if q == 0 or m == 0 or k == 0:
         return out_c, out_s
-    if m <= _SMALL_M:  # small candidate lists: per-row sort and an m x m duplicate test
-        order = np.lexsort((classes, -scores), axis=1)
-        row = np.arange(q)[:, None]
-        s = scores[row, order].astype(np.float32, copy=False)
-        c = classes[row, order]
-        valid = (c >= 0) & np.isfinite(s)
-        cv = np.where(valid, c, -2 - np.arange(m))  # invalid slots never match anything
-        seen = ((cv[:, :, None] == cv[:, None, :]) & _BEFORE[:m, :m]).any(axis=2)
-        keep = valid & ~seen
-        rank = np.cumsum(keep, axis=1) - 1
-        sel = keep & (rank < k)
-        rows = np.nonzero(sel)[0]
-        out_c[rows, rank[sel]] = c[sel]
-        out_s[rows, rank[sel]] = s[sel]
-        return out_c, out_s
+    if classes.max() < 1 << 32:  # the usual case: packed keys; else lexsorts over the flattened pairs
+        return _aggregate_packed(scores, classes, k, out_c, out_s)
     s = scores.ravel().astype(np.float32, copy=False)
     c = classes.ravel()
     r = np.repeat(np.arange(q), m)
@@ -163,6 +147,50 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     sel = rank < k
     out_c[r[sel], rank[sel]] = c[sel]
     out_s[r[sel], rank[sel]] = s[sel]
+    return out_c, out_s
+
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)  # sorts after every packed key
+
+
+def _score_keys(scores: np.ndarray) -> np.ndarray:
+    """uint64 keys whose ascending order is the scores' descending order (IEEE bits made sortable)."""
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32).astype(np.uint64)  # -0 -> +0
+    ascending = np.where(bits & np.uint64(0x80000000), ~bits & _LOW32, bits | np.uint64(0x80000000))
+    return ~ascending & _LOW32
+
+
+def _scores_of(keys: np.ndarray) -> np.ndarray:
+    """The inverse of `_score_keys`."""
+    ascending = ~keys & _LOW32
+    bits = np.where(ascending & np.uint64(0x80000000), ascending & np.uint64(0x7FFFFFFF), ~ascending & _LOW32)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _aggregate_packed(
+    scores: np.ndarray, classes: np.ndarray, k: int, out_c: np.ndarray, out_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`aggregate_classes` for short rows and 32-bit class ids: two per-row sorts of packed uint64 keys.
+
+    First (class, score descending) so a class's best entry comes first, then (score descending,
+    class) over those best entries; no m x m comparison, no fancy indexing per element.
+    """
+    valid = (classes >= 0) & np.isfinite(scores)
+    skey = _score_keys(scores)
+    cls = np.where(valid, classes, 0).astype(np.uint64)
+    by_class = np.sort(np.where(valid, (cls << np.uint64(32)) | skey, _NONE), axis=1)
+    c = by_class >> np.uint64(32)
+    first = by_class != _NONE
+    first[:, 1:] &= c[:, 1:] != c[:, :-1]
+    by_score = np.where(first, ((by_class & _LOW32) << np.uint64(32)) | c, _NONE)
+    if k < by_score.shape[1]:
+        by_score = np.partition(by_score, k - 1, axis=1)[:, :k]
+    by_score = np.sort(by_score, axis=1)
+    n = by_score.shape[1]
+    found = by_score != _NONE
+    out_c[:, :n] = np.where(found, (by_score & _LOW32).astype(np.int64), -1)
+    out_s[:, :n] = np.where(found, _scores_of(by_score >> np.uint64(32)), -np.inf)
     return out_c, out_s
 
 
@@ -272,8 +300,6 @@ class RoutedIndex:
         self.manifest: dict[str, Any] = manifest or {}
         self._lock = _RWLock()
         self._threads = cfg.threads if cfg.threads > 0 else faiss.omp_get_max_threads()
-        self._executor: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
         self._faiss: tuple[faiss.IndexIVF, faiss.IndexIVF] | None = None  # (editable, searched)
         self._grouped: dict[str, Any] | None = None
         if cfg.threads > 0:
@@ -438,14 +464,11 @@ class RoutedIndex:
             if self.cfg.storage != "flat":
                 fetch = max(fetch, (rerank or max(4 * top_k, 40)) * (1 + max(self.cfg.spill, 0)))
             fetch = max(1, min(fetch, self.num_entries))
-            parts = self._slices(len(xq))
-            if len(parts) > 1:
-                done = list(self._pool().map(lambda sl: self._search_part(xq[sl], nprobe, fetch, top_k), parts))
-            else:
-                done = [self._search_part(xq, nprobe, fetch, top_k)]
-            class_ids = np.concatenate([d[0] for d in done])
-            best = np.concatenate([d[1] for d in done])
-            scanned = sum(d[2] for d in done) / max(len(xq), 1)
+            # One pipeline for the whole batch: FAISS parallelises its scan over the queries itself
+            # (parallel_mode 3, see storage.search_form), the re-rank too; Python threads each calling
+            # FAISS scaled only 1.3-1.45x on two cores (measured on the glyph embeddings).
+            class_ids, best, scanned = self._search_part(xq, nprobe, fetch, top_k)
+            scanned /= max(len(xq), 1)
             result = self._finish(class_ids, best, threshold)
         result.stats = {
             "backend": self.cfg.backend,
@@ -458,25 +481,8 @@ class RoutedIndex:
         }
         return result
 
-    def _slices(self, q: int) -> list[slice]:
-        """The FAISS backend splits a batch over its threads (one single-threaded pipeline each)."""
-        threads = self._threads if self.cfg.backend == "faiss" else 1
-        parts = max(1, min(threads, q // 8))
-        bounds = [q * i // parts for i in range(parts + 1)]
-        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            with self._pool_lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        self._threads, thread_name_prefix="routed-index", initializer=faiss.omp_set_num_threads,
-                        initargs=(1,),
-                    )  # fmt: skip
-        return self._executor
-
     def _search_part(self, xq: np.ndarray, nprobe: int, fetch: int, top_k: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Route, scan, re-rank and aggregate one slice: (class ids, scores, entries scanned in total)."""
+        """Route, scan, re-rank and aggregate a batch: (class ids, scores, entries scanned in total)."""
         if len(xq) == 0:
             return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), 0.0
         scores, rows, probes = self._scan(xq, nprobe, fetch)
@@ -535,8 +541,17 @@ class RoutedIndex:
 
     def _exact_scores(self, xq: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact inner products of each query with its candidate rows (-inf where rows is -1)."""
-        v = self._vectors[np.maximum(rows, 0)]  # [Q, M, D]
-        s = np.einsum("qmd,qd->qm", v, xq)  # no BLAS threads: runs inside the slice's worker
+        ids = np.ascontiguousarray(np.maximum(rows, 0), dtype=np.int64)
+        s = np.empty(ids.shape, dtype=np.float32)
+        vectors, xq = self._vectors, np.ascontiguousarray(xq, dtype=np.float32)
+        if vectors.dtype == np.float32 and vectors.flags.c_contiguous:
+            # FAISS reads the candidate rows in place (4x faster than gathering them first).
+            q, m = ids.shape
+            faiss.fvec_inner_products_by_idx(
+                faiss.swig_ptr(s), faiss.swig_ptr(xq), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), self.dim, q, m
+            )
+        else:
+            s[:] = np.einsum("qmd,qd->qm", vectors[ids], xq)  # no BLAS threads: runs inside the slice's worker
         s[rows < 0] = -np.inf
         return s
 

@@ -157,11 +157,16 @@ def faiss_add(
 
 
 def search_form(ivf: faiss.IndexIVF, storage: str) -> faiss.IndexIVF:
-    """The index to search: 4-bit PQ is converted to FAISS's fast-scan layout, others are used as is."""
+    """The index to search: 4-bit PQ is converted to FAISS's fast-scan layout, others are used as is.
+
+    Parallel mode 3: `search_preassigned` (we route ourselves) spreads a batch's queries over the
+    OpenMP threads; in the default mode only `search` does, and a preassigned scan runs on one thread.
+    """
     if storage == "pq" and ivf.pq.nbits == 4:
         fast = faiss.IndexIVFPQFastScan(ivf)
         fast.by_residual = False
-        return fast
+        ivf = fast
+    ivf.parallel_mode = 3
     return ivf
 
 

@@ -96,13 +96,17 @@ def test_class_aggregation_counts_a_class_once_at_its_best_score() -> None:
     assert res.scores[0, 3] == -np.inf
 
 
-@pytest.mark.parametrize("m", [1, 30, 200])  # both the small-m and the general path
-def test_aggregate_classes_matches_loop(m: int) -> None:
+@pytest.mark.parametrize("m", [1, 30, 200])
+@pytest.mark.parametrize("first_id", [0, 3_000_000_000, 1 << 40])  # packed keys (ids < 2**32) and the general path
+def test_aggregate_classes_matches_loop(m: int, first_id: int) -> None:
     rng = np.random.default_rng(3)
     s = rng.standard_normal((20, m)).astype(np.float32)
     s[0, :2] = np.inf * np.array([-1, 1]) if m > 1 else s[0, :1]
     s[1, : m // 2] = 0.5  # ties: broken by class id
+    s[2, : m // 2] = np.where(np.arange(m // 2) % 2, -0.0, 0.0)  # signed zeros are one score
+    s[3, : m // 3] = -3.5  # negative scores keep their order
     c = rng.integers(-1, 8, (20, m))
+    c = np.where(c >= 0, c + first_id, -1)
     got_c, got_s = aggregate_classes(s, c, 5)
     for i in range(20):
         best: dict[int, float] = {}
@@ -229,3 +233,14 @@ def test_concurrent_searches_agree(data: dict) -> None:
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: index.search(data["xq"], top_k=5).class_ids, range(16)))
     assert all((r == ref).all() for r in results)
+
+
+def test_rerank_scores_are_exact_inner_products_and_minus_inf_for_missing_rows(data: dict) -> None:
+    index: RoutedIndex = data["index"]
+    xq = np.ascontiguousarray(data["xq"][:6])
+    rows = np.random.default_rng(5).integers(-1, len(data["xb"]), (6, 9))
+    rows[0, :3] = -1
+    got = index._exact_scores(xq, rows)
+    want = np.einsum("qmd,qd->qm", index._vectors[np.maximum(rows, 0)], xq)
+    np.testing.assert_allclose(got[rows >= 0], want[rows >= 0], rtol=1e-5, atol=1e-6)
+    assert (got[rows < 0] == -np.inf).all() and got.dtype == np.float32

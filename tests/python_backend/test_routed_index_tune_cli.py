@@ -119,7 +119,8 @@ def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
     names = [r["name"] for r in report["runs"]]
     assert names[0].startswith("exact") and any("IVF" in n for n in names) and any("HNSW" in n for n in names)
     assert sum(n.startswith("routed") for n in names) == 2
-    assert all(r["recall"] >= 0.9 for r in report["runs"])
+    # Tuned on one half to 0.9, measured on the other (64 queries here): close to the target, not exactly on it.
+    assert all(r["recall"] >= 0.85 for r in report["runs"])
     assert (tmp_path / "out" / "tiny.png").stat().st_size > 1000
     text = doc.read_text()
     assert "<!-- megaclass:index-tiny:begin -->" in text and "| method |" in text and "img/index-tiny.png" in text
