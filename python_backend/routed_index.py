@@ -458,6 +458,8 @@ class RoutedIndex:
         nprobe = min(nprobe, self.nlist)
         threshold = self.cfg.score_threshold if threshold is None else threshold
         rerank = self.cfg.rerank if rerank is None else int(rerank)
+        if self.cfg.threads > 0 and self.cfg.backend == "faiss":
+            faiss.omp_set_num_threads(self.cfg.threads)  # OpenMP's setting is per calling thread
         with self._lock.read():
             # Each of the best k classes has its best entry among the best k * (entries per class).
             fetch = top_k * self._max_mult

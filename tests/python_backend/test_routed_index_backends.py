@@ -152,3 +152,22 @@ def test_with_storage_keeps_the_router_and_opq_rotation_is_orthogonal(data: dict
     _same_up_to_ties(opq.search(data["xq"], 5, nprobe=opq.nlist, rerank=opq.num_entries), truth)
     with pytest.raises(ValueError, match="faiss backend only"):
         opq.use_backend("numpy")
+
+
+def test_configured_threads_hold_in_whichever_thread_searches(data: dict) -> None:
+    import threading
+
+    import faiss
+
+    index = _build(data, threads=1)
+    seen = []
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(2)  # this thread's own OpenMP setting, as a server thread may have
+        index.search(data["xq"][:4], 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [1]
