@@ -15,6 +15,8 @@ Scan backends (same answers):
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -128,6 +130,8 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     out_s = np.full((q, k), -np.inf, dtype=np.float32)
     if q == 0 or m == 0 or k == 0:
         return out_c, out_s
+    if q * m <= _PYTHON_AGGREGATE_MAX:  # a query or two: plain Python beats two dozen small numpy calls
+        return _aggregate_rows_python(scores, classes, k, out_c, out_s)
     if classes.max() < 1 << 32:  # the usual case: packed keys; else lexsorts over the flattened pairs
         return _aggregate_packed(scores, classes, k, out_c, out_s)
     s = scores.ravel().astype(np.float32, copy=False)
@@ -147,6 +151,24 @@ def aggregate_classes(scores: np.ndarray, classes: np.ndarray, k: int) -> tuple[
     sel = rank < k
     out_c[r[sel], rank[sel]] = c[sel]
     out_s[r[sel], rank[sel]] = s[sel]
+    return out_c, out_s
+
+
+_PYTHON_AGGREGATE_MAX = 128  # candidates in a batch up to which rows are aggregated in plain Python
+
+
+def _aggregate_rows_python(
+    scores: np.ndarray, classes: np.ndarray, k: int, out_c: np.ndarray, out_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`aggregate_classes` row by row with a dict: the fast path for single queries (per-call overhead)."""
+    for i, (row_s, row_c) in enumerate(zip(scores.astype(np.float32).tolist(), classes.tolist(), strict=True)):
+        best: dict[int, float] = {}
+        for c, v in zip(row_c, row_s, strict=True):
+            if c >= 0 and math.isfinite(v) and v > best.get(c, -math.inf):
+                best[c] = v
+        top = heapq.nsmallest(k, best.items(), key=lambda t: (-t[1], t[0]))
+        for j, (c, v) in enumerate(top):
+            out_c[i, j], out_s[i, j] = c, v
     return out_c, out_s
 
 

@@ -96,7 +96,7 @@ def test_class_aggregation_counts_a_class_once_at_its_best_score() -> None:
     assert res.scores[0, 3] == -np.inf
 
 
-@pytest.mark.parametrize("m", [1, 30, 200])
+@pytest.mark.parametrize("m", [1, 5, 30, 200])  # plain Python (up to 128 candidates), packed keys, general
 @pytest.mark.parametrize("first_id", [0, 3_000_000_000, 1 << 40])  # packed keys (ids < 2**32) and the general path
 def test_aggregate_classes_matches_loop(m: int, first_id: int) -> None:
     rng = np.random.default_rng(3)
