@@ -119,7 +119,7 @@ def budget_section(budgets: dict[str, CpuBudget], onnx_path: Path, image_size: i
     ceiling = ratio_ceiling(budgets["batching off"], on, compute)
     return (
         f"**Where the CPU goes**, `classify` at concurrency {on.concurrency} (CPU time of each process over a "
-        f"10 s window ÷ requests the server completed; the load generator shares the {on.cores} cores):\n\n"
+        f"{on.window_s:.0f} s window ÷ requests the server completed; the load generator shares the {on.cores} cores):\n\n"
         + budget_table(budgets)
         + f"\n\nThe encoder's own compute is {compute:.0f} µs per image (ONNX Runtime, one thread, batch {batch}). "
         f"If both Python models cost nothing beyond it, the server core and the load generator at their batched "

@@ -32,6 +32,7 @@ class CpuBudget:
     requests_per_s: float
     cores: int
     us_per_request: dict[str, float]  # "tritonserver", "stub:<model>", "load generator", "idle"
+    window_s: float = 0.0  # the measured window
 
     def busy_us(self, parts: tuple[str, ...]) -> float:
         return sum(self.us_per_request.get(p, 0.0) for p in parts)
@@ -122,7 +123,7 @@ def measure_cpu_budget(
     wall = t1 - t0
     us = {name: (after[name] - before[name]) / done * 1e6 for name in parts}
     us["idle"] = max(0.0, cores * wall / done * 1e6 - sum(us.values()))
-    return CpuBudget(model, concurrency, done / wall, cores, us)
+    return CpuBudget(model, concurrency, done / wall, cores, us, wall)
 
 
 def ratio_ceiling(unbatched: CpuBudget, batched: CpuBudget, model_compute_us: float) -> float:

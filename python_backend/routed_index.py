@@ -193,7 +193,7 @@ def _scores_of(keys: np.ndarray) -> np.ndarray:
 def _aggregate_packed(
     scores: np.ndarray, classes: np.ndarray, k: int, out_c: np.ndarray, out_s: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`aggregate_classes` for short rows and 32-bit class ids: two per-row sorts of packed uint64 keys.
+    """`aggregate_classes` for class ids below 2**32: two per-row sorts of packed uint64 keys.
 
     First (class, score descending) so a class's best entry comes first, then (score descending,
     class) over those best entries; no m x m comparison, no fancy indexing per element.
@@ -321,7 +321,6 @@ class RoutedIndex:
         self.codec = codec
         self.manifest: dict[str, Any] = manifest or {}
         self._lock = _RWLock()
-        self._threads = cfg.threads if cfg.threads > 0 else faiss.omp_get_max_threads()
         self._faiss: tuple[faiss.IndexIVF, faiss.IndexIVF] | None = None  # (editable, searched)
         self._grouped: dict[str, Any] | None = None
         if cfg.threads > 0:
@@ -491,7 +490,7 @@ class RoutedIndex:
             # One pipeline for the whole batch: FAISS parallelises its scan over the queries itself
             # (parallel_mode 3, see storage.search_form), the re-rank too; Python threads each calling
             # FAISS scaled only 1.3-1.45x on two cores (measured on the glyph embeddings).
-            class_ids, best, scanned = self._search_part(xq, nprobe, fetch, top_k)
+            class_ids, best, scanned = self._search_batch(xq, nprobe, fetch, top_k)
             scanned /= max(len(xq), 1)
             result = self._finish(class_ids, best, threshold)
         result.stats = {
@@ -505,7 +504,9 @@ class RoutedIndex:
         }
         return result
 
-    def _search_part(self, xq: np.ndarray, nprobe: int, fetch: int, top_k: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def _search_batch(
+        self, xq: np.ndarray, nprobe: int, fetch: int, top_k: int
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """Route, scan, re-rank and aggregate a batch: (class ids, scores, entries scanned in total)."""
         if len(xq) == 0:
             return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), 0.0

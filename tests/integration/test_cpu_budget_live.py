@@ -12,7 +12,7 @@ def test_cpu_budget_accounts_for_server_stubs_and_generator(tiny_stack):
     budget = measure_cpu_budget(
         tiny_stack.server, "classify", 2, window_s=2.0, warmup_s=1.5, shapes={"IMAGE": [1, size, size]}
     )
-    assert budget.requests_per_s > 10
+    assert budget.requests_per_s > 10 and budget.window_s >= 2.0
     us = budget.us_per_request
     assert {"tritonserver", "stub:encoder", "stub:retriever", "load generator", "idle"} <= set(us)
     assert us["tritonserver"] > 0 and us["stub:encoder"] > 0 and us["stub:retriever"] > 0
@@ -28,12 +28,12 @@ def test_budget_section_reports_the_tables_and_a_ceiling(tiny_stack):
 
     parts = {"tritonserver": 300.0, "stub:encoder": 400.0, "stub:retriever": 300.0, "load generator": 150.0}
     off = CpuBudget("classify", 32, 1000.0, 2, {**parts, "idle": 50.0})
-    on = CpuBudget("classify", 32, 2500.0, 2, {"tritonserver": 200.0, "load generator": 150.0, "idle": 30.0})
+    on = CpuBudget("classify", 32, 2500.0, 2, {"tritonserver": 200.0, "load generator": 150.0, "idle": 30.0}, 10.0)
     onnx = tiny_stack.repo.parent / "encoder.onnx"
     text = budget_section(
         {"batching off": off, "batching on": on}, onnx, tiny_stack.images.shape[-1], tiny_stack.serving
     )
-    assert "| tritonserver | 300 | 200 |" in text and "requests/s | 1000 | 2500 |" in text
+    assert "| tritonserver | 300 | 200 |" in text and "requests/s | 1000 | 2500 |" in text and "10 s window" in text
     compute = float(text.split("own compute is ")[1].split(" µs")[0])
     ceiling = float(text.split("cap the ratio at **")[1].split("×")[0])
     assert compute > 0 and ceiling == pytest.approx(1200 / (350 + compute), abs=0.01)
