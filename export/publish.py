@@ -120,15 +120,16 @@ def _encoder_target(repo: Path) -> str:
 def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
     """Publish `onnx_path` (a TensorRT plan for a gpu-tensorrt repository, a `save_encoder` file for
     gpu-torch) as the next encoder version."""
-    if _encoder_target(repo) not in ("gpu-tensorrt", "gpu-torch"):
+    target = _encoder_target(repo)
+    if target not in ("gpu-tensorrt", "gpu-torch"):
         import onnx
 
         try:
             onnx.checker.check_model(str(onnx_path))
         except Exception as exc:
             raise PublishError(f"{onnx_path} is not a valid ONNX model: {exc}") from exc
-    files = {encoder_file_name(_encoder_target(repo)): Path(onnx_path)}
-    if _encoder_target(repo) in PYTHON_ENCODER_TARGETS:
+    files = {encoder_file_name(target): Path(onnx_path)}
+    if target in PYTHON_ENCODER_TARGETS:
         files["model.py"] = model_file(ENCODER)
     check_free_space(repo / ENCODER, [Path(onnx_path)])
     try:

@@ -12,7 +12,6 @@ cores the load generator shares, those set a ceiling on the ratio batching can r
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 import urllib.request
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaclass.loadtest.perf import perf_analyzer_binary, perf_environment
+from megaclass.loadtest.scaleout import parse_triton_counters
 from megaclass.python_backend.server_watchdog import stub_identity
 
 
@@ -64,12 +64,9 @@ def part_pids(server_pid: int, generator_pid: int) -> dict[str, list[int]]:
     return parts
 
 
-_SUCCESS = re.compile(r"^nv_inference_request_success\{([^}]*)\}\s+([0-9.eE+]+)", re.M)
-
-
 def completed_requests(metrics_text: str, model: str) -> float:
     """The server's count of successful requests of `model` (all versions) in Prometheus text."""
-    return sum(float(v) for labels, v in _SUCCESS.findall(metrics_text) if f'model="{model}"' in labels)
+    return parse_triton_counters(metrics_text).get(("nv_inference_request_success", model), 0.0)
 
 
 def _scrape(metrics_url: str) -> str:

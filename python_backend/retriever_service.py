@@ -161,7 +161,7 @@ class SearchTally:
     sums are sent at most every `interval_s` while batches are large (the server is busy), and at
     once for a batch of at most `small_batch` requests (light load: each call is cheap next to the
     traffic, and the metrics stay exact). Under load the metrics lag by at most `interval_s`;
-    after a burst, until the next request.
+    after a burst, until the next request. The nprobe gauge is sent only when it changes.
     """
 
     def __init__(self, interval_s: float = 0.5, small_batch: int = 2, clock: Callable[[], float] = time.monotonic):
@@ -171,10 +171,12 @@ class SearchTally:
         self.queries = 0
         self.candidates = 0
         self.nprobe: int | None = None
+        self._nprobe_sent: int | None = None
         self._sent_at = -math.inf
 
     def add(self, stats: dict, requests: int) -> dict | None:
-        """Add one batch's `stats`; returns the sums to send (and starts afresh) when due, else None."""
+        """Add one batch's `stats`; returns the sums to send (and starts afresh) when due, else None;
+        its "nprobe" is None unless it changed since the last send."""
         if stats:
             self.queries += int(stats.get("queries", 0))
             self.candidates += int(stats.get("candidates_scanned", stats.get("fetched_per_query", 0)))
@@ -182,7 +184,9 @@ class SearchTally:
         now = self.clock()
         if not self.queries or (requests > self.small_batch and now - self._sent_at < self.interval_s):
             return None
-        due = {"queries": self.queries, "candidates": self.candidates, "nprobe": self.nprobe}
+        changed = self.nprobe if self.nprobe != self._nprobe_sent else None
+        due = {"queries": self.queries, "candidates": self.candidates, "nprobe": changed}
         self.queries = self.candidates = 0
+        self._nprobe_sent = self.nprobe
         self._sent_at = now
         return due

@@ -94,3 +94,10 @@ def test_search_tally_sends_small_batches_at_once_and_large_ones_in_sums():
     now[0] = 0.7
     assert tally.add({"queries": 32, "candidates_scanned": 1}, requests=32) is None
     assert tally.add({"queries": 1, "candidates_scanned": 1}, requests=1)["queries"] == 33
+
+
+def test_search_tally_sends_nprobe_only_when_it_changes():
+    tally = SearchTally(small_batch=2)
+    assert tally.add({"queries": 1, "nprobe": 4}, requests=1)["nprobe"] == 4
+    assert tally.add({"queries": 1, "nprobe": 4}, requests=1)["nprobe"] is None
+    assert tally.add({"queries": 1, "nprobe": 6}, requests=1)["nprobe"] == 6

@@ -80,7 +80,6 @@ class TritonPythonModel:
         self.metrics["index"] = self.metric_families["index"].Metric(labels={**labels, "index": fingerprint})
         self.metrics["index"].set(self.index.num_classes)
         self.tally = SearchTally()
-        self._nprobe_shown = None
 
     def _parse(self, request):
         tensor = pb_utils.get_input_tensor_by_name(request, "EMBEDDING")
@@ -98,17 +97,15 @@ class TritonPythonModel:
         return RetrieverRequest(embeddings, k, t)
 
     def _record(self, stats, requests):
-        # Metric calls are round trips to the server process: sent in sums (see SearchTally), the
-        # gauge only when it changes.
+        # Metric calls are round trips to the server process: sent in sums (see SearchTally).
         due = self.tally.add(stats, requests)
         if due is None:
             return
         self.metrics["queries"].increment(due["queries"])
         if due["candidates"]:
             self.metrics["candidates"].increment(due["candidates"])
-        if due["nprobe"] is not None and due["nprobe"] != self._nprobe_shown:
+        if due["nprobe"] is not None:
             self.metrics["nprobe"].set(due["nprobe"])
-            self._nprobe_shown = due["nprobe"]
 
     def execute(self, requests):
         parsed = []
