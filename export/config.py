@@ -116,7 +116,8 @@ class IndexConfig:
     storage: Literal["flat", "fp16", "sq8", "pq"] = "flat"
     spill: int = 0  # extra clusters a prototype is also assigned to
     score_threshold: float | None = None  # below it the answer is "unknown"
-    backend: Literal["faiss", "numpy", "torch"] = "faiss"  # scan kernels; "numpy"/"torch": grouped GEMM
+    # Scan kernels: "numpy"/"torch" grouped GEMM; "native" fused 4-bit PQ (README, "scan backends").
+    backend: Literal["faiss", "numpy", "torch", "native"] = "faiss"
     seed: int = 0
     # Routed-index details (python_backend/routed_index*.py).
     rerank: int = 0  # compressed storage: candidates per query re-scored exactly; 0: max(4 * top_k, 40)
@@ -127,6 +128,7 @@ class IndexConfig:
     pq_m: int | None = None  # PQ sub-quantisers; None: dim // 4
     pq_bits: int = 4  # 4: FAISS fast-scan kernels
     opq: bool = False  # PQ after a learnt rotation (OPQ); helps on data whose variance is uneven across dims
+    pq_residual: bool = False  # PQ of x - its cluster's centroid (far smaller errors on clustered data); native backend
     threads: int = 0  # search threads (FAISS/OpenMP, torch); 0: the libraries' default
     rebuild_imbalance: float = 3.0  # `needs_rebuild` once the largest cluster exceeds this times the mean
     rebuild_drift: float = 1.5  # ... or once entries sit this much farther (mean squared) from their centroids

@@ -36,9 +36,13 @@ from megaclass.python_backend.routed_index_tune import (
     tune,
 )
 
+# Routed settings the benchmark tries (IndexConfig fields; "nlist_scale": clusters as a multiple of
+# the default 4 sqrt(N), FAISS's IVF then also runs at that count).
 ROUTED_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"storage": "sq8", "spill": 1},
+    {"storage": "pq", "spill": 1, "pq_m": 64, "pq_residual": True, "backend": "native"},
+    {"storage": "pq", "spill": 1, "pq_m": 64, "pq_residual": True, "backend": "native", "nlist_scale": 0.5},
     {"storage": "pq", "spill": 1, "pq_m": 64},
+    {"storage": "sq8", "spill": 1},
     {"storage": "flat", "spill": 0},
 )
 
@@ -239,6 +243,13 @@ def _ivf_run(
     ), lambda x: search(x, top_k, chosen)  # fmt: skip
 
 
+def routed_nlist(rc: dict[str, Any], default: int) -> int:
+    """Clusters of routed config `rc`: its "nlist", or "nlist_scale" x the default, or the default."""
+    if rc.get("nlist"):
+        return int(rc["nlist"])
+    return max(1, int(round(default * float(rc.get("nlist_scale", 1.0)))))
+
+
 _ROUTER_FIELDS = ("nlist", "spill", "balance", "kmeans_iters", "kmeans_sample", "soar_lambda", "seed")
 
 
@@ -260,7 +271,9 @@ def _cached_routed(
     if same_router:
         base = RoutedIndex.load(same_router[0].parent)
         router_s = float(base.manifest["router"].get("seconds", base.manifest.get("build_seconds", 0.0)))
-        base.cfg = dataclasses.replace(base.cfg, opq=cfg.opq, rerank=cfg.rerank)
+        base.cfg = dataclasses.replace(
+            base.cfg, opq=cfg.opq, rerank=cfg.rerank, pq_residual=cfg.pq_residual, backend=cfg.backend
+        )
         index = base.with_storage(cfg.storage, pq_m=cfg.pq_m, pq_bits=cfg.pq_bits)
         build_s = router_s + time.perf_counter() - t0
         index.manifest["build_seconds"] = build_s
@@ -291,10 +304,11 @@ def _routed_run(
     """The routed index with config `rc` (IndexConfig fields), tuned on the tuning half."""
     d = xb.shape[1]
     backend = rc.get("backend", "faiss")
-    cfg = IndexConfig(**{"nlist": nlist, **rc})
-    tag = "-".join(f"{k}={v}" for k, v in sorted({"nlist": cfg.nlist, **rc}.items()) if k != "backend")
+    rc = {k: v for k, v in rc.items() if k != "nlist_scale"} | {"nlist": routed_nlist(rc, nlist)}
+    cfg = IndexConfig(**rc)
+    tag = "-".join(f"{k}={v}" for k, v in sorted(rc.items()) if k != "backend")
     index, build_s = _cached_routed(xb, ids, labels, cfg, backend, cache)
-    t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch)
+    t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch, repeats=3)
 
     def search(x: np.ndarray, nprobe: int = t.nprobe) -> Any:
         return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank)
@@ -426,7 +440,7 @@ def _run(
     print(f"  exact: {runs[-1].timings}", flush=True)
 
     # FAISS IVF-Flat at 4√N clusters and at every cluster count a routed config uses (same C)
-    ivf_lists = sorted({nlist, *(int(rc["nlist"]) for rc in routed_configs if rc.get("nlist"))})
+    ivf_lists = sorted({nlist, *(routed_nlist(rc, nlist) for rc in routed_configs)})
     timed: list[tuple[MethodRun, Callable[[np.ndarray], Any]]] = []
     for c in ivf_lists:
         timed.append(

@@ -17,7 +17,8 @@ GLYPH_CACHE = Path(".cache/megaclass/bench")
 def _index_config(args: argparse.Namespace):
     from megaclass.export.config import IndexConfig
 
-    changes = {k: getattr(args, k) for k in ("nlist", "nprobe", "storage", "spill", "backend") if getattr(args, k)}
+    keys = ("nlist", "nprobe", "storage", "spill", "backend", "pq_m", "pq_residual")
+    changes = {k: getattr(args, k) for k in keys if getattr(args, k)}
     return dataclasses.replace(IndexConfig(), **changes)
 
 
@@ -88,7 +89,14 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--storage", choices=["flat", "fp16", "sq8", "pq"], default=None)
     p.add_argument("--spill", type=int, default=None)
-    p.add_argument("--backend", choices=["faiss", "numpy", "torch"], default=None)
+    p.add_argument("--backend", choices=["faiss", "numpy", "torch", "native"], default=None)
+    p.add_argument("--pq-m", dest="pq_m", type=int, default=None, help="PQ sub-quantisers (pq storage)")
+    p.add_argument(
+        "--pq-residual",
+        dest="pq_residual",
+        action="store_true",
+        help="PQ codes of x - centroid (native backend; far smaller errors on clustered data)",
+    )
     p.set_defaults(func=cmd_build)
     p = ix.add_parser("tune", help="choose nprobe for a target search recall on held-out queries")
     p.add_argument("--index", required=True)

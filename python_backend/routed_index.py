@@ -6,10 +6,12 @@ Clusters hold exact, float16, 8-bit or PQ codes; the compressed forms only pick 
 are re-scored with the exact vectors. The answer is the top-k *distinct classes*, each with its best
 prototype's score.
 
-Scan backends (same answers):
+Scan backends (the same answers from the same codes):
 - "faiss": FAISS's SIMD list scanners (one query at a time, OpenMP over queries), fast scan for PQ.
 - "numpy": grouped scan, one BLAS product per cluster and batch (each list read once per batch).
 - "torch": the grouped scan with `bmm`, on CUDA where present, else on the CPU.
+- "native": 4-bit PQ storage only; route, scan, re-rank and class aggregation fused in one compiled
+  call per batch (routed_index_pq4.py), built with the machine's C++ compiler on first use.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -29,6 +32,7 @@ import faiss
 import numpy as np
 
 from megaclass.export.config import IndexConfig
+from megaclass.python_backend import routed_index_pq4 as pq4
 from megaclass.python_backend import routed_index_storage as storage_mod
 from megaclass.python_backend.device_arrays import is_torch_tensor, to_numpy
 from megaclass.python_backend.routed_index_grouped import grouped_scan_numpy, grouped_scan_torch
@@ -59,8 +63,9 @@ __all__ = [
 
 UNKNOWN_LABEL = "<unknown>"  # label of an entry whose score is below the threshold (class id -1)
 MISSING_LABEL = ""  # label of an empty slot: fewer than k classes found (class id -1, score -inf)
-BACKENDS = ("faiss", "numpy", "torch")
+BACKENDS = ("faiss", "numpy", "torch", "native")
 _ADD_CHUNK = 262144
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass
@@ -274,6 +279,25 @@ def _check_prototypes(prototypes: Any, class_ids: Any, dim: int | None = None) -
     return xb, ids
 
 
+def _check_backend_storage(backend: str, storage: str, residual: bool = False) -> None:
+    """PQ codes are scanned by FAISS or the native kernel; the grouped backends need flat/fp16/sq8."""
+    if storage == "pq" and backend not in ("faiss", "native"):
+        raise ValueError("pq storage is scanned by the faiss or native backend (use flat, fp16 or sq8)")
+    if backend == "native" and storage != "pq":
+        raise ValueError("the native backend scans 4-bit pq storage only (use storage='pq', pq_bits=4)")
+    if residual and storage == "pq" and backend != "native":
+        raise ValueError("residual PQ codes (pq_residual) are scanned by the native backend only")
+
+
+def _backend_for(storage: str, backend: str, residual: bool = False) -> str:
+    """`backend` if it can scan `storage`, else one that can (native for residual PQ, else FAISS)."""
+    try:
+        _check_backend_storage(backend, storage, residual)
+        return backend
+    except ValueError:
+        return "native" if storage == "pq" and residual else "faiss"
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
@@ -306,8 +330,7 @@ class RoutedIndex:
         if cfg.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
         storage_mod.check_storage(cfg.storage)
-        if cfg.storage == "pq" and cfg.backend != "faiss":
-            raise ValueError("pq storage is scanned by the faiss backend only (use flat, fp16 or sq8)")
+        _check_backend_storage(cfg.backend, cfg.storage, cfg.pq_residual)
         self.cfg = cfg
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.dim = int(self.centroids.shape[1])
@@ -324,6 +347,7 @@ class RoutedIndex:
         self._lock = _RWLock()
         self._faiss: tuple[faiss.IndexIVF, faiss.IndexIVF] | None = None  # (editable, searched)
         self._grouped: dict[str, Any] | None = None
+        self._native: pq4.Pq4Search | None = None
         if cfg.threads > 0:
             faiss.omp_set_num_threads(cfg.threads)
         self._refresh()
@@ -375,12 +399,16 @@ class RoutedIndex:
 
     def memory_bytes(self) -> dict[str, int]:
         """Resident bytes: scanned codes (per entry), exact vectors (re-rank, add, save), router, ids."""
-        codes = self.num_entries * storage_mod.code_bytes(self.cfg.storage, self.dim, self.codec)
+        if self.cfg.backend == "native" and self._native is not None:  # blocks of 32 slots, padding included
+            codes, ids = self._native.code_bytes(), self._native.layout["slot_row"].nbytes + self._row_class.nbytes
+        else:
+            codes = self.num_entries * storage_mod.code_bytes(self.cfg.storage, self.dim, self.codec)
+            ids = self._entry_row.nbytes + self._row_class.nbytes
         return {
             "codes": int(codes),
             "exact_vectors": int(self._vectors.nbytes),
             "router": int(self.centroids.nbytes),
-            "ids": int(self._entry_row.nbytes + self._row_class.nbytes),
+            "ids": int(ids),
         }
 
     # ------------------------------------------------------------------ build
@@ -403,7 +431,7 @@ class RoutedIndex:
         nlist = min(cfg.nlist or default_nlist(len(xb)), len(xb))
         centroids, entry_row, entry_list = _route_rows(xb, nlist, cfg, progress)
         router_s = time.perf_counter() - t0
-        codec = _train_codec(xb, cfg)
+        codec = _train_codec(xb, cfg, centroids, entry_row, entry_list)
         params = {**dataclasses.asdict(cfg), "nlist": nlist}
         manifest = {"params": params, "build_seconds": round(time.perf_counter() - t0, 3)}
         index = cls(
@@ -429,6 +457,7 @@ class RoutedIndex:
         self._sizes = self.list_sizes()
         self._faiss = None
         self._grouped = None
+        self._native = None
         self._prepare(self.cfg.backend)
 
     def _prepare(self, backend: str) -> None:
@@ -440,15 +469,30 @@ class RoutedIndex:
                     ivf, self.cfg.storage, self.codec, self._vectors[rows], rows, self._entry_list[s : s + _ADD_CHUNK]
                 )
             self._faiss = (ivf, storage_mod.search_form(ivf, self.cfg.storage))
+        elif backend == "native" and self._native is None:
+            self._native = self._native_search()
         elif backend in ("numpy", "torch") and (self._grouped is None or self._grouped["backend"] != backend):
-            if self.cfg.storage == "pq":
-                raise ValueError("pq storage is scanned by the faiss backend only")
+            _check_backend_storage(backend, self.cfg.storage)
             self._grouped = _padded_layout(
                 self._entry_row, self._entry_list, self.nlist, self._vectors, self.cfg.storage, self.codec
             )
             self._grouped["backend"] = backend
             if backend == "torch":
                 _to_torch(self._grouped, self.centroids, self.cfg)
+
+    def _native_search(self, portable: bool = False) -> pq4.Pq4Search:
+        """The native backend's search over this index's current arrays (`portable`: without SIMD)."""
+        pq4.check_supported(self.cfg.storage, self.codec)
+        return pq4.Pq4Search(
+            entry_row=self._entry_row,
+            entry_list=self._entry_list,
+            centroids=self.centroids,
+            vectors=self._vectors,
+            row_class=self._row_class,
+            codec=self.codec,
+            residual=self.cfg.pq_residual,
+            portable=portable,
+        )
 
     # ----------------------------------------------------------------- search
     def search(
@@ -483,10 +527,13 @@ class RoutedIndex:
         if self.cfg.threads > 0 and self.cfg.backend == "faiss":
             faiss.omp_set_num_threads(self.cfg.threads)  # OpenMP's setting is per calling thread
         with self._lock.read():
-            # Each of the best k classes has its best entry among the best k * (entries per class).
-            fetch = top_k * self._max_mult
-            if self.cfg.storage != "flat":
-                fetch = max(fetch, (rerank or max(4 * top_k, 40)) * (1 + max(self.cfg.spill, 0)))
+            if self.cfg.storage == "flat":
+                # Each of the best k classes has its best entry among the best k * (entries per class).
+                fetch = top_k * self._max_mult
+            else:
+                # Compressed scores are approximate anyway: `rerank` (tuned for recall) sets the depth;
+                # a spilled prototype may be found once per copy, so that many more entries are kept.
+                fetch = max(top_k, rerank or max(4 * top_k, 40)) * (1 + max(self.cfg.spill, 0))
             fetch = max(1, min(fetch, self.num_entries))
             # One pipeline for the whole batch: FAISS parallelises its scan over the queries itself
             # (parallel_mode 3, see storage.search_form), the re-rank too; Python threads each calling
@@ -511,6 +558,11 @@ class RoutedIndex:
         """Route, scan, re-rank and aggregate a batch: (class ids, scores, entries scanned in total)."""
         if len(xq) == 0:
             return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), 0.0
+        if self.cfg.backend == "native":
+            class_ids, best, scanned = self._native.search(
+                xq, nprobe=nprobe, fetch=fetch, top_k=top_k, threads=self.cfg.threads or _CPUS
+            )
+            return class_ids, best, float(scanned.sum())
         scores, rows, probes = self._scan(xq, nprobe, fetch)
         if self.cfg.storage != "flat":
             scores = self._exact_scores(xq, rows)
@@ -609,8 +661,7 @@ class RoutedIndex:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         with self._lock.write():
             new_cfg = dataclasses.replace(self.cfg, backend=backend)
-            if new_cfg.storage == "pq" and backend != "faiss":
-                raise ValueError("pq storage is scanned by the faiss backend only")
+            _check_backend_storage(backend, new_cfg.storage, new_cfg.pq_residual)
             self._prepare(backend)
             self.cfg = new_cfg
         return self
@@ -623,10 +674,9 @@ class RoutedIndex:
                 storage=storage,
                 pq_m=pq_m if pq_m is not None else self.cfg.pq_m,
                 pq_bits=pq_bits if pq_bits is not None else self.cfg.pq_bits,
-                backend="faiss" if storage == "pq" else self.cfg.backend,
+                backend=_backend_for(storage, self.cfg.backend, self.cfg.pq_residual),
             )
-            live = self._row_class >= 0
-            codec = _train_codec(self._vectors[live], cfg)
+            codec = _train_codec(self._vectors, cfg, self.centroids, self._entry_row, self._entry_list)
             manifest = {k: v for k, v in self.manifest.items() if k in ("router", "build_seconds")}
             return RoutedIndex(
                 cfg=cfg,
@@ -685,7 +735,8 @@ class RoutedIndex:
                 self._max_mult = int(np.unique(live_class, return_counts=True)[1].max())
                 self._sizes = self.list_sizes()
                 self._faiss = (ivf, storage_mod.search_form(ivf, self.cfg.storage))
-                self._grouped = None
+                self._grouped = self._native = None
+                self._prepare(self.cfg.backend)
             else:
                 self._refresh()
 
@@ -709,7 +760,8 @@ class RoutedIndex:
                 self._max_mult = int(np.unique(live_class, return_counts=True)[1].max()) if len(live_class) else 1
                 self._sizes = self.list_sizes()
                 self._faiss = (ivf, storage_mod.search_form(ivf, self.cfg.storage))
-                self._grouped = None
+                self._grouped = self._native = None
+                self._prepare(self.cfg.backend)
             else:
                 self._refresh()
             return int(len(dead_rows))
@@ -721,7 +773,7 @@ class RoutedIndex:
             nlist = min(self.nlist, len(self._vectors))
             self.centroids, self._entry_row, self._entry_list = _route_rows(self._vectors, nlist, self.cfg, progress)
             self.nlist = nlist
-            self.codec = _train_codec(self._vectors, self.cfg)
+            self.codec = _train_codec(self._vectors, self.cfg, self.centroids, self._entry_row, self._entry_list)
             self._refresh()
             self.manifest["router"] = {"mean_residual": self.mean_residual()}
         return self
@@ -856,10 +908,18 @@ def _assign_new(xb: np.ndarray, centroids: np.ndarray, cfg: IndexConfig) -> tupl
     return primary, r.astype(np.int64), spill[r, j]
 
 
-def _train_codec(xb: np.ndarray, cfg: IndexConfig) -> dict[str, np.ndarray]:
+def _train_codec(
+    xb: np.ndarray, cfg: IndexConfig, centroids: np.ndarray, entry_row: np.ndarray, entry_list: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The storage codec, trained on a sample of the stored rows (of their residuals to their first
+    cluster when cfg.pq_residual: the codes then hold x - centroid)."""
+    rows, first = np.unique(entry_row, return_index=True)  # stored rows and each one's first (primary) entry
     rng = np.random.default_rng(cfg.seed)
-    n = min(len(xb), 65536)
-    sample = xb if n == len(xb) else xb[np.sort(rng.choice(len(xb), n, replace=False))]
+    n = min(len(rows), 65536)
+    pick = np.arange(len(rows)) if n == len(rows) else np.sort(rng.choice(len(rows), n, replace=False))
+    sample = xb[rows[pick]]
+    if cfg.storage == "pq" and cfg.pq_residual:
+        sample = sample - centroids[entry_list[first[pick]]]
     return storage_mod.train_codec(cfg.storage, sample, pq_m=cfg.pq_m, pq_bits=cfg.pq_bits, opq=cfg.opq, seed=cfg.seed)
 
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   libb64-0d                      # perf_analyzer (tritonclient wheel) links it
+  g++                            # the routed index's native backend builds its kernel on first use
   nginx                          # the local scale-out run: gRPC/HTTP load balancing over replicas
   fontconfig
   fonts-dejavu-core fonts-dejavu-extra fonts-liberation fonts-freefont-ttf

@@ -82,6 +82,14 @@ def test_image_runs_as_non_root_with_a_health_check(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_can_build_the_native_kernel_and_ships_its_source(dockerfile):
+    runs = " ".join(rest for op, rest in stages(dockerfile)["serve"] if op == "RUN")
+    assert re.search(r"apt-get install [^&]*\bg\+\+", runs), "the native backend compiles on first use"
+    pyproject = (DOCKER.parent / "pyproject.toml").read_text()
+    assert '"native/*.cpp"' in pyproject  # the kernel's source is installed with the package
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_everything_copied_exists_and_reaches_the_build_context(dockerfile):
     for stage in stages(dockerfile).values():
         for op, rest in stage:

@@ -7,13 +7,17 @@ import numpy as np
 from megaclass.clients.cli import main
 
 
-def test_build_tune_search_round_trip(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    protos = rng.normal(size=(300, 16)).astype(np.float32)
+def _write_files(tmp_path, rows: int, num_labels: int, queries: int, seed: int) -> None:
+    """P.npy (unit rows, 16-d), L.txt (row i: class-{i % num_labels}) and Q.npy (the first rows)."""
+    protos = np.random.default_rng(seed).normal(size=(rows, 16)).astype(np.float32)
     protos /= np.linalg.norm(protos, axis=1, keepdims=True)
     np.save(tmp_path / "P.npy", protos)
-    (tmp_path / "L.txt").write_text("\n".join(f"class-{i % 250}" for i in range(300)))
-    np.save(tmp_path / "Q.npy", protos[:40])
+    (tmp_path / "L.txt").write_text("\n".join(f"class-{i % num_labels}" for i in range(rows)))
+    np.save(tmp_path / "Q.npy", protos[:queries])
+
+
+def test_build_tune_search_round_trip(tmp_path, capsys):
+    _write_files(tmp_path, rows=300, num_labels=250, queries=40, seed=0)
     idx = tmp_path / "ix"
     assert main(["index", "build", "--prototypes", str(tmp_path / "P.npy"), "--labels", str(tmp_path / "L.txt"),
                  "--out", str(idx), "--nlist", "8"]) == 0  # fmt: skip
@@ -35,3 +39,19 @@ def test_build_refuses_mismatched_labels(tmp_path, capsys):
     assert main(["index", "build", "--prototypes", str(tmp_path / "P.npy"), "--labels", str(tmp_path / "L.txt"),
                  "--out", str(tmp_path / "ix")]) == 1  # fmt: skip
     assert "megaclass index build:" in capsys.readouterr().err
+
+
+def test_build_a_native_residual_pq_index_from_files(tmp_path, capsys):
+    _write_files(tmp_path, rows=400, num_labels=400, queries=20, seed=1)
+    idx = tmp_path / "ix"
+    assert main(["index", "build", "--prototypes", str(tmp_path / "P.npy"), "--labels", str(tmp_path / "L.txt"),
+                 "--out", str(idx), "--nlist", "8", "--storage", "pq", "--pq-m", "8", "--pq-residual",
+                 "--backend", "native"]) == 0  # fmt: skip
+    from megaclass.python_backend.routed_index import RoutedIndex
+
+    index = RoutedIndex.load(idx)
+    assert (index.cfg.backend, index.cfg.storage, index.cfg.pq_m, index.cfg.pq_residual) == ("native", "pq", 8, True)
+    out = tmp_path / "R.npz"
+    assert main(["index", "search", "--index", str(idx), "--queries", str(tmp_path / "Q.npy"), "--top-k", "1",
+                 "--out", str(out), "--nprobe", "8"]) == 0  # fmt: skip
+    assert list(np.load(out)["labels"][:, 0]) == [f"class-{i}" for i in range(20)]

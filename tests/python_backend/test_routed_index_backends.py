@@ -11,29 +11,17 @@ from megaclass.export.config import IndexConfig
 from megaclass.python_backend.routed_index import RoutedIndex
 from megaclass.python_backend.routed_index_tune import search_recall_at_k
 
-from .conftest import unit_rows
+from .conftest import clustered_prototypes, same_up_to_ties
 
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((25, 32))
-    xb = unit_rows(centres[rng.integers(0, 25, 2500)] + 0.6 * rng.standard_normal((2500, 32)))
-    row_class = rng.integers(0, 1100, 2500).astype(np.int64)  # several prototypes per class
-    labels = {int(c): f"c{c}" for c in np.unique(row_class)}
-    xq = unit_rows(xb[rng.integers(0, 2500, 60)] + 0.5 * rng.standard_normal((60, 32)))
-    return {"xb": xb, "row_class": row_class, "labels": labels, "xq": xq}
+    return clustered_prototypes(seed=0, groups=25, rows=2500, classes=1100, spread=0.6, queries=60, noise=0.5)
 
 
 def _build(data: dict, **kw: object) -> RoutedIndex:
     cfg = IndexConfig(**{"nlist": 20, "nprobe": 3, "kmeans_iters": 8, **kw})
     return RoutedIndex.build(data["xb"], data["row_class"], data["labels"], cfg)
-
-
-def _same_up_to_ties(a, b) -> None:
-    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
-    diff = a.class_ids != b.class_ids
-    assert np.allclose(a.scores[diff], b.scores[diff], atol=1e-4)
 
 
 @pytest.mark.parametrize("storage", ["flat", "fp16", "sq8", "pq"])
@@ -44,7 +32,7 @@ def test_exact_at_full_probe_with_full_rerank(data: dict, storage: str) -> None:
     for backend in backends:
         index.use_backend(backend)
         got = index.search(data["xq"], 10, nprobe=index.nlist, rerank=index.num_entries)
-        _same_up_to_ties(got, truth)
+        same_up_to_ties(got, truth)
         assert got.stats["backend"] == backend and got.stats["storage"] == storage
 
 
@@ -57,7 +45,7 @@ def test_backends_give_the_same_answers(data: dict, storage: str) -> None:
         answers[backend] = index.search(data["xq"], 5, nprobe=3, rerank=40)
     for backend in ("numpy", "torch"):
         if storage == "flat":
-            _same_up_to_ties(answers[backend], answers["faiss"])
+            same_up_to_ties(answers[backend], answers["faiss"])
         else:  # approximate candidates may differ near the cut; the re-ranked answers barely do
             agree = search_recall_at_k(answers[backend].class_ids, answers["faiss"].class_ids)
             assert agree >= 0.97, (backend, agree)
@@ -136,7 +124,7 @@ def test_torch_backend_on_cuda_matches_faiss(data: dict) -> None:
     want = index.search(data["xq"], 5)
     index.use_backend("torch")
     assert index._grouped["codes"].device.type == "cuda"
-    _same_up_to_ties(index.search(data["xq"], 5), want)
+    same_up_to_ties(index.search(data["xq"], 5), want)
 
 
 def test_with_storage_keeps_the_router_and_opq_rotation_is_orthogonal(data: dict) -> None:
@@ -149,8 +137,8 @@ def test_with_storage_keeps_the_router_and_opq_rotation_is_orthogonal(data: dict
     r = opq.codec["opq_rotation"]
     np.testing.assert_allclose(r @ r.T, np.eye(r.shape[0]), atol=1e-4)
     truth = opq.exact_search(data["xq"], 5)
-    _same_up_to_ties(opq.search(data["xq"], 5, nprobe=opq.nlist, rerank=opq.num_entries), truth)
-    with pytest.raises(ValueError, match="faiss backend only"):
+    same_up_to_ties(opq.search(data["xq"], 5, nprobe=opq.nlist, rerank=opq.num_entries), truth)
+    with pytest.raises(ValueError, match="faiss or native backend"):
         opq.use_backend("numpy")
 
 

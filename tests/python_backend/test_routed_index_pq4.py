@@ -1,0 +1,163 @@
+"""The native backend: fused 4-bit PQ search compiled for this machine (python_backend/routed_index_pq4.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import faiss
+import numpy as np
+import pytest
+
+from megaclass.export.config import IndexConfig
+from megaclass.python_backend import routed_index_pq4 as pq4
+from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.routed_index_tune import search_recall_at_k
+
+from .conftest import clustered_prototypes, same_up_to_ties, unit_rows
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return clustered_prototypes(seed=1, groups=30, rows=3000, classes=1200, spread=0.5, queries=70, noise=0.4)
+
+
+def _build(data: dict, **kw: object) -> RoutedIndex:
+    cfg = IndexConfig(**{"nlist": 24, "nprobe": 4, "kmeans_iters": 8, "storage": "pq", "pq_m": 16, "spill": 1,
+                         "backend": "native", **kw})  # fmt: skip
+    return RoutedIndex.build(data["xb"], data["row_class"], data["labels"], cfg)
+
+
+def test_codes_are_the_nearest_sub_centroids_packed_two_per_byte(data: dict) -> None:
+    index = _build(data)
+    cent = index.codec["pq_centroids"]  # [m, 16, dsub]
+    m, _, dsub = cent.shape
+    x = data["xb"][:50]
+    packed = pq4.pq4_codes(x, index.codec)
+    assert packed.shape == (50, m // 2) and packed.dtype == np.uint8
+    sub = x.reshape(50, m, dsub)
+    want = np.argmin(((sub[:, :, None, :] - cent[None]) ** 2).sum(-1), axis=2)  # [50, m]
+    got = np.stack([packed & 15, packed >> 4], axis=2).reshape(50, m)
+    assert (got == want).mean() > 0.999  # float ties aside
+
+
+def test_layout_puts_every_entry_in_its_clusters_blocks(data: dict) -> None:
+    index = _build(data)
+    lay = index._native.layout
+    slot_row = lay["slot_row"]
+    assert len(slot_row) % pq4.BLOCK == 0 and lay["codes"].shape[2] == pq4.BLOCK
+    for c in range(index.nlist):
+        first, size = lay["list_block"][c], lay["list_size"][c]
+        rows = slot_row[first * pq4.BLOCK : first * pq4.BLOCK + size]
+        want = np.sort(index._entry_row[index._entry_list == c])
+        np.testing.assert_array_equal(np.sort(rows), want)
+        pad = slot_row[first * pq4.BLOCK + size : (first + -(-size // pq4.BLOCK)) * pq4.BLOCK]
+        assert (pad == -1).all()
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_exact_at_full_probe_with_full_rerank(data: dict, residual: bool) -> None:
+    index = _build(data, pq_residual=residual)
+    truth = index.exact_search(data["xq"], 10)
+    got = index.search(data["xq"], 10, nprobe=index.nlist, rerank=index.num_entries)
+    same_up_to_ties(got, truth)
+    assert got.stats["backend"] == "native"
+    assert got.stats["candidates"] == pytest.approx(index.num_entries)
+
+
+def test_agrees_with_the_faiss_backend(data: dict) -> None:
+    index = _build(data, backend="faiss")
+    want = index.search(data["xq"], 5, nprobe=4, rerank=40)
+    index.use_backend("native")
+    got = index.search(data["xq"], 5, nprobe=4, rerank=40)
+    # Same probes and codes; the scan tables are quantised differently, so candidates differ near the cut.
+    assert search_recall_at_k(got.class_ids, want.class_ids) >= 0.97
+    assert got.stats["candidates"] == pytest.approx(want.stats["candidates"])
+
+
+def test_portable_build_gives_the_answers_of_the_simd_build(data: dict) -> None:
+    index = _build(data, pq_residual=True)
+    simd, portable = index._native, index._native_search(portable=True)
+    assert not portable.simd
+    for nprobe, fetch in ((2, 20), (5, 60), (index.nlist, 400)):
+        a = simd.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=2)
+        b = portable.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=1)
+        np.testing.assert_array_equal(a[0], b[0])  # same integer sums, same candidates, same classes
+        np.testing.assert_allclose(a[1], b[1], atol=1e-5)
+        np.testing.assert_array_equal(a[2], b[2])
+
+
+def test_residual_codes_find_more_of_the_true_classes(data: dict) -> None:
+    raw, residual = _build(data), _build(data, pq_residual=True)
+    truth = raw.exact_search(data["xq"], 10).class_ids
+    recall = {
+        name: search_recall_at_k(ix.search(data["xq"], 10, nprobe=6, rerank=10).class_ids, truth)
+        for name, ix in (("raw", raw), ("residual", residual))
+    }
+    assert recall["residual"] > recall["raw"], recall
+
+
+def test_threads_and_concurrent_callers_give_the_same_answers(data: dict) -> None:
+    index = _build(data, threads=1)
+    want = index.search(data["xq"], 6)
+    index.cfg = index.cfg.__class__(**{**index.cfg.__dict__, "threads": 2})
+    np.testing.assert_array_equal(index.search(data["xq"], 6).class_ids, want.class_ids)
+    results: list[np.ndarray] = []
+
+    def worker() -> None:  # callers that find the worker pool busy search on their own thread
+        for _ in range(20):
+            results.append(index.search(data["xq"], 6).class_ids)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 60
+    for r in results:
+        np.testing.assert_array_equal(r, want.class_ids)
+
+
+def test_small_batches_missing_slots_and_empty_batches(data: dict) -> None:
+    index = _build(data)
+    one = index.search(data["xq"][:1], 3)
+    np.testing.assert_array_equal(one.class_ids, index.search(data["xq"][:8], 3).class_ids[:1])
+    many = index.search(data["xq"][:2], index.num_classes + 5, nprobe=index.nlist, rerank=index.num_entries)
+    assert (many.class_ids[:, -5:] == -1).all() and np.isneginf(many.scores[:, -5:]).all()
+    assert index.search(np.zeros((0, 32), np.float32), 4).class_ids.shape == (0, 4)
+
+
+def test_add_remove_and_backend_switch_keep_the_layout_current(data: dict) -> None:
+    index = _build(data, backend="faiss", pq_residual=False)
+    index.use_backend("native")
+    rng = np.random.default_rng(5)
+    new = unit_rows(rng.standard_normal((3, 32)))
+    index.add(new, np.array([5000, 5001, 5002]), {5000: "a", 5001: "b", 5002: "c"})
+    found = index.search(new, 1, nprobe=index.nlist, rerank=index.num_entries)
+    np.testing.assert_array_equal(found.class_ids[:, 0], [5000, 5001, 5002])
+    gone = np.unique(data["row_class"])[:50]
+    index.remove(gone)
+    res = index.search(data["xq"], 10, nprobe=index.nlist, rerank=index.num_entries)
+    assert not np.isin(res.class_ids, gone).any()
+    same_up_to_ties(res, index.exact_search(data["xq"], 10))
+
+
+def test_save_and_load_keep_residual_codes(data: dict, tmp_path) -> None:
+    index = _build(data, pq_residual=True)
+    want = index.search(data["xq"], 5)
+    index.save(tmp_path / "ix")
+    back = RoutedIndex.load(tmp_path / "ix")
+    assert back.cfg.backend == "native" and back.cfg.pq_residual
+    np.testing.assert_array_equal(back.search(data["xq"], 5).class_ids, want.class_ids)
+
+
+def test_unsupported_combinations_are_refused(data: dict) -> None:
+    with pytest.raises(ValueError, match="4-bit pq storage only"):
+        _build(data, storage="sq8")
+    with pytest.raises(ValueError, match="pq_bits=4"):
+        _build(data, pq_bits=8)
+    with pytest.raises(ValueError, match="native backend only"):
+        _build(data, backend="faiss", pq_residual=True)
+    index = _build(data, pq_residual=True)
+    with pytest.raises(ValueError, match="native backend only"):
+        index.use_backend("faiss")
+    assert faiss.omp_get_max_threads() == 1  # the native backend leaves FAISS's threads alone
