@@ -14,14 +14,14 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <functional>
-#include <mutex>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -338,9 +338,9 @@ int64_t scan_lists(const Args& a, Workspace& w) {
       if (score >= cut_hi) {
         w.rows.push_back(rows[v]);
         prefetch(a.vectors + rows[v] * a.dim, a.dim * int64_t(sizeof(float)));  // re-ranked soon
-      }
-      else
+      } else {
         w.tied.emplace_back(score, rows[v]);
+      }
     }
   }
   const int64_t want = std::max<int64_t>(0, a.fetch - (int64_t)w.rows.size());
