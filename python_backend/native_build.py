@@ -4,8 +4,9 @@ A kernel is one C++ file with a plain C ABI, loaded with ctypes: no Python heade
 install time. The shared library is cached under `$MEGACLASS_NATIVE_DIR` (default
 `~/.cache/megaclass/native`), named by the hash of its source and flags, so an edited source is rebuilt
 and several processes (Triton model instances) share one build; a build is written aside and renamed,
-so a concurrent loader never sees half a file. Without a C++ compiler `NativeUnavailable` says so and
-the callers keep their FAISS path.
+so a concurrent loader never sees half a file. Without a C++ compiler `NativeUnavailable` says so: an
+index configured for the native backend then refuses to load with that message, and the other
+backends work as before.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import faiss
@@ -99,7 +100,7 @@ def test_residual_codes_find_more_of_the_true_classes(data: dict) -> None:
 def test_threads_and_concurrent_callers_give_the_same_answers(data: dict) -> None:
     index = _build(data, threads=1)
     want = index.search(data["xq"], 6)
-    index.cfg = index.cfg.__class__(**{**index.cfg.__dict__, "threads": 2})
+    index.cfg = dataclasses.replace(index.cfg, threads=2)
     np.testing.assert_array_equal(index.search(data["xq"], 6).class_ids, want.class_ids)
     results: list[np.ndarray] = []
 
