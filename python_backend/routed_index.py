@@ -348,6 +348,7 @@ class RoutedIndex:
         self._faiss: tuple[faiss.IndexIVF, faiss.IndexIVF] | None = None  # (editable, searched)
         self._grouped: dict[str, Any] | None = None
         self._native: pq4.Pq4Search | None = None
+        self._label_pad: tuple[np.ndarray | None, np.ndarray] = (None, labels)  # (labels, labels + [""])
         if cfg.threads > 0:
             faiss.omp_set_num_threads(cfg.threads)
         self._refresh()
@@ -641,15 +642,18 @@ class RoutedIndex:
     def label_of(self, class_ids: np.ndarray) -> np.ndarray:
         """Labels (object array, same shape) of class ids; "" for -1 or an unknown id."""
         ids = np.asarray(class_ids, dtype=np.int64)
-        out = np.full(ids.shape, MISSING_LABEL, dtype=object)
         if not len(self._classes):
-            return out
+            return np.full(ids.shape, MISSING_LABEL, dtype=object)
         c = self._classes  # sorted, unique
         if c[-1] - c[0] == len(c) - 1:  # contiguous ids (the usual 0..N-1): position = id - first
-            found = (ids >= c[0]) & (ids <= c[-1])
-            out[found] = self._labels[ids[found] - c[0]]
-            return out
+            # One `take` from the labels with "" appended (a masked assignment into a filled array
+            # costs twice as much: 29 vs 12 us for a batch of 64 x 10).
+            if self._label_pad[0] is not self._labels:
+                self._label_pad = (self._labels, np.append(self._labels, np.array([MISSING_LABEL], dtype=object)))
+            pos = np.where((ids < c[0]) | (ids > c[-1]), len(c), ids - c[0])
+            return self._label_pad[1].take(pos.reshape(-1)).reshape(ids.shape)  # 0-d stays an array
         # A binary search per id: ~20 cache misses each in a large table (1M classes: ~15 % of a batch-64 search).
+        out = np.full(ids.shape, MISSING_LABEL, dtype=object)
         pos = np.minimum(np.searchsorted(c, ids), len(c) - 1)
         found = (ids >= 0) & (c[pos] == ids)
         out[found] = self._labels[pos[found]]
