@@ -4,7 +4,8 @@ All methods run in one process on the same data, queries and thread count. For e
 parameter that trades speed for recall is swept (IVF: nprobe; HNSW: efSearch; routed index: nprobe
 and re-rank depth, chosen by `tune` on a separate tuning half of the queries); recall is search
 recall@k of the top-k *classes* against exact search on the evaluation half. Reported per method at
-its fastest setting reaching the target recall: queries per second and p50/p99 batch latency at each
+its fastest setting reaching the target recall plus a small margin on the tuning half (so that the
+held-out half, a different sample, meets the target too): queries per second and p50/p99 batch latency at each
 batch size, build time, bytes per class, and the fraction of the memory-bandwidth floor reached
 (bytes read per query × QPS ÷ measured copy bandwidth).
 """
@@ -35,6 +36,10 @@ from megaclass.python_backend.routed_index_tune import (
     time_search,
     tune,
 )
+
+# Every method is tuned to the target plus this on the tuning half: recall on 2,048 other queries
+# differs by a few thousandths (seen: 0.950 tuned, 0.946 held out), and the target is for the held-out half.
+TUNE_MARGIN = 0.005
 
 # Routed settings the benchmark tries (IndexConfig fields; "nlist_scale": clusters as a multiple of
 # the default 4 sqrt(N), FAISS's IVF then also runs at that count).
@@ -440,11 +445,12 @@ def _run(
     print(f"  exact: {runs[-1].timings}", flush=True)
 
     # FAISS IVF-Flat at 4√N clusters and at every cluster count a routed config uses (same C)
+    tune_target = min(1.0, target_recall + TUNE_MARGIN)
     ivf_lists = sorted({nlist, *(routed_nlist(rc, nlist) for rc in routed_configs)})
     timed: list[tuple[MethodRun, Callable[[np.ndarray], Any]]] = []
     for c in ivf_lists:
         timed.append(
-            _ivf_run(xb, ids, mult, c, xq, truth, (xq_tune, truth_tune), top_k, target_recall, plot_batch, cache)
+            _ivf_run(xb, ids, mult, c, xq, truth, (xq_tune, truth_tune), top_k, tune_target, plot_batch, cache)
         )
         print(f"  {timed[-1][0].name}: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
 
@@ -462,7 +468,7 @@ def _run(
 
         h_search = _faiss_method(h, ids, mult, set_ef)
         efs = [e for e in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024) if e >= top_k * mult]
-        chosen_ef, pts = _sweep(h_search, efs, (xq_tune, truth_tune), (xq, truth), top_k, target_recall, plot_batch)
+        chosen_ef, pts = _sweep(h_search, efs, (xq_tune, truth_tune), (xq, truth), top_k, tune_target, plot_batch)
         chosen_ef = chosen_ef or pts[-1][0]
         recall = next(r for p, r, _ in pts if p == chosen_ef)
         faiss.cvar.hnsw_stats.reset()
@@ -477,7 +483,7 @@ def _run(
         print(f"  hnsw: {timed[-1][0].setting} recall {recall:.3f}", flush=True)
 
     for rc in routed_configs:
-        timed.append(_routed_run(rc, xb, ids, labels, nlist, xq, truth, xq_tune, truth_tune, top_k, target_recall,
+        timed.append(_routed_run(rc, xb, ids, labels, nlist, xq, truth, xq_tune, truth_tune, top_k, tune_target,
                                  plot_batch, cache))  # fmt: skip
         print(f"  {timed[-1][0].name}: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
 
@@ -503,6 +509,7 @@ def _run(
         "nlist": nlist,
         "top_k": top_k,
         "target_recall": target_recall,
+        "tune_target": tune_target,
         "eval_queries": len(xq),
         "runs": [dataclasses.asdict(r) for r in runs],
     }
@@ -643,7 +650,8 @@ def write_doc_section(report: dict[str, Any], doc: Path, png: Path, source: str)
         f"{report['classes']} classes, dim {report['dim']}. Recall: search recall@{report['top_k']} of classes "
         f"against exact search on {report['eval_queries']} held-out queries (settings tuned on another "
         f"{report['eval_queries']}, the two halves drawn at random, for every method alike). Each method at "
-        f"its fastest setting reaching recall {report['target_recall']} on the tuning half. "
+        f"its fastest setting reaching recall {report.get('tune_target', report['target_recall']):.3f} on the "
+        f"tuning half (the target {report['target_recall']} plus a margin, so that it holds on the held-out half). "
         "QPS = queries / wall time over all batches (best of 3 passes); p50/p99 = per-batch latency. "
         "bw floor % = QPS × bytes read per query ÷ copy bandwidth.\n\n"
         + markdown_table(report)
