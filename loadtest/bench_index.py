@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.routed_index import RoutedIndex, aggregate_classes
+from megaclass.python_backend.routed_index import RoutedIndex, aggregate_classes, default_nlist
 from megaclass.python_backend.routed_index_tune import (
     nprobe_grid,
     search_recall_at_k,
@@ -410,7 +410,7 @@ def _run(
     n, d = xb.shape
     num_classes = len(np.unique(ids))
     mult = int(np.unique(ids, return_counts=True)[1].max())
-    nlist = nlist or max(1, int(round(4 * np.sqrt(n))))
+    nlist = nlist or default_nlist(n)
     # Tuning and evaluation halves drawn at random (a file's queries may come in runs of one font or class).
     half = len(queries) // 2
     order = np.random.default_rng(0).permutation(len(queries))

@@ -483,7 +483,7 @@ class RoutedIndex:
 
     def _native_search(self, portable: bool = False) -> pq4.Pq4Search:
         """The native backend's search over this index's current arrays (`portable`: without SIMD)."""
-        pq4.check_supported(self.cfg.storage, self.codec)
+        pq4.check_supported(self.codec)  # the storage itself was checked with the backend
         return pq4.Pq4Search(
             entry_row=self._entry_row,
             entry_list=self._entry_list,

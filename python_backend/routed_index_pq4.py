@@ -43,10 +43,8 @@ def kernel(portable: bool = False) -> ctypes.CDLL:
     return lib
 
 
-def check_supported(storage: str, codec: dict[str, np.ndarray]) -> None:
-    """Raise ValueError unless the codec is one the kernel scans: PQ, 4 bits, an even m <= 128."""
-    if storage != "pq":
-        raise ValueError(f"the native backend scans 4-bit pq storage, not {storage!r}")
+def check_supported(codec: dict[str, np.ndarray]) -> None:
+    """Raise ValueError unless the PQ codec is one the kernel scans: 4 bits, an even m <= 128."""
     m, ksub, _ = codec["pq_centroids"].shape
     if ksub != 16 or m % 2 or m > 128:
         raise ValueError(f"the native backend needs pq_bits=4 and an even pq_m <= 128 (got m={m}, {ksub} centroids)")
