@@ -40,6 +40,9 @@ from megaclass.python_backend.routed_index_tune import (
 # Every method is tuned to the target plus this on the tuning half: recall on 2,048 other queries
 # differs by a few thousandths (seen: 0.950 tuned, 0.946 held out), and the target is for the held-out half.
 TUNE_MARGIN = 0.005
+# Final timing: passes per method (best counts), interleaved round-robin over all methods. On a shared
+# VM the machine's speed drifts by 10-20 % over seconds; five rounds give every method its quiet pass.
+FINAL_ROUNDS = 5
 
 # Routed settings the benchmark tries (IndexConfig fields; "nlist_scale": clusters as a multiple of
 # the default 4 sqrt(N), FAISS's IVF then also runs at that count).
@@ -322,8 +325,10 @@ def _routed_run(
     recall = search_recall_at_k(res.class_ids, truth)
     mem = index.memory_bytes()
     code = mem["codes"] / max(index.num_entries, 1)
-    per_query = res.stats["candidates"] * code
-    per_query += res.stats["fetched_per_query"] * 4 * d if cfg.storage != "flat" else 0
+    # Bytes read per query: scanned codes, the native backend's row codes (per coded row), float32 rows.
+    per_query = res.stats["candidates"] * code + res.stats["exact_per_query"] * 4 * d
+    if "native_tables" in mem:
+        per_query += res.stats["coded_per_query"] * (d + (d + 1) // 2)
     curve = []
     for p in t.curve:
         if p["rerank"] == t.rerank:
@@ -491,7 +496,7 @@ def _run(
     # Final timings: every method's passes interleaved, so background load hits them alike.
     for b in batch_sizes:
         n_b = len(xq) if b > 1 else min(len(xq), 512)
-        times = time_interleaved([f for _, f in timed], xq[:n_b], b, 3 if b > 1 else 2)
+        times = time_interleaved([f for _, f in timed], xq[:n_b], b, FINAL_ROUNDS if b > 1 else 2)
         for (run, _), t in zip(timed, times, strict=True):
             run.timings[b] = t
     for run, _ in timed:
@@ -510,6 +515,7 @@ def _run(
         "top_k": top_k,
         "target_recall": target_recall,
         "tune_target": tune_target,
+        "final_rounds": FINAL_ROUNDS,
         "eval_queries": len(xq),
         "runs": [dataclasses.asdict(r) for r in runs],
     }
@@ -652,7 +658,8 @@ def write_doc_section(report: dict[str, Any], doc: Path, png: Path, source: str)
         f"{report['eval_queries']}, the two halves drawn at random, for every method alike). Each method at "
         f"its fastest setting reaching recall {report.get('tune_target', report['target_recall']):.3f} on the "
         f"tuning half (the target {report['target_recall']} plus a margin, so that it holds on the held-out half). "
-        "QPS = queries / wall time over all batches (best of 3 passes); p50/p99 = per-batch latency. "
+        f"QPS = queries / wall time over all batches (best of {report.get('final_rounds', 3)} passes, every "
+        "method's passes interleaved round-robin); p50/p99 = per-batch latency. "
         "bw floor % = QPS × bytes read per query ÷ copy bandwidth.\n\n"
         + markdown_table(report)
         + f"\n![recall vs QPS]({img.relative_to(doc.parent)})\n"

@@ -22,12 +22,15 @@ import threading
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).parent / "native"
-# -ffp-contract=off: no fused multiply-adds the source did not ask for, so that the portable and the
-# native build compute the same look-up tables. -march=native: the kernel is built where it runs.
+# -ffp-contract=off: no fused multiply-adds the source did not ask for, so that every target computes
+# the same look-up tables.
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-ffp-contract=off")
-NATIVE_FLAGS = ("-march=native",)
+# Instruction sets: "native", the machine the kernel is built on (what serving uses); "portable", the
+# compiler's baseline (the plain loops); "avx2", AVX2 without AVX-512 (tests the AVX2 paths on a machine
+# that would otherwise take the AVX-512 ones).
+TARGETS = {"native": ("-march=native",), "portable": (), "avx2": ("-mavx2", "-mfma")}
 _LOCK = threading.Lock()
-_LOADED: dict[tuple[str, bool], ctypes.CDLL] = {}
+_LOADED: dict[tuple[str, str], ctypes.CDLL] = {}
 
 
 class NativeUnavailable(RuntimeError):
@@ -48,9 +51,11 @@ def compiler() -> str | None:
     return shutil.which("g++") or shutil.which("c++")
 
 
-def flags(portable: bool = False) -> tuple[str, ...]:
-    """Compiler flags: tuned for this CPU, or `portable` (the compiler's baseline instruction set)."""
-    return FLAGS if portable else FLAGS + NATIVE_FLAGS
+def flags(target: str = "native") -> tuple[str, ...]:
+    """Compiler flags for `target` (see TARGETS)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown build target {target!r} (one of {', '.join(TARGETS)})")
+    return FLAGS + TARGETS[target]
 
 
 def _cpu_identity() -> bytes:
@@ -67,29 +72,30 @@ def _cpu_identity() -> bytes:
     return ident.encode()
 
 
-def library_path(name: str, portable: bool = False) -> Path:
+def library_path(name: str, target: str = "native") -> Path:
     """Path of the built library of `native/<name>.cpp` (built or not), named by source, flags and CPU."""
     source = SOURCE_DIR / f"{name}.cpp"
-    key_parts = source.read_bytes() + " ".join(flags(portable)).encode() + (b"" if portable else _cpu_identity())
-    kind = "portable" if portable else "native"
-    return cache_dir() / f"lib{name}-{kind}-{hashlib.sha256(key_parts).hexdigest()[:16]}.so"
+    key_parts = (
+        source.read_bytes() + " ".join(flags(target)).encode() + (_cpu_identity() if target == "native" else b"")
+    )
+    return cache_dir() / f"lib{name}-{target}-{hashlib.sha256(key_parts).hexdigest()[:16]}.so"
 
 
-def build(name: str, portable: bool = False) -> Path:
-    """Compile `native/<name>.cpp` unless its cached library exists; returns the library's path."""
-    target = library_path(name, portable)
-    if target.exists():
-        return target
+def build(name: str, target: str = "native") -> Path:
+    """Compile `native/<name>.cpp` for `target` unless its cached library exists; returns the library's path."""
+    path = library_path(name, target)
+    if path.exists():
+        return path
     cxx = compiler()
     if cxx is None:
         raise NativeUnavailable("no C++ compiler found (set CXX or install g++) to build the native kernels")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         try:
             proc = subprocess.run(
-                [cxx, *flags(portable), "-o", tmp, str(SOURCE_DIR / f"{name}.cpp")],
+                [cxx, *flags(target), "-o", tmp, str(SOURCE_DIR / f"{name}.cpp")],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -98,22 +104,22 @@ def build(name: str, portable: bool = False) -> Path:
             raise NativeUnavailable(f"cannot run the C++ compiler {cxx!r}: {e}") from e
         if proc.returncode != 0:
             raise NativeUnavailable(f"building {name}.cpp with {cxx} failed:\n{proc.stderr[-4000:]}")
-        os.replace(tmp, target)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return target
+    return path
 
 
-def load(name: str, portable: bool = False) -> ctypes.CDLL:
-    """The loaded library of `native/<name>.cpp`, built first if needed (once per process and kind)."""
+def load(name: str, target: str = "native") -> ctypes.CDLL:
+    """The loaded library of `native/<name>.cpp` for `target`, built first if needed (once per process)."""
     with _LOCK:
-        lib = _LOADED.get((name, portable))
+        lib = _LOADED.get((name, target))
         if lib is None:
-            path = build(name, portable)
+            path = build(name, target)
             try:
                 lib = ctypes.CDLL(str(path))
             except OSError as e:
                 raise NativeUnavailable(f"cannot load {path}: {e}") from e
-            _LOADED[(name, portable)] = lib
+            _LOADED[(name, target)] = lib
         return lib

@@ -22,9 +22,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,23 +64,45 @@ UNKNOWN_LABEL = "<unknown>"  # label of an entry whose score is below the thresh
 MISSING_LABEL = ""  # label of an empty slot: fewer than k classes found (class id -1, score -inf)
 BACKENDS = ("faiss", "numpy", "torch", "native")
 _ADD_CHUNK = 262144
+_TOTALS = ("scanned", "coded", "exact")  # per-batch counts from _search_batch
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-@dataclass
 class SearchResult:
     """Top-k distinct classes per query, best first.
 
     Empty slots (fewer than k classes found): class id -1, score -inf, label "".
     Below the threshold: class id -1, label "<unknown>", the score is kept.
+    `labels` (object array of str) are looked up when first read: a batch of 64 x 10 costs ~10 us,
+    which callers that only need class ids (tuning, benchmarks) need not pay.
     `stats`: backend, storage, nprobe, candidates (mean entries scanned per query), candidates_scanned
-    (the batch's total), fetched_per_query (candidates taken from the scan), seconds.
+    (the batch's total), fetched_per_query (candidates taken from the scan), coded_per_query (rows scored
+    with 8-bit codes, native backend), exact_per_query (rows scored in float32 after the scan), seconds.
     """
 
-    class_ids: np.ndarray  # int64 [Q, k]
-    scores: np.ndarray  # float32 [Q, k]
-    labels: np.ndarray  # object (str) [Q, k]
-    stats: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("class_ids", "scores", "stats", "_labels", "_resolve")
+
+    def __init__(
+        self,
+        class_ids: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray | Callable[[], np.ndarray],
+        stats: dict[str, Any] | None = None,
+    ) -> None:
+        self.class_ids = class_ids  # int64 [Q, k]
+        self.scores = scores  # float32 [Q, k]
+        self.stats = stats if stats is not None else {}
+        self._labels, self._resolve = (None, labels) if callable(labels) else (labels, None)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels, object (str) [Q, k]."""
+        if self._labels is None:
+            self._labels, self._resolve = self._resolve(), None
+        return self._labels
+
+    def __repr__(self) -> str:
+        return f"SearchResult(class_ids={self.class_ids!r}, scores={self.scores!r}, stats={self.stats!r})"
 
 
 def validate_queries(queries: Any, dim: int) -> np.ndarray:
@@ -399,18 +420,15 @@ class RoutedIndex:
         return self.imbalance() > self.cfg.rebuild_imbalance or self.drift() > self.cfg.rebuild_drift
 
     def memory_bytes(self) -> dict[str, int]:
-        """Resident bytes: scanned codes (per entry), exact vectors (re-rank, add, save), router, ids."""
+        """Resident bytes: scanned codes (per entry), exact vectors (re-rank, add, save), router, ids, and
+        with the native backend its tables (int8 router, 8-bit codes of the exact vectors)."""
+        out = {"exact_vectors": int(self._vectors.nbytes), "router": int(self.centroids.nbytes)}
         if self.cfg.backend == "native" and self._native is not None:  # blocks of 32 slots, padding included
-            codes, ids = self._native.code_bytes(), self._native.layout["slot_row"].nbytes + self._row_class.nbytes
-        else:
-            codes = self.num_entries * storage_mod.code_bytes(self.cfg.storage, self.dim, self.codec)
-            ids = self._entry_row.nbytes + self._row_class.nbytes
-        return {
-            "codes": int(codes),
-            "exact_vectors": int(self._vectors.nbytes),
-            "router": int(self.centroids.nbytes),
-            "ids": int(ids),
-        }
+            t = self._native.table_bytes()
+            return {**out, "codes": t["codes"], "ids": t["slot_row"] + int(self._row_class.nbytes),
+                    "native_tables": t["tables"]}  # fmt: skip
+        codes = self.num_entries * storage_mod.code_bytes(self.cfg.storage, self.dim, self.codec)
+        return {**out, "codes": int(codes), "ids": int(self._entry_row.nbytes + self._row_class.nbytes)}
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -481,8 +499,8 @@ class RoutedIndex:
             if backend == "torch":
                 _to_torch(self._grouped, self.centroids, self.cfg)
 
-    def _native_search(self, portable: bool = False) -> pq4.Pq4Search:
-        """The native backend's search over this index's current arrays (`portable`: without SIMD)."""
+    def _native_search(self, target: str = "native") -> pq4.Pq4Search:
+        """The native backend's search over this index's current arrays (`target`: see native_build)."""
         pq4.check_supported(self.codec)  # the storage itself was checked with the backend
         return pq4.Pq4Search(
             entry_row=self._entry_row,
@@ -492,7 +510,7 @@ class RoutedIndex:
             row_class=self._row_class,
             codec=self.codec,
             residual=self.cfg.pq_residual,
-            portable=portable,
+            target=target,
         )
 
     # ----------------------------------------------------------------- search
@@ -539,33 +557,38 @@ class RoutedIndex:
             # One pipeline for the whole batch: FAISS parallelises its scan over the queries itself
             # (parallel_mode 3, see storage.search_form), the re-rank too; Python threads each calling
             # FAISS scaled only 1.3-1.45x on two cores (measured on the glyph embeddings).
-            class_ids, best, scanned = self._search_batch(xq, nprobe, fetch, top_k)
-            scanned /= max(len(xq), 1)
+            class_ids, best, totals = self._search_batch(xq, nprobe, fetch, top_k)
             result = self._finish(class_ids, best, threshold)
+        n = max(len(xq), 1)
         result.stats = {
             "backend": self.cfg.backend,
             "storage": self.cfg.storage,
             "nprobe": nprobe,
-            "candidates": scanned,  # entries scanned per query (mean)
-            "candidates_scanned": int(round(scanned * len(xq))),  # in the whole batch
+            "candidates": totals["scanned"] / n,  # entries scanned per query (mean)
+            "candidates_scanned": int(totals["scanned"]),  # in the whole batch
             "fetched_per_query": fetch,
+            "coded_per_query": totals["coded"] / n,  # rows scored with their 8-bit codes (native)
+            "exact_per_query": totals["exact"] / n,  # rows scored in float32 after the scan
             "seconds": time.perf_counter() - t0,
         }
         return result
 
     def _search_batch(
         self, xq: np.ndarray, nprobe: int, fetch: int, top_k: int
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """Route, scan, re-rank and aggregate a batch: (class ids, scores, entries scanned in total)."""
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+        """Route, scan, re-rank and aggregate a batch: (class ids, scores, batch totals of the entries
+        scanned, the rows scored with codes and the rows scored exactly after the scan)."""
         if len(xq) == 0:
-            return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), 0.0
+            return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), dict.fromkeys(_TOTALS, 0.0)
         if self.cfg.backend == "native":
-            class_ids, best, scanned = self._native.search(
+            class_ids, best, counts = self._native.search(
                 xq, nprobe=nprobe, fetch=fetch, top_k=top_k, threads=self.cfg.threads or _CPUS
             )
-            return class_ids, best, float(scanned.sum())
+            return class_ids, best, dict(zip(_TOTALS, counts.sum(axis=1).astype(float), strict=True))
         scores, rows, probes = self._scan(xq, nprobe, fetch)
+        exact = 0.0  # flat storage: the scan itself is exact
         if self.cfg.storage != "flat":
+            exact = float((rows >= 0).sum())
             scores = self._exact_scores(xq, rows)
             keep = top_k * self._max_mult  # enough entries for top_k distinct classes
             if scores.shape[1] > keep:
@@ -574,7 +597,7 @@ class RoutedIndex:
                 rows = np.take_along_axis(rows, top, axis=1)
         cand = np.where(rows >= 0, self._row_class[np.maximum(rows, 0)], -1)
         class_ids, best = aggregate_classes(scores, cand, top_k)
-        return class_ids, best, float(self._sizes[probes].sum())
+        return class_ids, best, {"scanned": float(self._sizes[probes].sum()), "coded": 0.0, "exact": exact}
 
     def _scan(self, xq: np.ndarray, nprobe: int, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Best `fetch` (approximate) scores and entry rows per query from its `nprobe` clusters."""
@@ -632,32 +655,30 @@ class RoutedIndex:
         return s
 
     def _finish(self, class_ids: np.ndarray, scores: np.ndarray, threshold: float | None) -> SearchResult:
-        labels = self.label_of(class_ids)
+        below = None
         if threshold is not None:
             below = (scores < threshold) & (class_ids >= 0)
             class_ids[below] = -1
-            labels[below] = UNKNOWN_LABEL
+        table = self._label_table()  # the labels as of this search, whatever is added or removed later
+
+        def labels() -> np.ndarray:
+            out = _labels_of(class_ids, *table)
+            if below is not None:
+                out[below] = UNKNOWN_LABEL
+            return out
+
         return SearchResult(class_ids, scores, labels)
 
     def label_of(self, class_ids: np.ndarray) -> np.ndarray:
         """Labels (object array, same shape) of class ids; "" for -1 or an unknown id."""
-        ids = np.asarray(class_ids, dtype=np.int64)
-        if not len(self._classes):
-            return np.full(ids.shape, MISSING_LABEL, dtype=object)
-        c = self._classes  # sorted, unique
-        if c[-1] - c[0] == len(c) - 1:  # contiguous ids (the usual 0..N-1): position = id - first
-            # One `take` from the labels with "" appended (a masked assignment into a filled array
-            # costs twice as much: 29 vs 12 us for a batch of 64 x 10).
-            if self._label_pad[0] is not self._labels:
-                self._label_pad = (self._labels, np.append(self._labels, np.array([MISSING_LABEL], dtype=object)))
-            pos = np.where((ids < c[0]) | (ids > c[-1]), len(c), ids - c[0])
-            return self._label_pad[1].take(pos.reshape(-1)).reshape(ids.shape)  # 0-d stays an array
-        # A binary search per id: ~20 cache misses each in a large table (1M classes: ~15 % of a batch-64 search).
-        out = np.full(ids.shape, MISSING_LABEL, dtype=object)
-        pos = np.minimum(np.searchsorted(c, ids), len(c) - 1)
-        found = (ids >= 0) & (c[pos] == ids)
-        out[found] = self._labels[pos[found]]
-        return out
+        return _labels_of(class_ids, *self._label_table())
+
+    def _label_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted class ids, their labels, the labels with "" appended); add and remove replace the
+        arrays rather than change them, so a caller may keep the tuple."""
+        if self._label_pad[0] is not self._labels:
+            self._label_pad = (self._labels, np.append(self._labels, np.array([MISSING_LABEL], dtype=object)))
+        return self._classes, self._labels, self._label_pad[1]
 
     def use_backend(self, backend: str) -> RoutedIndex:
         """Switch the scan backend in place (builds its structures); returns self."""
@@ -969,6 +990,26 @@ def _faiss_route(quantizer: faiss.Index, xq: np.ndarray, nprobe: int) -> np.ndar
     ids = np.empty((len(xq), nprobe), dtype=np.int64)
     quantizer.search_c(len(xq), faiss.swig_ptr(xq), nprobe, faiss.swig_ptr(dist), faiss.swig_ptr(ids))
     return ids
+
+
+def _labels_of(class_ids: np.ndarray, classes: np.ndarray, labels: np.ndarray, padded: np.ndarray) -> np.ndarray:
+    """Labels (object array, same shape) of class ids from a label table (RoutedIndex._label_table);
+    "" for -1 or an unknown id."""
+    ids = np.asarray(class_ids, dtype=np.int64)
+    if not len(classes):
+        return np.full(ids.shape, MISSING_LABEL, dtype=object)
+    c = classes  # sorted, unique
+    if c[-1] - c[0] == len(c) - 1:  # contiguous ids (the usual 0..N-1): position = id - first
+        # One `take` from the labels with "" appended (a masked assignment into a filled array
+        # costs twice as much: 29 vs 12 us for a batch of 64 x 10).
+        pos = np.where((ids < c[0]) | (ids > c[-1]), len(c), ids - c[0])
+        return padded.take(pos.reshape(-1)).reshape(ids.shape)  # 0-d stays an array
+    # A binary search per id: ~20 cache misses each in a large table (1M classes: ~15 % of a batch-64 search).
+    out = np.full(ids.shape, MISSING_LABEL, dtype=object)
+    pos = np.minimum(np.searchsorted(c, ids), len(c) - 1)
+    found = (ids >= 0) & (c[pos] == ids)
+    out[found] = labels[pos[found]]
+    return out
 
 
 def _search_preassigned(

@@ -114,6 +114,9 @@ def time_interleaved(
 _SETTLE_S = 0.05  # pause before each timed pass (OpenMP's default spin-wait lasts a few ms)
 
 
+RERANK_FACTORS = (1, 2, 3, 4, 6, 8, 16, 32)  # re-rank depths tried by `tune`, in multiples of top_k
+
+
 @dataclass
 class TuneResult:
     """The chosen settings and every point measured on the way."""
@@ -150,7 +153,7 @@ def tune(
     if index.cfg.storage == "flat":
         reranks = [0]
     else:
-        reranks = list(reranks or [t * top_k for t in (1, 2, 4, 8, 16, 32)])
+        reranks = list(reranks or [t * top_k for t in RERANK_FACTORS])
     curve: list[dict[str, float]] = []
     minimal: list[dict[str, float]] = []
     for rr in reranks:

@@ -9,12 +9,14 @@ import pytest
 from megaclass.python_backend import native_build
 
 
-def test_builds_once_per_source_flags_and_kind(tmp_path, monkeypatch) -> None:
+def test_builds_once_per_source_flags_and_target(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MEGACLASS_NATIVE_DIR", str(tmp_path))
     native = native_build.build("pq4_search")
-    portable = native_build.build("pq4_search", portable=True)
+    portable = native_build.build("pq4_search", "portable")
     assert native != portable and native.parent == tmp_path and native.exists() and portable.exists()
-    assert "-march=native" not in native_build.flags(portable=True)
+    assert "-march=native" not in native_build.flags("portable")
+    with pytest.raises(ValueError, match="unknown build target"):
+        native_build.flags("sse9")
     stamp = native.stat().st_mtime_ns
     assert native_build.build("pq4_search") == native and native.stat().st_mtime_ns == stamp  # cached
     lib = ctypes.CDLL(str(portable))

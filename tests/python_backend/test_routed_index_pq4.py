@@ -75,16 +75,88 @@ def test_agrees_with_the_faiss_backend(data: dict) -> None:
     assert got.stats["candidates"] == pytest.approx(want.stats["candidates"])
 
 
-def test_portable_build_gives_the_answers_of_the_simd_build(data: dict) -> None:
+def test_every_build_target_gives_the_same_answers(data: dict) -> None:
     index = _build(data, pq_residual=True)
-    simd, portable = index._native, index._native_search(portable=True)
-    assert not portable.simd
-    for nprobe, fetch in ((2, 20), (5, 60), (index.nlist, 400)):
-        a = simd.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=2)
-        b = portable.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=1)
-        np.testing.assert_array_equal(a[0], b[0])  # same integer sums, same candidates, same classes
-        np.testing.assert_allclose(a[1], b[1], atol=1e-5)
-        np.testing.assert_array_equal(a[2], b[2])
+    native = index._native
+    targets = {"portable": index._native_search(target="portable")}
+    if native.simd:  # an AVX2 machine: also the AVX2 paths apart from any AVX-512 ones
+        targets["avx2"] = index._native_search(target="avx2")
+        assert targets["avx2"].simd == 1
+    assert targets["portable"].simd == 0
+    for name, other in targets.items():
+        for nprobe, fetch in ((2, 20), (5, 60), (index.nlist, 400)):
+            a = native.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=2)
+            b = other.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=1)
+            np.testing.assert_array_equal(a[0], b[0], err_msg=name)  # same integers, candidates, classes
+            np.testing.assert_allclose(a[1], b[1], atol=1e-5, err_msg=name)
+            np.testing.assert_array_equal(a[2], b[2], err_msg=name)  # entries scanned, rows coded and re-scored
+
+
+def test_route_table_holds_each_centroid_in_int8_within_half_a_step() -> None:
+    rng = np.random.default_rng(3)
+    cent = rng.standard_normal((37, 30)).astype(np.float32)  # 37: a partial last block; 30: dim padded to 32
+    cent[5] = 0  # a zero centroid gets scale 0
+    t = pq4.route_table(cent)
+    codes = t["route_codes"]  # [blocks, dim4 / 4, 16, 4]
+    assert codes.shape == (3, 8, pq4.ROUTE_LANES, 4) and codes.dtype == np.int8
+    c8 = codes.transpose(0, 2, 1, 3).reshape(3 * pq4.ROUTE_LANES, 32)
+    assert (c8[37:] == 0).all() and (c8[:, 30:] == 0).all() and np.abs(c8).max() <= 127
+    scale = t["route_scale"][:37]
+    assert (t["route_scale"][37:] == 0).all() and scale[5] == 0
+    err = np.abs(cent - scale[:, None] * c8[:37, :30])
+    assert (err <= scale[:, None] / 2 + 1e-6).all()
+    np.testing.assert_array_equal(t["route_sum"], c8.astype(np.int64).sum(axis=1))
+    np.testing.assert_allclose(t["route_l1"][:37], scale * np.abs(c8[:37]).sum(axis=1), rtol=1e-6)
+
+
+def test_row_codes_decode_within_their_error_bounds() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((500, 33)).astype(np.float32)  # odd dim: the last nibble is padding
+    x[:, 7] = 0.25  # a constant dimension gets step 0
+    t = pq4.row_codes(x)
+    codes, step = t["row_codes"], t["row_step"]
+    assert codes.shape == (500, 33 + 17) and step[7] == 0
+    c8 = codes[:, :33].astype(np.float64)
+    fine = codes[:, 33:]
+    c4 = np.stack([fine & 15, fine >> 4], axis=2).reshape(500, 34)[:, :33].astype(np.float64)
+    assert c4.max() <= 14
+    lo = x.min(axis=0)
+    coarse = lo + c8 * step
+    assert (np.abs(x - coarse) <= step / 2 + 1e-6).all()
+    assert (np.abs(x - (coarse + (c4 - 7) / 14 * step)) <= step / 28 + 1e-6).all()
+
+
+def test_probes_are_the_best_clusters_and_the_pool_is_re_ranked_exactly(data: dict) -> None:
+    index = _build(data, pq_residual=True)
+    nprobe = 3
+    # With the pool holding every entry of the probed clusters, the answer is exact search over the rows
+    # of the nprobe clusters with the best float32 route scores.
+    got = index.search(data["xq"], 10, nprobe=nprobe, rerank=index.num_entries)
+    top = np.argsort(-(data["xq"] @ index.centroids.T), axis=1)[:, :nprobe]
+    for q, probes in enumerate(top):
+        rows = np.unique(index._entry_row[np.isin(index._entry_list, probes)])
+        scores = data["xb"][rows] @ data["xq"][q]
+        best: dict[int, float] = {}
+        for r, sc in zip(rows, scores, strict=True):
+            c = int(data["row_class"][r])
+            best[c] = max(best.get(c, -np.inf), float(sc))
+        want = sorted(best.values(), reverse=True)[:10]
+        np.testing.assert_allclose(got.scores[q], want, atol=1e-5)
+    assert 0 < got.stats["exact_per_query"] < got.stats["coded_per_query"] <= index.num_entries
+
+
+def test_near_ties_between_classes_are_settled_exactly() -> None:
+    # Rows closer together than the 8-bit codes can tell apart: the re-rank must read them all in float32.
+    rng = np.random.default_rng(6)
+    base = unit_rows(rng.standard_normal((40, 32)))
+    xb = unit_rows(np.repeat(base, 25, axis=0) + 1e-4 * rng.standard_normal((1000, 32)))
+    row_class = np.arange(1000, dtype=np.int64)  # every near-copy its own class
+    xq = unit_rows(base[:12] + 0.01 * rng.standard_normal((12, 32)))
+    cfg = IndexConfig(nlist=8, nprobe=8, kmeans_iters=8, storage="pq", pq_m=16, spill=0, backend="native")
+    index = RoutedIndex.build(xb, row_class, {int(c): str(c) for c in row_class}, cfg)
+    got = index.search(xq, 10, nprobe=index.nlist, rerank=index.num_entries)
+    same_up_to_ties(got, index.exact_search(xq, 10))
+    assert got.stats["exact_per_query"] >= 10
 
 
 def test_residual_codes_find_more_of_the_true_classes(data: dict) -> None:
