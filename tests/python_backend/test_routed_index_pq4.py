@@ -234,3 +234,15 @@ def test_unsupported_combinations_are_refused(data: dict) -> None:
     with pytest.raises(ValueError, match="native backend only"):
         index.use_backend("faiss")
     assert faiss.omp_get_max_threads() == 1  # the native backend leaves FAISS's threads alone
+
+
+def test_a_dimension_that_fills_no_simd_register_is_searched_exactly() -> None:
+    # dim 30, 10 sub-quantisers of 3: the routing table pads to 32, the row codes' SIMD loops leave tails.
+    d = clustered_prototypes(seed=7, groups=12, rows=900, classes=300, spread=0.5, queries=25, noise=0.4, dim=30)
+    cfg = IndexConfig(nlist=10, nprobe=3, kmeans_iters=8, storage="pq", pq_m=10, spill=1, backend="native",
+                      pq_residual=True)  # fmt: skip
+    index = RoutedIndex.build(d["xb"], d["row_class"], d["labels"], cfg)
+    got = index.search(d["xq"], 8, nprobe=index.nlist, rerank=index.num_entries)
+    same_up_to_ties(got, index.exact_search(d["xq"], 8))
+    portable = index._native_search(target="portable").search(d["xq"], nprobe=3, fetch=40, top_k=8, threads=1)
+    np.testing.assert_array_equal(index._native.search(d["xq"], nprobe=3, fetch=40, top_k=8, threads=2)[0], portable[0])
