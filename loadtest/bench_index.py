@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from megaclass.export.config import IndexConfig
+from megaclass.python_backend import routed_index_pq4 as pq4
 from megaclass.python_backend.routed_index import RoutedIndex, aggregate_classes, default_nlist
 from megaclass.python_backend.routed_index_tune import (
     nprobe_grid,
@@ -328,7 +329,7 @@ def _routed_run(
     # Bytes read per query: scanned codes, the native backend's row codes (per coded row), float32 rows.
     per_query = res.stats["candidates"] * code + res.stats["exact_per_query"] * 4 * d
     if "native_tables" in mem:
-        per_query += res.stats["coded_per_query"] * (d + (d + 1) // 2)
+        per_query += res.stats["coded_per_query"] * pq4.row_record_bytes(d)
     curve = []
     for p in t.curve:
         if p["rerank"] == t.rerank:

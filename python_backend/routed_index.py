@@ -77,7 +77,7 @@ class SearchResult:
     which callers that only need class ids (tuning, benchmarks) need not pay.
     `stats`: backend, storage, nprobe, candidates (mean entries scanned per query), candidates_scanned
     (the batch's total), fetched_per_query (candidates taken from the scan), coded_per_query (rows scored
-    with 8-bit codes, native backend), exact_per_query (rows scored in float32 after the scan), seconds.
+    with 8/12-bit codes, native backend), exact_per_query (rows scored in float32 after the scan), seconds.
     """
 
     __slots__ = ("class_ids", "scores", "stats", "_labels", "_resolve")
@@ -421,7 +421,7 @@ class RoutedIndex:
 
     def memory_bytes(self) -> dict[str, int]:
         """Resident bytes: scanned codes (per entry), exact vectors (re-rank, add, save), router, ids, and
-        with the native backend its tables (int8 router, 8-bit codes of the exact vectors)."""
+        with the native backend its tables (int8 router, 8- and 4-bit codes of the exact vectors)."""
         out = {"exact_vectors": int(self._vectors.nbytes), "router": int(self.centroids.nbytes)}
         if self.cfg.backend == "native" and self._native is not None:  # blocks of 32 slots, padding included
             t = self._native.table_bytes()
@@ -567,7 +567,7 @@ class RoutedIndex:
             "candidates": totals["scanned"] / n,  # entries scanned per query (mean)
             "candidates_scanned": int(totals["scanned"]),  # in the whole batch
             "fetched_per_query": fetch,
-            "coded_per_query": totals["coded"] / n,  # rows scored with their 8-bit codes (native)
+            "coded_per_query": totals["coded"] / n,  # rows scored with their 8/12-bit codes (native)
             "exact_per_query": totals["exact"] / n,  # rows scored in float32 after the scan
             "seconds": time.perf_counter() - t0,
         }

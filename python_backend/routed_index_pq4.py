@@ -146,6 +146,11 @@ def route_table(centroids: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def row_record_bytes(dim: int) -> int:
+    """Bytes of one prototype's codes in `row_codes` (8-bit codes, then 4-bit refinements two per byte)."""
+    return dim + (dim + 1) // 2
+
+
 def row_codes(vectors: np.ndarray) -> dict[str, np.ndarray]:
     """Codes of the exact vectors for the re-rank's first passes: x_d ~ lo_d + (c8 + (c4 - 7) / 14) step_d,
     with lo and step per dimension from the rows' range. c8 rounds (x_d - lo_d) / step_d to the nearest
@@ -154,7 +159,7 @@ def row_codes(vectors: np.ndarray) -> dict[str, np.ndarray]:
     of c8, then c4 two per byte (dimension 2j in the low nibble of byte j); row_step float32 [dim]."""
     x = np.asarray(vectors, dtype=np.float32)
     n, dim = x.shape
-    codes = np.zeros((n, dim + (dim + 1) // 2), dtype=np.uint8)
+    codes = np.zeros((n, row_record_bytes(dim)), dtype=np.uint8)
     if not n:
         return {"row_codes": codes, "row_step": np.zeros(dim, np.float32)}
     lo, hi = x.min(axis=0), x.max(axis=0)
