@@ -113,6 +113,9 @@ class IndexConfig:
     prototypes_per_class: int = 1
     nlist: int | None = None  # coarse clusters; None: about 4 * sqrt(prototypes)
     nprobe: int = 8
+    # Adaptive probing: of the nprobe best clusters, past the best only those whose route score is within
+    # this of the best one's (None: all nprobe). `tune` chooses it.
+    probe_margin: float | None = None
     storage: Literal["flat", "fp16", "sq8", "pq"] = "flat"
     spill: int = 0  # extra clusters a prototype is also assigned to
     score_threshold: float | None = None  # below it the answer is "unknown"

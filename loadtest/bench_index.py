@@ -317,10 +317,10 @@ def _routed_run(
     cfg = IndexConfig(**rc)
     tag = "-".join(f"{k}={v}" for k, v in sorted(rc.items()) if k != "backend")
     index, build_s = _cached_routed(xb, ids, labels, cfg, backend, cache)
-    t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch, repeats=3)
+    t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch, repeats=5)
 
-    def search(x: np.ndarray, nprobe: int = t.nprobe) -> Any:
-        return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank)
+    def search(x: np.ndarray, nprobe: int = t.nprobe, margin: float | None = t.probe_margin) -> Any:
+        return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank, probe_margin=margin)
 
     res = search(xq)
     recall = search_recall_at_k(res.class_ids, truth)
@@ -330,14 +330,18 @@ def _routed_run(
     per_query = res.stats["candidates"] * code + res.stats["exact_per_query"] * 4 * d
     if "native_tables" in mem:
         per_query += res.stats["coded_per_query"] * pq4.row_record_bytes(d)
-    curve = []
+    curve = []  # the tuned line: nprobe swept (fixed probing) or the margin swept (adaptive)
     for p in t.curve:
-        if p["rerank"] == t.rerank:
-            nprobe = int(p["nprobe"])
-            r = search_recall_at_k(search(xq, nprobe).class_ids, truth)
-            curve.append((r, time_search(lambda x, n=nprobe: search(x, n), xq, plot_batch, repeats=1)["qps"]))
+        if p["rerank"] == t.rerank and (p["probe_margin"] is None) == (t.probe_margin is None):
+            nprobe, margin = int(p["nprobe"]), p["probe_margin"]
+            r = search_recall_at_k(search(xq, nprobe, margin).class_ids, truth)
+            qps = time_search(lambda x, n=nprobe, m=margin: search(x, n, m), xq, plot_batch, repeats=1)["qps"]
+            curve.append((r, qps))
+    setting = f"nprobe={t.nprobe} rerank={t.rerank}"
+    if t.probe_margin is not None:
+        setting = f"nprobe≤{t.nprobe} margin={t.probe_margin:.3g} ({res.stats['probes_per_query']:.1f} probed) rerank={t.rerank}"
     return MethodRun(
-        f"routed {tag} ({backend})", f"nprobe={t.nprobe} rerank={t.rerank}", recall, build_s,
+        f"routed {tag} ({backend})", setting, recall, build_s,
         sum(mem.values()) / index.num_classes, per_query,
         {}, curve,
     ), search  # fmt: skip

@@ -47,7 +47,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from megaclass.python_backend.routed_index_cli import search_index
 
-    out = search_index(Path(args.index), Path(args.queries), Path(args.out), top_k=args.top_k, nprobe=args.nprobe)
+    out = search_index(
+        Path(args.index),
+        Path(args.queries),
+        Path(args.out),
+        top_k=args.top_k,
+        nprobe=args.nprobe,
+        probe_margin=args.probe_margin,
+    )
     print(f"results written to {out}")
     return 0
 
@@ -98,7 +105,9 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
         help="PQ codes of x - centroid (native backend; far smaller errors on clustered data)",
     )
     p.set_defaults(func=cmd_build)
-    p = ix.add_parser("tune", help="choose nprobe for a target search recall on held-out queries")
+    p = ix.add_parser(
+        "tune", help="choose nprobe (and probe margin, rerank) for a target search recall on held-out queries"
+    )
     p.add_argument("--index", required=True)
     p.add_argument("--queries", required=True)
     p.add_argument("--target-recall", type=float, default=0.95)
@@ -109,6 +118,13 @@ def add_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAct
     p.add_argument("--queries", required=True)
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument(
+        "--probe-margin",
+        dest="probe_margin",
+        type=float,
+        default=None,
+        help="adaptive probing: of the nprobe best clusters only those within this route score of the best",
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_search)
 

@@ -47,6 +47,7 @@ from megaclass.python_backend.routed_index_router import (
     assign_primary,
     assign_spill,
     cluster_means,
+    drop_far_probes,
     route,
     train_centroids,
 )
@@ -64,7 +65,7 @@ UNKNOWN_LABEL = "<unknown>"  # label of an entry whose score is below the thresh
 MISSING_LABEL = ""  # label of an empty slot: fewer than k classes found (class id -1, score -inf)
 BACKENDS = ("faiss", "numpy", "torch", "native")
 _ADD_CHUNK = 262144
-_TOTALS = ("scanned", "coded", "exact")  # per-batch counts from _search_batch
+_TOTALS = ("scanned", "coded", "exact", "probes")  # per-batch counts from _search_batch
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -75,7 +76,8 @@ class SearchResult:
     Below the threshold: class id -1, label "<unknown>", the score is kept.
     `labels` (object array of str) are looked up when first read: a batch of 64 x 10 costs ~10 us,
     which callers that only need class ids (tuning, benchmarks) need not pay.
-    `stats`: backend, storage, nprobe, candidates (mean entries scanned per query), candidates_scanned
+    `stats`: backend, storage, nprobe, probe_margin, probes_per_query (clusters probed: fewer than nprobe
+    with a probe margin), candidates (mean entries scanned per query), candidates_scanned
     (the batch's total), fetched_per_query (candidates taken from the scan), coded_per_query (rows scored
     with 8/12-bit codes, native backend), exact_per_query (rows scored in float32 after the scan), seconds.
     """
@@ -522,11 +524,14 @@ class RoutedIndex:
         threshold: float | None = None,
         *,
         rerank: int | None = None,
+        probe_margin: float | None = None,
     ) -> SearchResult:
         """Top `top_k` distinct classes per query (see SearchResult for empty / unknown slots).
 
-        `nprobe` clusters are scanned per query (default cfg.nprobe); `rerank`: candidates per query
-        re-scored exactly for compressed storage (default cfg.rerank, 0: max(4 top_k, 40)).
+        `nprobe` clusters are scanned per query (default cfg.nprobe); with a `probe_margin` (default
+        cfg.probe_margin) only those whose route score is within it of the best one's (adaptive probing,
+        router.drop_far_probes); `rerank`: candidates per query re-scored exactly for compressed storage
+        (default cfg.rerank, 0: max(4 top_k, 40)).
         `queries` may be a torch tensor: with the torch backend and flat storage it is searched on its
         device without a host copy (the GPU serving path); otherwise it is copied to numpy first.
         """
@@ -541,6 +546,9 @@ class RoutedIndex:
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         nprobe = min(nprobe, self.nlist)
+        margin = self.cfg.probe_margin if probe_margin is None else float(probe_margin)
+        if margin is not None and not margin >= 0:
+            raise ValueError(f"probe_margin must be >= 0 (or None), got {margin}")
         threshold = self.cfg.score_threshold if threshold is None else threshold
         rerank = self.cfg.rerank if rerank is None else int(rerank)
         if self.cfg.threads > 0 and self.cfg.backend == "faiss":
@@ -557,13 +565,15 @@ class RoutedIndex:
             # One pipeline for the whole batch: FAISS parallelises its scan over the queries itself
             # (parallel_mode 3, see storage.search_form), the re-rank too; Python threads each calling
             # FAISS scaled only 1.3-1.45x on two cores (measured on the glyph embeddings).
-            class_ids, best, totals = self._search_batch(xq, nprobe, fetch, top_k)
+            class_ids, best, totals = self._search_batch(xq, nprobe, margin, fetch, top_k)
             result = self._finish(class_ids, best, threshold)
         n = max(len(xq), 1)
         result.stats = {
             "backend": self.cfg.backend,
             "storage": self.cfg.storage,
             "nprobe": nprobe,
+            "probe_margin": margin,
+            "probes_per_query": totals["probes"] / n,
             "candidates": totals["scanned"] / n,  # entries scanned per query (mean)
             "candidates_scanned": int(totals["scanned"]),  # in the whole batch
             "fetched_per_query": fetch,
@@ -574,18 +584,18 @@ class RoutedIndex:
         return result
 
     def _search_batch(
-        self, xq: np.ndarray, nprobe: int, fetch: int, top_k: int
+        self, xq: np.ndarray, nprobe: int, margin: float | None, fetch: int, top_k: int
     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         """Route, scan, re-rank and aggregate a batch: (class ids, scores, batch totals of the entries
-        scanned, the rows scored with codes and the rows scored exactly after the scan)."""
+        scanned, the rows scored with codes, the rows scored exactly after the scan, the clusters probed)."""
         if len(xq) == 0:
             return np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), dict.fromkeys(_TOTALS, 0.0)
         if self.cfg.backend == "native":
             class_ids, best, counts = self._native.search(
-                xq, nprobe=nprobe, fetch=fetch, top_k=top_k, threads=self.cfg.threads or _CPUS
+                xq, nprobe=nprobe, fetch=fetch, top_k=top_k, threads=self.cfg.threads or _CPUS, probe_margin=margin
             )
             return class_ids, best, dict(zip(_TOTALS, counts.sum(axis=1).astype(float), strict=True))
-        scores, rows, probes = self._scan(xq, nprobe, fetch)
+        scores, rows, probes = self._scan(xq, nprobe, margin, fetch)
         exact = 0.0  # flat storage: the scan itself is exact
         if self.cfg.storage != "flat":
             exact = float((rows >= 0).sum())
@@ -597,19 +607,29 @@ class RoutedIndex:
                 rows = np.take_along_axis(rows, top, axis=1)
         cand = np.where(rows >= 0, self._row_class[np.maximum(rows, 0)], -1)
         class_ids, best = aggregate_classes(scores, cand, top_k)
-        return class_ids, best, {"scanned": float(self._sizes[probes].sum()), "coded": 0.0, "exact": exact}
+        probed = probes[probes >= 0]
+        totals = {
+            "scanned": float(self._sizes[probed].sum()),
+            "coded": 0.0,
+            "exact": exact,
+            "probes": float(probed.size),
+        }
+        return class_ids, best, totals
 
-    def _scan(self, xq: np.ndarray, nprobe: int, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Best `fetch` (approximate) scores and entry rows per query from its `nprobe` clusters."""
+    def _scan(
+        self, xq: np.ndarray, nprobe: int, margin: float | None, fetch: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best `fetch` (approximate) scores and entry rows per query from its `nprobe` clusters (those
+        that `margin` drops: -1 in the probes returned)."""
         xs, const = storage_mod.scan_queries(self.cfg.storage, xq, self.codec)
         backend = self.cfg.backend
         if backend == "faiss":
             ivf, searched = self._faiss
-            probes = _faiss_route(ivf.quantizer, xq, nprobe)
+            probes = _faiss_route(ivf.quantizer, xq, nprobe, margin)
             scores, rows = _search_preassigned(searched, xs, fetch, probes, nprobe)
             return scores + const[:, None], rows, probes
         if backend == "numpy":
-            probes = route(xq, self.centroids, nprobe)
+            probes = route(xq, self.centroids, nprobe, margin)
             g = self._grouped
             scores, rows = grouped_scan_numpy(xs, probes, g["codes"], g["rows"], fetch)
         else:
@@ -618,7 +638,8 @@ class RoutedIndex:
             g = self._grouped
             dev = g["codes"].device
             xt = xq.to(dev) if is_torch_tensor(xq) else torch.from_numpy(xq).to(dev)
-            probes = torch.topk(xt @ g["centroids"].T, nprobe, dim=1).indices.cpu().numpy()
+            top = torch.topk(xt @ g["centroids"].T, nprobe, dim=1)
+            probes = drop_far_probes(top.indices.cpu().numpy(), top.values.float().cpu().numpy(), margin)
             xst = xs.to(dev) if is_torch_tensor(xs) else torch.from_numpy(xs).to(dev)
             scores, rows = grouped_scan_torch(xst, probes, g["codes"], g["rows"], fetch, g["compute_dtype"])
         if scores.shape[1] > fetch:
@@ -715,13 +736,6 @@ class RoutedIndex:
                 codec=codec,
                 manifest={**manifest, "params": dataclasses.asdict(cfg)},
             )
-
-    def with_defaults(self, *, nprobe: int | None = None, rerank: int | None = None) -> RoutedIndex:
-        """Set the default nprobe / rerank (as chosen by `tune`); returns self."""
-        changes = {k: v for k, v in {"nprobe": nprobe, "rerank": rerank}.items() if v is not None}
-        self.cfg = dataclasses.replace(self.cfg, **changes)
-        self.manifest.setdefault("params", {}).update(changes)
-        return self
 
     # ------------------------------------------------------------ add/remove
     def add(self, prototypes: np.ndarray, class_ids: np.ndarray, labels: Mapping[int, str] | None = None) -> None:
@@ -984,12 +998,13 @@ def _to_torch(g: dict[str, Any], centroids: np.ndarray, cfg: IndexConfig) -> Non
     g["compute_dtype"] = torch.float16 if dev.type == "cuda" and cfg.storage != "flat" else torch.float32
 
 
-def _faiss_route(quantizer: faiss.Index, xq: np.ndarray, nprobe: int) -> np.ndarray:
-    """The `nprobe` best clusters per query (FAISS flat search, no Python wrapper overhead)."""
+def _faiss_route(quantizer: faiss.Index, xq: np.ndarray, nprobe: int, margin: float | None) -> np.ndarray:
+    """The `nprobe` best clusters per query (FAISS flat search, no Python wrapper overhead); those that
+    `margin` drops are -1 (FAISS skips such lists)."""
     dist = np.empty((len(xq), nprobe), dtype=np.float32)
     ids = np.empty((len(xq), nprobe), dtype=np.int64)
     quantizer.search_c(len(xq), faiss.swig_ptr(xq), nprobe, faiss.swig_ptr(dist), faiss.swig_ptr(ids))
-    return ids
+    return drop_far_probes(ids, dist, margin)
 
 
 def _labels_of(class_ids: np.ndarray, classes: np.ndarray, labels: np.ndarray, padded: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.routed_index import RoutedIndex, SearchResult
 from megaclass.python_backend.routed_index_io import update_manifest_params
 from megaclass.python_backend.routed_index_tune import TuneResult, tune
 
@@ -69,14 +69,15 @@ def tune_index(
     batch: int = 64,
     write: bool = True,
 ) -> TuneResult:
-    """Choose nprobe / rerank for `target_recall` on held-out `queries`; store them as the index's defaults."""
+    """Choose nprobe / probe margin / rerank for `target_recall` on held-out `queries`; store them as the
+    index's defaults."""
     index = RoutedIndex.load(Path(index_dir))
     xq = read_vectors(queries, "queries")
     result = tune(index, xq, target_recall=target_recall, top_k=top_k, batch=batch)
     if write:
         update_manifest_params(
             Path(index_dir),
-            {"nprobe": result.nprobe, "rerank": result.rerank},
+            {"nprobe": result.nprobe, "rerank": result.rerank, "probe_margin": result.probe_margin},
             {"target_recall": target_recall, "recall": result.recall, "qps": result.qps, "reached": result.reached},
         )
     return result
@@ -91,15 +92,16 @@ def search_index(
     nprobe: int | None = None,
     threshold: float | None = None,
     batch: int = 4096,
+    probe_margin: float | None = None,
 ) -> Path:
     """Search `queries` and write `out` (.npz: class_ids int64, labels unicode, scores float32, [Q, top_k])."""
     index = RoutedIndex.load(Path(index_dir))
     xq = read_vectors(queries, "queries")
-    parts = [
-        index.search(xq[s : s + batch], top_k, nprobe=nprobe, threshold=threshold) for s in range(0, len(xq), batch)
-    ]
-    if not parts:
-        parts = [index.search(xq, top_k, nprobe=nprobe, threshold=threshold)]
+
+    def search(x: np.ndarray) -> SearchResult:
+        return index.search(x, top_k, nprobe=nprobe, threshold=threshold, probe_margin=probe_margin)
+
+    parts = [search(xq[s : s + batch]) for s in range(0, len(xq), batch)] or [search(xq)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(

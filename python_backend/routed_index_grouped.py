@@ -24,9 +24,13 @@ def probe_groups(probes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split the probe pairs into stacks of clusters probed by a similar number of queries.
 
     Returns [(clusters [n], pair_index [n, m])], pair_index into `probes.ravel()` (-1 = padding).
+    Probes -1 (dropped by adaptive probing) are in no group.
     """
     flat = probes.ravel()
     order = np.argsort(flat, kind="stable")
+    order = order[flat[order] >= 0]
+    if not len(order):
+        return []
     uniq, start, count = np.unique(flat[order], return_index=True, return_counts=True)
     width = 1 << np.ceil(np.log2(count)).astype(np.int64)  # pad the stack to the next power of two
     out = []

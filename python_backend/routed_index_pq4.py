@@ -34,6 +34,7 @@ class Args(ctypes.Structure):
 
     _fields_ = [
         *((name, ctypes.c_int64) for name in ("nq", "dim", "m", "nlist", "nprobe", "fetch", "top_k", "residual", "threads")),
+        ("probe_margin", ctypes.c_double),
         *((name, ctypes.c_void_p) for name in (
             "xq_lut", "xq", "centroids", "route_codes", "route_scale", "route_l1", "route_sum", "pq_centroids",
             "list_block", "list_size", "codes", "slot_row", "vectors", "row_codes", "row_step", "row_class",
@@ -236,26 +237,35 @@ class Pq4Search:
         return int(self.lib.mc_pq4_simd())
 
     def search(
-        self, queries: np.ndarray, *, nprobe: int, fetch: int, top_k: int, threads: int
+        self,
+        queries: np.ndarray,
+        *,
+        nprobe: int,
+        fetch: int,
+        top_k: int,
+        threads: int,
+        probe_margin: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top `top_k` classes per query: (class ids int64 [n, k], exact scores float32 [n, k], counts
-        int64 [3, n]); empty slots have class -1 and score -inf. The answer is that of an exact re-rank
+        int64 [4, n]); empty slots have class -1 and score -inf. The answer is that of an exact re-rank
         of the best `fetch` entries by scan score. counts: per query the entries scanned, the distinct
-        rows scored with their codes, the rows scored in float32."""
+        rows scored with their codes, the rows scored in float32, the clusters probed (`probe_margin`:
+        see router.drop_far_probes)."""
         xq = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(xq)
         xl = storage_mod.rotate(xq, self.codec)
         # One buffer for all outputs: an address costs ~1 us in Python, a ~400 us batch makes several.
-        out = np.empty(n * (12 * top_k + 24), dtype=np.uint8)
+        out = np.empty(n * (12 * top_k + 32), dtype=np.uint8)
         base = _addr(out)
         out_class = out[: 8 * n * top_k].view(np.int64).reshape(n, top_k)
-        counts = out[8 * n * top_k : 8 * n * (top_k + 3)].view(np.int64).reshape(3, n)
-        out_score = out[8 * n * (top_k + 3) :].view(np.float32).reshape(n, top_k)
+        counts = out[8 * n * top_k : 8 * n * (top_k + 4)].view(np.int64).reshape(4, n)
+        out_score = out[8 * n * (top_k + 4) :].view(np.float32).reshape(n, top_k)
         a = Args.from_buffer_copy(self._args)  # this call's own copy: callers may search concurrently
         a.nq, a.nprobe, a.fetch, a.top_k, a.threads = n, nprobe, fetch, top_k, max(1, threads)
+        a.probe_margin = np.inf if probe_margin is None else probe_margin
         a.xq = _addr(xq)
         a.xq_lut = a.xq if xl is xq else _addr(xl)
-        a.out_class, a.out_counts, a.out_score = base, base + 8 * n * top_k, base + 8 * n * (top_k + 3)
+        a.out_class, a.out_counts, a.out_score = base, base + 8 * n * top_k, base + 8 * n * (top_k + 4)
         rc = self.lib.mc_pq4_search(ctypes.byref(a))
         if rc != 0:
             raise ValueError(f"native search refused its arguments (code {rc})")

@@ -1,4 +1,4 @@
-"""Choose search settings (nprobe, rerank) for a target search recall on a held-out query sample."""
+"""Choose search settings (nprobe, probe margin, rerank) for a target search recall on a held-out query sample."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.routed_index_router import top_clusters
 
 
 def search_recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -115,6 +116,17 @@ _SETTLE_S = 0.05  # pause before each timed pass (OpenMP's default spin-wait las
 
 
 RERANK_FACTORS = (1, 2, 3, 4, 6, 8, 16, 32)  # re-rank depths tried by `tune`, in multiples of top_k
+MARGIN_LEVELS = 32  # probe margins tried by `tune` (quantiles of the route-score gaps)
+
+
+def probe_margin_grid(index: RoutedIndex, queries: np.ndarray, nprobe: int, levels: int = MARGIN_LEVELS) -> list[float]:
+    """Candidate probe margins, ascending: quantiles of the gaps between each query's best route score and
+    its next `nprobe` - 1 (so the grid fits the data's score scale; the last one keeps every probe)."""
+    scores, _ = top_clusters(np.ascontiguousarray(queries, dtype=np.float32), index.centroids, nprobe)
+    gaps = (scores[:, :1] - scores[:, 1:]).ravel()
+    if not gaps.size:
+        return [0.0]
+    return sorted({float(g) for g in np.quantile(gaps, np.linspace(0.0, 1.0, levels + 1)[1:])})
 
 
 @dataclass
@@ -126,6 +138,7 @@ class TuneResult:
     recall: float
     qps: float
     reached: bool  # False: no setting reached the target; the best recall is returned
+    probe_margin: float | None = None  # adaptive probing (RoutedIndex.search); None: always nprobe clusters
     curve: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -140,13 +153,16 @@ def tune(
     reranks: Sequence[int] | None = None,
     batch: int = 64,
     repeats: int = 2,
+    adaptive: bool = True,
 ) -> TuneResult:
-    """Fastest (nprobe, rerank) whose search recall@top_k on `queries` reaches `target_recall`.
+    """Fastest (nprobe, probe margin, rerank) whose search recall@top_k on `queries` reaches `target_recall`.
 
     For each rerank depth, the smallest nprobe meeting the target is found (grid walk, then bisection);
-    those minimal points are timed (interleaved) at
+    with `adaptive`, also the smallest probe margin (probe_margin_grid) that meets it with up to twice
+    that nprobe, kept when it scans fewer entries. Those minimal points are timed (interleaved) at
     `batch` queries per call and the one with the most queries per second wins. `truth`: exact top-k
-    class ids (computed by brute force when None). Recall never falls as nprobe grows (for fixed rerank).
+    class ids (computed by brute force when None). Recall is taken never to fall as nprobe or the margin
+    grows (for fixed rerank).
     """
     truth = index.exact_search(queries, top_k).class_ids if truth is None else truth
     nprobes = list(nprobes or nprobe_grid(index.nlist))
@@ -156,28 +172,65 @@ def tune(
         reranks = list(reranks or [t * top_k for t in RERANK_FACTORS])
     curve: list[dict[str, float]] = []
     minimal: list[dict[str, float]] = []
+    margins_of: dict[int, list[float]] = {}  # per max nprobe
+
+    def measure(nprobe: int, rr: int, margin: float | None) -> dict[str, Any]:
+        res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf, probe_margin=margin)
+        return {
+            "nprobe": nprobe,
+            "rerank": rr,
+            "probe_margin": margin,
+            "recall": search_recall_at_k(res.class_ids, truth),
+            "candidates": res.stats["candidates"],
+            "probes": res.stats["probes_per_query"],
+        }
+
     for rr in reranks:
-        points: dict[int, dict[str, float]] = {}
+        points: dict[int, dict[str, Any]] = {}
 
         def recall_at(nprobe: int, rr: int = rr, points: dict = points) -> float:
-            res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf)
-            points[nprobe] = {
-                "nprobe": nprobe,
-                "rerank": rr,
-                "recall": search_recall_at_k(res.class_ids, truth),
-                "candidates": res.stats["candidates"],
-            }
+            points[nprobe] = measure(nprobe, rr, None)
             return points[nprobe]["recall"]
 
         chosen, _ = smallest_reaching(recall_at, nprobes, target_recall)
         curve.extend(points[p] for p in sorted(points))
-        if chosen is not None:
-            minimal.append(points[chosen])
+        if chosen is None:
+            continue
+        minimal.append(points[chosen])
+        if adaptive and chosen > 1:
+            top = min(2 * chosen, index.nlist)
+            margins = margins_of.setdefault(top, probe_margin_grid(index, queries, top))
+            tried: dict[int, dict[str, Any]] = {}
+
+            def recall_with(
+                level: int, rr: int = rr, top: int = top, margins: list = margins, tried: dict = tried
+            ) -> float:
+                tried[level] = measure(top, rr, margins[level])
+                return tried[level]["recall"]
+
+            levels = [p - 1 for p in nprobe_grid(len(margins))] if len(margins) > 1 else [0]
+            level, _ = smallest_reaching(recall_with, levels, target_recall)
+            curve.extend(tried[k] for k in sorted(tried))
+            if level is not None and tried[level]["candidates"] < points[chosen]["candidates"]:
+                minimal.append(tried[level])
     reached = bool(minimal)
     if not reached:
         minimal = [max(curve, key=lambda p: p["recall"])]
-    fns = [lambda x, p=p: index.search(x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"])) for p in minimal]
+    fns = [
+        lambda x, p=p: index.search(
+            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=p["probe_margin"]
+        )
+        for p in minimal
+    ]
     for p, t in zip(minimal, time_interleaved(fns, queries, batch, repeats), strict=True):
         p.update(t)
     best = max(minimal, key=lambda p: p["qps"])
-    return TuneResult(int(best["nprobe"]), int(best["rerank"]), best["recall"], best["qps"], reached, curve)
+    return TuneResult(
+        int(best["nprobe"]),
+        int(best["rerank"]),
+        best["recall"],
+        best["qps"],
+        reached,
+        probe_margin=best["probe_margin"],
+        curve=curve,
+    )

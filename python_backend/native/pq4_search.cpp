@@ -55,6 +55,7 @@ extern "C" {
 // The arguments of one search (mirrored by routed_index_pq4.Args, field for field).
 struct mc_pq4_args {
   int64_t nq, dim, m, nlist, nprobe, fetch, top_k, residual, threads;
+  double probe_margin;         // probes past the best only while within this of its route score (inf: all nprobe)
   const float* xq_lut;         // [nq, dim] queries as the PQ sees them (rotated when OPQ)
   const float* xq;             // [nq, dim] queries
   const float* centroids;      // [nlist, dim] router, float32
@@ -74,8 +75,8 @@ struct mc_pq4_args {
   const int64_t* row_class;    // [rows] class of each row (-1: removed)
   int64_t* out_class;          // [nq, top_k]
   float* out_score;            // [nq, top_k]
-  int64_t* out_counts;         // [3, nq] per query: entries scanned, distinct rows scored with their codes,
-                               // rows scored in float32
+  int64_t* out_counts;         // [4, nq] per query: entries scanned, distinct rows scored with their codes,
+                               // rows scored in float32, clusters probed
 };
 }
 
@@ -330,6 +331,7 @@ struct Candidate {
 struct Workspace {
   std::vector<float> lower, upper;                 // per cluster: bounds of its route score
   std::vector<float> values;                       // scratch of select_probes
+  std::vector<float> chunk_max;                    // select_probes: the largest lower bound per chunk
   std::vector<int64_t> picked;
   std::vector<std::pair<float, int64_t>> probes;   // (route score, cluster), the best nprobe
   std::vector<float> lut_f;
@@ -421,25 +423,44 @@ void indices_at_least(const float* x, int64_t n, float t, std::vector<int64_t>& 
 // nprobe clusters score >= t, and a cluster whose upper bound is below t cannot be among the best
 // nprobe; the others (typically a few more than nprobe) are scored in float32 and the best nprobe kept
 // (ties: smaller cluster first). t is looked for only among the lower bounds at or above the
-// nprobe-th largest chunk maximum (each maximum is one of the values, so t is at least that).
+// nprobe-th largest chunk maximum (each maximum is one of the values, so t is at least that), in the
+// chunks whose maximum reaches that. Adaptive probing: of those, the ones after the best whose score
+// falls more than probe_margin below the best's are dropped (a query deep inside one cluster probes
+// fewer), and clusters whose upper bound is below the best lower bound - probe_margin are not scored
+// in float32 at all.
 void select_probes(const Args& a, const float* approx, const RouteQuery& rq, const float* q, Workspace& w) {
+  constexpr float kNone = -std::numeric_limits<float>::infinity();
   const int64_t nlist = a.nlist, chunks = (nlist + kChunk - 1) / kChunk;
   w.lower.resize(nlist);
   w.upper.resize(nlist);
-  w.values.resize(chunks);
-  route_bounds(a, approx, rq, w.lower.data(), w.upper.data(), w.values.data());
-  const float est = chunks >= a.nprobe ? kth_largest(w.values, a.nprobe) : -std::numeric_limits<float>::infinity();
+  w.chunk_max.resize(chunks);
+  route_bounds(a, approx, rq, w.lower.data(), w.upper.data(), w.chunk_max.data());
+  // With a probe margin nothing below (best lower bound) - margin is kept (rounded down: none is lost to
+  // float rounding), so the threshold is at least that.
+  const float best = *std::max_element(w.chunk_max.begin(), w.chunk_max.end());
+  const float floor = std::isinf(a.probe_margin) ? kNone : std::nextafter(float(double(best) - a.probe_margin), kNone);
+  w.values.assign(w.chunk_max.begin(), w.chunk_max.end());
+  const float est = std::max(chunks >= a.nprobe ? kth_largest(w.values, a.nprobe) : kNone, floor);
   w.picked.clear();
-  indices_at_least(w.lower.data(), nlist, est, w.picked);
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    if (w.chunk_max[ch] < est) continue;
+    const int64_t s = ch * kChunk, n = std::min(nlist, s + kChunk) - s;
+    const size_t from = w.picked.size();
+    indices_at_least(w.lower.data() + s, n, est, w.picked);
+    for (size_t k = from; k < w.picked.size(); ++k) w.picked[k] += s;
+  }
   w.values.clear();
   for (int64_t c : w.picked) w.values.push_back(w.lower[c]);
-  const float t = kth_largest(w.values, a.nprobe);
+  // t: the nprobe-th largest lower bound, or the floor when fewer than nprobe reach that (t is below it).
+  const float t = std::max((int64_t)w.values.size() >= a.nprobe ? kth_largest(w.values, a.nprobe) : kNone, floor);
   w.picked.clear();
   indices_at_least(w.upper.data(), nlist, t, w.picked);
   w.probes.clear();
   for (int64_t c : w.picked) w.probes.emplace_back(dot(q, a.centroids + c * a.dim, a.dim), c);
-  const int64_t keep = std::min<int64_t>(a.nprobe, (int64_t)w.probes.size());
+  int64_t keep = std::min<int64_t>(a.nprobe, (int64_t)w.probes.size());
   std::partial_sort(w.probes.begin(), w.probes.begin() + keep, w.probes.end(), better_pair<float>);
+  const double cut = double(w.probes[0].first) - a.probe_margin;
+  while (keep > 1 && double(w.probes[keep - 1].first) < cut) --keep;
   w.probes.resize(keep);
 }
 
@@ -752,6 +773,7 @@ void scan_query(const Args& a, int64_t i, const float* approx, const RouteQuery&
   select_probes(a, approx, rq, a.xq + i * a.dim, w);
   quantised_lut(a, a.xq_lut + i * a.dim, w);
   a.out_counts[i] = scan_lists(a, w);
+  a.out_counts[3 * a.nq + i] = (int64_t)w.probes.size();
   distinct_rows(w);
   a.out_counts[a.nq + i] = (int64_t)w.pool.size();
 }
@@ -949,7 +971,7 @@ int mc_pq4_simd() {
 int mc_pq4_search(const mc_pq4_args* args) {
   const Args& a = *args;
   if (a.m <= 0 || a.m % 2 || a.m > 128 || a.dim % a.m || a.nprobe < 1 || a.nprobe > a.nlist || a.fetch < 1 ||
-      a.top_k < 1)
+      a.top_k < 1 || !(a.probe_margin >= 0))
     return -1;
   thread_local std::vector<float> route;  // the caller's, kept between batches (no page faults)
   Batch batch(a, route);

@@ -31,6 +31,12 @@ def test_build_tune_search_round_trip(tmp_path, capsys):
     # each query is a prototype itself: with every cluster probed its class comes first, score 1
     assert list(r["labels"][:, 0]) == [f"class-{i % 250}" for i in range(40)]
     np.testing.assert_allclose(r["scores"][:, 0], 1.0, atol=1e-5)
+    # a probe margin no route score gap reaches keeps all 8 probes: the same answer; a margin of 0 probes one
+    for margin, same in (("100", True), ("0", False)):
+        assert main(["index", "search", "--index", str(idx), "--queries", str(tmp_path / "Q.npy"), "--top-k", "3",
+                     "--out", str(tmp_path / "M.npz"), "--nprobe", "8", "--probe-margin", margin]) == 0  # fmt: skip
+        m = np.load(tmp_path / "M.npz")
+        assert np.array_equal(m["class_ids"], r["class_ids"]) == same
 
 
 def test_build_refuses_mismatched_labels(tmp_path, capsys):

@@ -159,3 +159,31 @@ def test_configured_threads_hold_in_whichever_thread_searches(data: dict) -> Non
     t.start()
     t.join()
     assert seen == [1]
+
+
+def test_probe_margin_probes_the_same_clusters_in_every_backend(data: dict) -> None:
+    index = _build(data, storage="sq8", spill=1)
+    s = np.sort(data["xq"] @ index.centroids.T, axis=1)[:, ::-1][:, :6]
+    margin = float(np.median(s[:, 0] - s[:, 3]))  # about half the queries probe fewer than 4
+    want = (s >= s[:, :1] - np.float32(margin)).sum(axis=1).mean()
+    answers = {}
+    for backend in ("faiss", "numpy", "torch"):
+        index.use_backend(backend)
+        answers[backend] = index.search(data["xq"], 5, nprobe=6, rerank=index.num_entries, probe_margin=margin)
+        assert answers[backend].stats["probes_per_query"] == pytest.approx(want)
+        assert answers[backend].stats["probe_margin"] == margin
+        # a margin of 0 probes the best cluster only; an unbounded one every nprobe cluster
+        one = index.search(data["xq"], 5, nprobe=6, rerank=index.num_entries, probe_margin=0.0)
+        same_up_to_ties(one, index.search(data["xq"], 5, nprobe=1, rerank=index.num_entries))
+        wide = index.search(data["xq"], 5, nprobe=6, rerank=index.num_entries, probe_margin=1e9)
+        same_up_to_ties(wide, index.search(data["xq"], 5, nprobe=6, rerank=index.num_entries))
+    for backend in ("numpy", "torch"):
+        same_up_to_ties(answers[backend], answers["faiss"])
+        assert answers[backend].stats["candidates"] == pytest.approx(answers["faiss"].stats["candidates"])
+    assert answers["faiss"].stats["candidates"] < wide.stats["candidates"]
+    # the configured margin is the default; a negative or NaN one is refused
+    index.cfg = dataclasses.replace(index.cfg, probe_margin=margin)
+    assert index.search(data["xq"], 5, nprobe=6).stats["probes_per_query"] == pytest.approx(want)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="probe_margin"):
+            index.search(data["xq"], 5, nprobe=6, probe_margin=bad)

@@ -84,12 +84,13 @@ def test_every_build_target_gives_the_same_answers(data: dict) -> None:
         assert targets["avx2"].simd == 1
     assert targets["portable"].simd == 0
     for name, other in targets.items():
-        for nprobe, fetch in ((2, 20), (5, 60), (index.nlist, 400)):
-            a = native.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=2)
-            b = other.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=1)
+        for nprobe, fetch, margin in ((2, 20, None), (5, 60, None), (index.nlist, 400, None), (6, 60, 0.05)):
+            a = native.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=2, probe_margin=margin)
+            b = other.search(data["xq"], nprobe=nprobe, fetch=fetch, top_k=7, threads=1, probe_margin=margin)
             np.testing.assert_array_equal(a[0], b[0], err_msg=name)  # same integers, candidates, classes
             np.testing.assert_allclose(a[1], b[1], atol=1e-5, err_msg=name)
-            np.testing.assert_array_equal(a[2], b[2], err_msg=name)  # entries scanned, rows coded and re-scored
+            # entries scanned, rows coded and re-scored, clusters probed
+            np.testing.assert_array_equal(a[2], b[2], err_msg=name)
 
 
 def test_route_table_holds_each_centroid_in_int8_within_half_a_step() -> None:
@@ -246,3 +247,23 @@ def test_a_dimension_that_fills_no_simd_register_is_searched_exactly() -> None:
     same_up_to_ties(got, index.exact_search(d["xq"], 8))
     portable = index._native_search(target="portable").search(d["xq"], nprobe=3, fetch=40, top_k=8, threads=1)
     np.testing.assert_array_equal(index._native.search(d["xq"], nprobe=3, fetch=40, top_k=8, threads=2)[0], portable[0])
+
+
+def test_probe_margin_drops_the_same_clusters_as_the_numpy_router(data: dict) -> None:
+    index = _build(data, pq_residual=True)
+    s = data["xq"] @ index.centroids.T
+    order = np.argsort(-s, axis=1)[:, :5]
+    top = np.take_along_axis(s, order, axis=1)
+    margin = float(np.median(top[:, 0] - top[:, 2]))
+    kept = top >= top[:, :1] - np.float32(margin)
+    got = index.search(data["xq"], 10, nprobe=5, rerank=index.num_entries, probe_margin=margin)
+    assert got.stats["probes_per_query"] == pytest.approx(kept.sum(axis=1).mean())
+    assert 1 < got.stats["probes_per_query"] < 5
+    # the answer: exact search over the rows of the kept clusters only
+    for q in range(len(data["xq"])):
+        rows = np.unique(index._entry_row[np.isin(index._entry_list, order[q][kept[q]])])
+        best: dict[int, float] = {}
+        for r, sc in zip(rows, data["xb"][rows] @ data["xq"][q], strict=True):
+            best[int(data["row_class"][r])] = max(best.get(int(data["row_class"][r]), -np.inf), float(sc))
+        want = sorted(best.values(), reverse=True)[:10]
+        np.testing.assert_allclose(got.scores[q][: len(want)], want, atol=1e-5)

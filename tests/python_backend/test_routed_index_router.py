@@ -9,6 +9,7 @@ from megaclass.python_backend.routed_index_router import (
     assign_spill,
     capacity_assign,
     cluster_means,
+    drop_far_probes,
     route,
     soar_loss,
     top_clusters,
@@ -97,3 +98,19 @@ def test_route_returns_the_best_clusters_in_order() -> None:
     want = np.argsort(-(q @ c.T), axis=1)[:, :4]
     np.testing.assert_array_equal(route(q, c, 4), want)
     assert route(q, c, 100).shape == (5, 30)
+
+
+def test_drop_far_probes_keeps_the_best_and_those_within_the_margin() -> None:
+    probes = np.array([[4, 7, 1, 9], [2, 3, 5, 0]])
+    scores = np.array([[0.9, 0.85, 0.7, 0.1], [0.5, 0.2, 0.19, 0.0]], dtype=np.float32)
+    np.testing.assert_array_equal(drop_far_probes(probes, scores, 0.1), [[4, 7, -1, -1], [2, -1, -1, -1]])
+    np.testing.assert_array_equal(drop_far_probes(probes, scores, 0.0), [[4, -1, -1, -1], [2, -1, -1, -1]])
+    np.testing.assert_array_equal(drop_far_probes(probes, scores, None), probes)
+    np.testing.assert_array_equal(drop_far_probes(probes, scores, 10.0), probes)
+    rng = np.random.default_rng(4)
+    c = rng.standard_normal((30, 8)).astype(np.float32)
+    q = rng.standard_normal((50, 8)).astype(np.float32)
+    got = route(q, c, 6, margin=1.0)
+    s = np.sort(q @ c.T, axis=1)[:, ::-1][:, :6]
+    np.testing.assert_array_equal((got >= 0).sum(axis=1), (s >= s[:, :1] - 1.0).sum(axis=1))
+    np.testing.assert_array_equal(got[got >= 0], route(q, c, 6)[got >= 0])

@@ -56,10 +56,27 @@ def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
     index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, kmeans_iters=8))
     result = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1)
     assert result.reached and result.recall >= 0.9 and result.qps > 0
-    # the chosen nprobe is the first on the grid that reaches the target; recall never falls with nprobe
-    recalls = [p["recall"] for p in result.curve]
-    assert recalls == sorted(recalls)
-    assert all(p["recall"] < 0.9 for p in result.curve if p["nprobe"] < result.nprobe)
+    # the fixed-probing points: the first nprobe on the grid that reaches the target; recall never falls
+    fixed = [p for p in result.curve if p["probe_margin"] is None]
+    assert [p["recall"] for p in fixed] == sorted(p["recall"] for p in fixed)
+    smallest = min(p["nprobe"] for p in fixed if p["recall"] >= 0.9)
+    assert all(p["recall"] < 0.9 for p in fixed if p["nprobe"] < smallest)
+    # adaptive points: up to twice that nprobe, recall growing with the margin
+    adaptive = sorted((p for p in result.curve if p["probe_margin"] is not None), key=lambda p: p["probe_margin"])
+    assert adaptive and {p["nprobe"] for p in adaptive} == {min(2 * smallest, index.nlist)}
+    assert [p["recall"] for p in adaptive] == sorted(p["recall"] for p in adaptive)
+    assert all(p["probes"] <= p["nprobe"] for p in adaptive)
+    if result.probe_margin is None:
+        assert result.nprobe == smallest
+    else:  # chosen only when it scans fewer entries than the smallest fixed nprobe
+        point = next(p for p in adaptive if p["probe_margin"] == result.probe_margin)
+        assert (
+            point["recall"] >= 0.9
+            and point["candidates"] < next(p for p in fixed if p["nprobe"] == smallest)["candidates"]
+        )
+    plain = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1, adaptive=False)
+    assert plain.probe_margin is None and plain.nprobe == smallest
+    assert all(p["probe_margin"] is None for p in plain.curve)
     impossible = tune(index, files["xq"][:20], target_recall=1.01, top_k=5, nprobes=[1, 2], repeats=1)
     assert not impossible.reached and impossible.nprobe == 2
 
@@ -83,8 +100,9 @@ def test_build_tune_search_from_files(files: dict, tmp_path: Path) -> None:
     result = tune_index(out, d / "Q.npy", target_recall=0.9, top_k=5)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["nprobe"] == result.nprobe and manifest["tuning"]["reached"]
+    assert manifest["params"]["probe_margin"] == result.probe_margin
     loaded = RoutedIndex.load(out)  # checksums still hold after the manifest rewrite
-    assert loaded.cfg.nprobe == result.nprobe
+    assert loaded.cfg.nprobe == result.nprobe and loaded.cfg.probe_margin == result.probe_margin
 
     npz = search_index(out, d / "Q.npy", tmp_path / "r.npz", top_k=4)
     with np.load(npz, allow_pickle=False) as r:
