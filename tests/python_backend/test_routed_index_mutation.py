@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.routed_index import RoutedIndex, _RWLock
 
 from .conftest import unit_rows
 
@@ -112,3 +113,65 @@ def test_labels_of_contiguous_and_sparse_class_ids() -> None:
     assert index.label_of(np.array([[0, 749], [-1, 750]])).tolist() == [["c0", "c749"], ["", ""]]
     index.remove([3])  # a gap: binary search from now on
     assert index.label_of(np.array([2, 3, 4, -1])).tolist() == ["c2", "", "c4", ""]
+
+
+def test_the_lock_lets_a_writer_wait_for_readers_and_readers_for_a_writer() -> None:
+    lock = _RWLock()
+    wrote, release, writing, read = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    def write() -> None:
+        with lock.write():
+            wrote.set()
+
+    with lock.read():
+        t = threading.Thread(target=write)
+        t.start()
+        assert not wrote.wait(0.2)  # a search is in progress: the writer waits
+    assert wrote.wait(5)
+    t.join()
+
+    def long_write() -> None:
+        with lock.write():
+            writing.set()
+            release.wait(5)
+
+    def search() -> None:
+        with lock.read():
+            read.set()
+
+    threads = [threading.Thread(target=long_write), threading.Thread(target=search)]
+    threads[0].start()
+    assert writing.wait(5)
+    threads[1].start()
+    assert not read.wait(0.2)  # a write is in progress: the search waits
+    release.set()
+    assert read.wait(5)
+    for t in threads:
+        t.join()
+
+
+def test_searches_during_adds_and_removes_see_a_consistent_index() -> None:
+    index = _index()
+    queries, stop, errors = _data(32, 5), threading.Event(), []
+
+    def searcher() -> None:
+        while not stop.is_set():
+            try:
+                res = index.search(queries, 3, nprobe=4)
+                assert res.class_ids.shape == (32, 3) and (res.class_ids[:, 0] >= 0).all()
+            except Exception as exc:  # reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for k in range(5):
+        ids = 9000 + 10 * k + np.arange(10)
+        index.add(_data(10, 10 + k), ids, {int(c): f"n{c}" for c in ids})
+        assert index.remove(ids[:5]) > 0
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert index.num_classes == 750 + 25
