@@ -320,7 +320,7 @@ def _routed_run(
     t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch, repeats=5)
 
     def search(x: np.ndarray, nprobe: int = t.nprobe, margin: float | None = t.probe_margin) -> Any:
-        return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank, probe_margin=margin)
+        return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank, probe_margin=np.inf if margin is None else margin)
 
     res = search(xq)
     recall = search_recall_at_k(res.class_ids, truth)

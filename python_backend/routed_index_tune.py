@@ -119,6 +119,11 @@ RERANK_FACTORS = (1, 2, 3, 4, 6, 8, 16, 32)  # re-rank depths tried by `tune`, i
 MARGIN_LEVELS = 32  # probe margins tried by `tune` (quantiles of the route-score gaps)
 
 
+def _margin(margin: float | None) -> float:
+    """The search argument for a probe margin, None meaning fixed probing (not the index's default)."""
+    return np.inf if margin is None else margin
+
+
 def probe_margin_grid(index: RoutedIndex, queries: np.ndarray, nprobe: int, levels: int = MARGIN_LEVELS) -> list[float]:
     """Candidate probe margins, ascending: quantiles of the gaps between each query's best route score and
     its next `nprobe` - 1 (so the grid fits the data's score scale; the last one keeps every probe)."""
@@ -175,7 +180,7 @@ def tune(
     margins_of: dict[int, list[float]] = {}  # per max nprobe
 
     def measure(nprobe: int, rr: int, margin: float | None) -> dict[str, Any]:
-        res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf, probe_margin=margin)
+        res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf, probe_margin=_margin(margin))
         return {
             "nprobe": nprobe,
             "rerank": rr,
@@ -218,7 +223,7 @@ def tune(
         minimal = [max(curve, key=lambda p: p["recall"])]
     fns = [
         lambda x, p=p: index.search(
-            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=p["probe_margin"]
+            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=_margin(p["probe_margin"])
         )
         for p in minimal
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
             point["recall"] >= 0.9
             and point["candidates"] < next(p for p in fixed if p["nprobe"] == smallest)["candidates"]
         )
+    assert all(p["probes"] == min(p["nprobe"], index.nlist) for p in fixed)
+    # a margin configured on the index does not leak into fixed probing
+    index.cfg = dataclasses.replace(index.cfg, probe_margin=0.0)
     plain = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1, adaptive=False)
     assert plain.probe_margin is None and plain.nprobe == smallest
     assert all(p["probe_margin"] is None for p in plain.curve)
