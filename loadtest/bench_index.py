@@ -31,6 +31,7 @@ from megaclass.python_backend import routed_index_pq4 as pq4
 from megaclass.python_backend.routed_index import RoutedIndex, aggregate_classes, default_nlist
 from megaclass.python_backend.routed_index_tune import (
     nprobe_grid,
+    search_margin,
     search_recall_at_k,
     smallest_reaching,
     time_interleaved,
@@ -320,7 +321,7 @@ def _routed_run(
     t = tune(index, xq_tune, target_recall=target, top_k=top_k, truth=truth_tune, batch=plot_batch, repeats=5)
 
     def search(x: np.ndarray, nprobe: int = t.nprobe, margin: float | None = t.probe_margin) -> Any:
-        return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank, probe_margin=np.inf if margin is None else margin)
+        return index.search(x, top_k, nprobe=nprobe, rerank=t.rerank, probe_margin=search_margin(margin))
 
     res = search(xq)
     recall = search_recall_at_k(res.class_ids, truth)

@@ -550,8 +550,8 @@ class RoutedIndex:
 
         `nprobe` clusters are scanned per query (default cfg.nprobe); with a `probe_margin` (default
         cfg.probe_margin; inf: all nprobe whatever the configuration) only those whose route score is
-        within it of the best one's (adaptive probing, router.drop_far_probes); `rerank`: candidates per query re-scored exactly for compressed storage
-        (default cfg.rerank, 0: max(4 top_k, 40)).
+        within it of the best one's (adaptive probing, router.drop_far_probes); `rerank`: candidates per
+        query re-scored exactly for compressed storage (default cfg.rerank, 0: max(4 top_k, 40)).
         `queries` may be a torch tensor: with the torch backend and flat storage it is searched on its
         device without a host copy (the GPU serving path); otherwise it is copied to numpy first.
         """

@@ -119,8 +119,9 @@ RERANK_FACTORS = (1, 2, 3, 4, 6, 8, 16, 32)  # re-rank depths tried by `tune`, i
 MARGIN_LEVELS = 32  # probe margins tried by `tune` (quantiles of the route-score gaps)
 
 
-def _margin(margin: float | None) -> float:
-    """The search argument for a probe margin, None meaning fixed probing (not the index's default)."""
+def search_margin(margin: float | None) -> float:
+    """The `probe_margin` to search with for a tuned margin, None meaning fixed probing (search's None
+    would mean the index's configured margin)."""
     return np.inf if margin is None else margin
 
 
@@ -180,7 +181,9 @@ def tune(
     margins_of: dict[int, list[float]] = {}  # per max nprobe
 
     def measure(nprobe: int, rr: int, margin: float | None) -> dict[str, Any]:
-        res = index.search(queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf, probe_margin=_margin(margin))
+        res = index.search(
+            queries, top_k, nprobe=nprobe, rerank=rr, threshold=-np.inf, probe_margin=search_margin(margin)
+        )
         return {
             "nprobe": nprobe,
             "rerank": rr,
@@ -204,7 +207,9 @@ def tune(
         minimal.append(points[chosen])
         if adaptive and chosen > 1:
             top = min(2 * chosen, index.nlist)
-            margins = margins_of.setdefault(top, probe_margin_grid(index, queries, top))
+            if top not in margins_of:  # one grid per max nprobe, shared by the re-rank depths
+                margins_of[top] = probe_margin_grid(index, queries, top)
+            margins = margins_of[top]
             tried: dict[int, dict[str, Any]] = {}
 
             def recall_with(
@@ -223,7 +228,7 @@ def tune(
         minimal = [max(curve, key=lambda p: p["recall"])]
     fns = [
         lambda x, p=p: index.search(
-            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=_margin(p["probe_margin"])
+            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=search_margin(p["probe_margin"])
         )
         for p in minimal
     ]
