@@ -24,7 +24,7 @@ from PIL import Image
 
 from megaclass.clients.errors import INVALID, MegaclassError, RetryPolicy, catchable, to_megaclass_error
 from megaclass.clients.shared_memory import SharedMemoryRegion, SlotLayout
-from megaclass.export.preprocess import load_image, to_model_input
+from megaclass.python_backend.serving.preprocess import load_image, to_model_input
 
 __all__ = ["Client", "ImageLike", "MegaclassError", "Prediction", "Protocol", "RetryPolicy", "SearchResults"]
 
@@ -109,7 +109,7 @@ def image_batch(images: np.ndarray | ImageLike | Sequence[ImageLike], dims: Sequ
     An array is taken as pixels as they are: uint8 `[N, S, S]` / `[S, S]` (0..255) or float
     `[N, 1, S, S]` / `[N, S, S]` in [0, 1]. PIL images and paths (one, or a sequence, mixed
     with arrays) are loaded, made grey, resized and inverted to bright-on-dark like the
-    training glyphs (`megaclass.export.preprocess.load_image`).
+    training glyphs (`megaclass.python_backend.serving.preprocess.load_image`).
     """
     size = int(dims[-1])
     if isinstance(images, str | Path | Image.Image):

@@ -65,7 +65,7 @@ _UNAVAILABLE_WORDS = (
     "connect failed",
     "exceeds maximum queue",
     # A model instance whose stub process died: the launcher's watchdog reloads the model within
-    # seconds (python_backend/server_watchdog.py), so a retry after back-off is answered.
+    # seconds (python_backend/server/watchdog.py), so a retry after back-off is answered.
     "is not healthy",
 )
 _TIMEOUT_WORDS = ("deadline exceeded", "deadline_exceeded", "timed out", "timeout")

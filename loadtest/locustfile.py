@@ -4,7 +4,7 @@ Users (pick them on Locust's command line; all three by default):
 - `TritonGrpcUser`: tritonclient's gRPC client. Locust has no gRPC user of its own, so each
   call is reported through Locust's request event (`request_type="grpc"`).
 - `TritonHttpUser`: Locust's FastHttpUser posting Triton's binary-tensor HTTP requests.
-- `BaselineHttpUser`: the same images to the FastAPI baseline (`megaclass.loadtest.baseline_service`).
+- `BaselineHttpUser`: the same images to the FastAPI baseline (`megaclass.loadtest.benchmarks.baseline_service`).
 
 Every user calls `classify` (images) or the retriever (embeddings) by `--model-mix`, with a
 batch size drawn from `--batch-mix`; requests are named "<model> b=<batch>" so Locust's

@@ -108,7 +108,7 @@ def sample_rss(server) -> dict[str, int]:
     """RSS in bytes of tritonserver and of each live Python-backend stub (by instance name)."""
     import psutil
 
-    from megaclass.python_backend.server_watchdog import stub_identity
+    from megaclass.python_backend.server.watchdog import stub_identity
 
     main = psutil.Process(server.process.pid)
     out = {"tritonserver": main.memory_info().rss}
@@ -157,7 +157,7 @@ def fitting_batch_mix(server) -> str:
 
 def run_soak(server, settings: SoakSettings, out_dir: Path) -> SoakResult:
     """Load `server` with Locust for `settings.duration_s`, sampling RSS; Locust's files go to `out_dir`."""
-    from megaclass.loadtest.head_to_head import machine_description
+    from megaclass.loadtest.benchmarks.serving_bench import machine_description
     from megaclass.loadtest.locust_run import LocustSettings, run_locust
 
     extra = {"batch_mix": settings.batch_mix or fitting_batch_mix(server)}
@@ -238,13 +238,13 @@ def write_outputs(result: SoakResult, warmup_s: float, out_dir: Path, command: s
 
 def _serve(args: argparse.Namespace, work: Path):
     """Start tritonserver on --repository, or on a synthetic stack built under `work`."""
-    from megaclass.python_backend.triton_server import free_port, start_server
+    from megaclass.python_backend.server.triton_server import free_port, start_server
 
     images = None
     if args.repository:
         repository = Path(args.repository)
     else:
-        from megaclass.loadtest.head_to_head import load_bench_config, prepare_artifacts
+        from megaclass.loadtest.benchmarks.serving_bench import load_bench_config, prepare_artifacts
 
         bench, cfg = load_bench_config(None, {"classes": args.classes})
         art = prepare_artifacts(work / "artifacts", bench, cfg)
@@ -288,7 +288,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `loadtest soak` (call after `megaclass.loadtest.commands.add_commands`, which makes `loadtest`)."""
+    """Register `loadtest soak` (call after `megaclass.clients.cli.loadtest.add_commands`, which makes `loadtest`)."""
     if "loadtest" in sub.choices:
         lt = sub.choices["loadtest"]._subparsers._group_actions[0]
     else:

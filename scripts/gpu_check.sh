@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs ON a lent GPU machine, from the repository root, with `.gpu/` (scripts/gpu_bundle.sh) carried:
-# unpacks FAISS and Triton, runs the GPU tests, then loadtest/gpu_check.py (index and serving on
+# unpacks FAISS and Triton, runs the GPU tests, then loadtest/benchmarks/gpu_check.py (index and serving on
 # the GPU). Results go to $OUT (gpu_check.md: the section for docs/benchmarks.md).
 # Arguments are passed to gpu_check.py (e.g. --classes 200000 --seconds 4 --skip index).
 set -u
@@ -20,4 +20,4 @@ python3 -c "import glob, sysconfig; d = sysconfig.get_config_var('LIBDIR'); prin
 timeout 180 python3 -m pytest -q -p no:cacheprovider -x \
   tests/integration/test_torch_encoder_target.py tests/python_backend/test_device_arrays.py \
   tests/python_backend/test_routed_index_backends.py 2>&1 | tail -25 | tee "$OUT/pytest.txt"
-timeout "${GPU_CHECK_TIMEOUT:-420}" python3 -m megaclass.loadtest.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+timeout "${GPU_CHECK_TIMEOUT:-420}" python3 -m megaclass.loadtest.benchmarks.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

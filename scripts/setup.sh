@@ -41,7 +41,7 @@ fi
   echo "setup: Python 3.10-3.12 is needed (the Triton Python-backend stubs exist for those); found $($PY --version)" >&2; exit 1; }
 
 stamp=.venv/.megaclass-setup
-want=$(cat requirements.lock pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat requirements.lock pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/megaclass ]; then
   exit 0
 fi

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megaclass.loadtest.scaleout_nginx import compose_replica_names
+from megaclass.loadtest.scaleout.nginx import compose_replica_names
 from tests.docker.conftest import DOCKER, ROOT, require
 
 COMPOSE = DOCKER / "compose.yaml"

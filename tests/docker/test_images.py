@@ -86,7 +86,7 @@ def test_image_can_build_the_native_kernel_and_ships_its_source(dockerfile):
     runs = " ".join(rest for op, rest in stages(dockerfile)["serve"] if op == "RUN")
     assert re.search(r"apt-get install [^&]*\bg\+\+", runs), "the native backend compiles on first use"
     pyproject = (DOCKER.parent / "pyproject.toml").read_text()
-    assert '"native/*.cpp"' in pyproject  # the kernel's source is installed with the package
+    assert '"megaclass.python_backend.index.native" = ["*.cpp"]' in pyproject  # the kernel's source is installed with the package
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -122,7 +122,7 @@ def test_cpu_requirements_are_pinned_by_the_lock():
 
 
 def test_cpu_image_python_has_a_triton_stub():
-    from megaclass.python_backend.triton_server import locate_triton
+    from megaclass.python_backend.server.triton_server import locate_triton
 
     (op, base), *_ = instructions(DOCKER / "Dockerfile.cpu")
     version = re.match(r"python:(\d+\.\d+)", base).group(1)
@@ -138,7 +138,7 @@ def healthcheck(url: str, *models: str) -> int:
 
 
 def test_healthcheck_fails_when_nothing_listens():
-    from megaclass.python_backend.triton_server import free_port
+    from megaclass.python_backend.server.triton_server import free_port
 
     assert healthcheck(f"http://127.0.0.1:{free_port()}") == 1
 
@@ -147,7 +147,12 @@ def test_healthcheck_fails_when_nothing_listens():
 def test_entrypoint_serves_the_repository_and_stops_on_sigterm(tiny_repo, tmp_path):
     """docker/entrypoint.sh with every flag set, run with the bundled tritonserver (Triton 2.51 =
     NGC 24.10): the flags are accepted, the health check turns ready, SIGTERM stops it cleanly."""
-    from megaclass.python_backend.triton_server import free_port, locate_triton, prepare_backend_dir, server_environment
+    from megaclass.python_backend.server.triton_server import (
+        free_port,
+        locate_triton,
+        prepare_backend_dir,
+        server_environment,
+    )
 
     install = locate_triton()
     env = server_environment(install)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megaclass.loadtest.scaleout_nginx import (
+from megaclass.loadtest.scaleout.nginx import (
     LoadBalancerConfig,
     Replica,
     check_config,
@@ -53,7 +53,7 @@ def test_nginx_accepts_the_local_configuration(tmp_path):
 
 def test_nginx_rejects_a_broken_configuration(tmp_path):
     require(nginx_available(), "nginx is not installed (Debian package nginx)")
-    from megaclass.loadtest.scaleout_nginx import NginxError
+    from megaclass.loadtest.scaleout.nginx import NginxError
 
     lb = LoadBalancerConfig(pid_file=str(tmp_path / "nginx.pid"), temp_dir=str(tmp_path))
     broken = render_nginx_config(REPLICAS, lb).replace("grpc_next_upstream_tries", "grpc_next_upstream_trys")
@@ -64,7 +64,7 @@ def test_nginx_rejects_a_broken_configuration(tmp_path):
 def test_compose_front_is_the_generated_configuration():
     committed = (DOCKER / "nginx" / "nginx.conf").read_text()
     assert committed == compose_nginx_config(), (
-        "docker/nginx/nginx.conf is stale: python -m megaclass.loadtest.scaleout_nginx > docker/nginx/nginx.conf"
+        "docker/nginx/nginx.conf is stale: python -m megaclass.loadtest.scaleout.nginx > docker/nginx/nginx.conf"
     )
     for name in compose_replica_names():
         assert f"server {name}:8001 " in committed and f"server {name}:8000 " in committed

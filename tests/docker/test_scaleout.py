@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megaclass.loadtest.scaleout import (
+from megaclass.loadtest.scaleout.run import (
     ScaleoutConfig,
     format_report,
     parse_triton_counters,

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from megaclass.export import augment as A
 from megaclass.export.config import AugmentConfig, replace
+from megaclass.export.data import augment as A
 
 
 def glyph_batch(b: int = 16, s: int = 32) -> torch.Tensor:

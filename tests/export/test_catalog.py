@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megaclass.export.catalog import CatalogError, read_catalog, write_catalog_csv
 from megaclass.export.config import IndexConfig, load_config
-from megaclass.export.data_sources import DataSpec, eval_sets_from_spec, train_from_spec
-from megaclass.export.evaluation import evaluate_sets
+from megaclass.export.data.catalog import CatalogError, read_catalog, write_catalog_csv
+from megaclass.export.data.data_sources import DataSpec, eval_sets_from_spec, train_from_spec
+from megaclass.export.evaluate.evaluation import evaluate_sets
 
 SIZE = 16
 
@@ -134,7 +134,7 @@ def test_train_on_image_catalogue_then_enrol_new_classes(tmp_path):
 
 def test_cli_evaluate_and_prototypes_of_embedding_catalogue(tmp_path):
     """No encoder: `megaclass evaluate --catalog` scores the embeddings, `prototypes --index` builds an index."""
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     from .test_commands import run
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from megaclass.export import commands
-from megaclass.export.losses import LOSSES, MINING
+from megaclass.clients.cli import train as commands
+from megaclass.export.train.losses import LOSSES, MINING
 
 
 def run(*argv: str) -> int:

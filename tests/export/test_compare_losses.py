@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from megaclass.export.compare_losses import BEGIN, END, METHODS, compare_losses, markdown_table, update_doc
 from megaclass.export.config import load_config
-from megaclass.export.data_sources import DataSpec
-from megaclass.export.losses import LOSSES
+from megaclass.export.data.data_sources import DataSpec
+from megaclass.export.train.compare_losses import BEGIN, END, METHODS, compare_losses, markdown_table, update_doc
+from megaclass.export.train.losses import LOSSES
 
 
 def test_methods_are_registered_losses():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from megaclass.export.config import TrainConfig
-from megaclass.export.embedding import embed_images
-from megaclass.export.encoder_model import ENCODERS, GlyphEncoder, VectorEncoder, build_encoder
+from megaclass.export.enrol.embedding import embed_images
+from megaclass.python_backend.serving.encoder_model import ENCODERS, GlyphEncoder, VectorEncoder, build_encoder
 
 
 @pytest.mark.parametrize("size", [8, 17, 32, 64])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from megaclass.export.config import IndexConfig
-from megaclass.export.evaluation import (
+from megaclass.export.evaluate.evaluation import (
     EvalSets,
     _first_unique,
     coarse_clusters,

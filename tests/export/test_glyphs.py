@@ -13,8 +13,8 @@ import pytest
 from fontTools.fontBuilder import FontBuilder
 from fontTools.pens.ttGlyphPen import TTGlyphPen
 
-from megaclass.export import glyphs as G
 from megaclass.export.config import GlyphDataConfig, replace
+from megaclass.export.data import glyphs as G
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 WQY = Path("/usr/share/fonts/truetype/wqy")

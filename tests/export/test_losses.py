@@ -14,11 +14,7 @@ import torch
 from pytorch_metric_learning import miners
 
 from megaclass.export.config import TrainConfig
-from megaclass.export.embedding import embed_inputs
-from megaclass.export.encoder_model import VectorEncoder
-from megaclass.export.losses import LOSSES, build_loss, build_miner
-from megaclass.export.metrics import retrieval_metrics
-from megaclass.export.synthetic import (
+from megaclass.export.data.synthetic import (
     SyntheticConfig,
     held_out_queries,
     iter_batches,
@@ -26,7 +22,11 @@ from megaclass.export.synthetic import (
     steps_per_epoch,
     training_samples,
 )
-from megaclass.export.training import train_on_batches
+from megaclass.export.enrol.embedding import embed_inputs
+from megaclass.export.evaluate.metrics import retrieval_metrics
+from megaclass.export.train.losses import LOSSES, build_loss, build_miner
+from megaclass.export.train.training import train_on_batches
+from megaclass.python_backend.serving.encoder_model import VectorEncoder
 
 SYN = SyntheticConfig(num_classes=50, min_samples=10, max_samples=30, noise=0.5)
 BATCH = 64

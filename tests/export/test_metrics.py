@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megaclass.export.metrics import (
+from megaclass.export.evaluate.metrics import (
     class_counts,
     hit_rate_at_k,
     map_at_r,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from megaclass.export.config import ExportConfig, TrainConfig, replace
-from megaclass.export.encoder_model import build_encoder
-from megaclass.export.onnx_export import ParityError, export_onnx, sha256_file
+from megaclass.export.convert.onnx_export import ParityError, export_onnx, sha256_file
+from megaclass.python_backend.serving.encoder_model import build_encoder
 
 SIZE = 24
 

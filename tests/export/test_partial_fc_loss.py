@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_metric_learning import losses
 
-from megaclass.export.partial_fc_loss import PartialFCLoss, sample_classes
+from megaclass.export.train.partial_fc_loss import PartialFCLoss, sample_classes
 
 
 def test_sample_classes_by_hand():
@@ -119,8 +119,13 @@ def test_training_loop_steps_at_a_million_classes(tmp_path):
     import numpy as np
 
     from megaclass.export.config import TrainConfig
-    from megaclass.export.synthetic import SyntheticConfig, build_synthetic_encoder, iter_batches, samples_per_class
-    from megaclass.export.training import train_on_batches
+    from megaclass.export.data.synthetic import (
+        SyntheticConfig,
+        build_synthetic_encoder,
+        iter_batches,
+        samples_per_class,
+    )
+    from megaclass.export.train.training import train_on_batches
 
     syn = SyntheticConfig(num_classes=1_000_000, input_dim=16)
     cfg = TrainConfig(

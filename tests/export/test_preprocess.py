@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megaclass.export.preprocess import load_image, to_model_input
+from megaclass.python_backend.serving.preprocess import load_image, to_model_input
 
 
 def test_to_model_input_scales_and_adds_channel():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megaclass.export.prototypes import class_prototypes, l2_normalize
+from megaclass.export.enrol.prototypes import class_prototypes, l2_normalize
 
 
 def test_mean_prototype_is_normalised_class_mean():

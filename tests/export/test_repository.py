@@ -9,7 +9,7 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
-from megaclass.export.repository import (
+from megaclass.export.repository.generate import (
     ModelShapes,
     classify_config,
     config_text,
@@ -146,7 +146,7 @@ def test_gpu_torch_target_is_a_python_encoder_on_the_gpu(tmp_path):
 @pytest.mark.parametrize("target", ["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"])
 def test_build_repository_writes_only_parseable_configs(target, tmp_path: Path):
     """Each file `build_repository` writes is a valid ModelConfig; the encoder form follows the target."""
-    from megaclass.export.repository import build_repository, encoder_file_name
+    from megaclass.export.repository.generate import build_repository, encoder_file_name
 
     artifact = tmp_path / "encoder.bin"
     artifact.write_bytes(b"model")
@@ -179,10 +179,10 @@ def test_publish_encoder_follows_the_repository_target(target, tmp_path: Path):
     their model.py; an ONNX encoder is checked first, a PyTorch weights file is not ONNX."""
     import torch
 
-    from megaclass.export.encoder_model import GlyphEncoder, save_encoder
-    from megaclass.export.onnx_export import export_onnx
-    from megaclass.export.publish import PublishError, publish_encoder
-    from megaclass.export.repository import build_repository, encoder_file_name
+    from megaclass.export.convert.onnx_export import export_onnx
+    from megaclass.export.repository.generate import build_repository, encoder_file_name
+    from megaclass.export.repository.publish import PublishError, publish_encoder
+    from megaclass.python_backend.serving.encoder_model import GlyphEncoder, save_encoder
 
     model = GlyphEncoder(embedding_dim=SHAPES.embedding_dim, width=4).eval()
     if target == "cpu":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import TrainConfig
-from megaclass.export.synthetic import (
+from megaclass.export.data.synthetic import (
     SyntheticConfig,
     build_synthetic_encoder,
     hashed_normal,

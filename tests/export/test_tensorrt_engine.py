@@ -7,7 +7,12 @@ import types
 
 import pytest
 
-from megaclass.export.tensorrt_engine import EngineProfile, TensorRTUnavailable, build_engine, tensorrt_available
+from megaclass.export.convert.tensorrt_engine import (
+    EngineProfile,
+    TensorRTUnavailable,
+    build_engine,
+    tensorrt_available,
+)
 
 
 def fake_tensorrt(calls: dict) -> types.ModuleType:
@@ -97,8 +102,8 @@ def checkpoint(tmp_path):
     import torch
 
     from megaclass.export.config import TrainConfig
-    from megaclass.export.encoder_model import build_encoder
-    from megaclass.export.training import save_encoder
+    from megaclass.export.train.training import save_encoder
+    from megaclass.python_backend.serving.encoder_model import build_encoder
 
     torch.manual_seed(0)
     model = build_encoder(TrainConfig(embedding_dim=8, width=4), 16)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from megaclass.export.config import TrainConfig, replace
-from megaclass.export.embedding import embed_images
-from megaclass.export.training import (
+from megaclass.export.enrol.embedding import embed_images
+from megaclass.export.train.training import (
     batch_size_for,
     load_encoder,
     lr_at,
@@ -76,7 +76,7 @@ def trained(data, tmp_path_factory):
 
 
 def load_like(cfg: TrainConfig):
-    from megaclass.export.encoder_model import build_encoder
+    from megaclass.python_backend.serving.encoder_model import build_encoder
 
     return build_encoder(cfg, SIZE).eval()
 

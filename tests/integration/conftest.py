@@ -1,5 +1,5 @@
 """A tiny but real stack for integration tests: the real tritonserver on free ports serving
-`megaclass.export.tiny_repository`, with the same computation available in-process to check
+`megaclass.export.repository.tiny`, with the same computation available in-process to check
 the answers."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import ModelServingConfig, ServingConfig
-from megaclass.export.tiny_repository import (  # noqa: F401 - re-exported for other test packages
+from megaclass.export.repository.tiny import (  # noqa: F401 - re-exported for other test packages
     IMAGE_SIZE,
     NUM_CLASSES,
     build_tiny_repository,
     class_patterns,
     projection_encoder,
 )
-from megaclass.python_backend.triton_server import TritonServer, free_port, start_server
+from megaclass.python_backend.server.triton_server import TritonServer, free_port, start_server
 
 
 @dataclass
@@ -34,8 +34,8 @@ class TinyStack:
 
 @pytest.fixture(scope="session")
 def tiny_stack(tmp_path_factory) -> TinyStack:
-    from megaclass.python_backend.encoder_runtime import OnnxEncoder
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.python_backend.index.routed_index import RoutedIndex
+    from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
 
     root = tmp_path_factory.mktemp("stack")
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=5000)

@@ -16,7 +16,7 @@ from megaclass.clients.async_client import AsyncClient
 from megaclass.clients.client import Client, MegaclassError, RetryPolicy
 from megaclass.clients.errors import INVALID, TIMEOUT, UNAVAILABLE
 from megaclass.clients.shared_memory import SHM_DIR
-from megaclass.python_backend.triton_server import free_port
+from megaclass.python_backend.server.triton_server import free_port
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ["grpc", "http"]
@@ -192,7 +192,7 @@ def test_a_silent_server_times_out(protocol):
 
 
 def test_transport_measurement_covers_every_transport(tiny_stack):
-    from megaclass.loadtest.transport_bench import measure_transport, transport_markdown
+    from megaclass.loadtest.benchmarks.transport_bench import measure_transport, transport_markdown
 
     urls = {"grpc": tiny_stack.server.grpc_url, "http": tiny_stack.server.http_url}
     points = measure_transport(urls, tiny_stack.images, batch_sizes=(1, 16, 64), calls=5, warmup=1)

@@ -6,7 +6,7 @@ import pytest
 
 
 def test_cpu_budget_accounts_for_server_stubs_and_generator(tiny_stack):
-    from megaclass.loadtest.cpu_budget import measure_cpu_budget
+    from megaclass.loadtest.benchmarks.cpu_budget import measure_cpu_budget
 
     size = tiny_stack.images.shape[-1]
     budget = measure_cpu_budget(
@@ -23,8 +23,8 @@ def test_cpu_budget_accounts_for_server_stubs_and_generator(tiny_stack):
 
 
 def test_budget_section_reports_the_tables_and_a_ceiling(tiny_stack):
-    from megaclass.loadtest.batching_bench import budget_section
-    from megaclass.loadtest.cpu_budget import CpuBudget
+    from megaclass.loadtest.benchmarks.batching_bench import budget_section
+    from megaclass.loadtest.benchmarks.cpu_budget import CpuBudget
 
     parts = {"tritonserver": 300.0, "stub:encoder": 400.0, "stub:retriever": 300.0, "load generator": 150.0}
     off = CpuBudget("classify", 32, 1000.0, 2, {**parts, "idle": 50.0})

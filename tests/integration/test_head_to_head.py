@@ -7,7 +7,12 @@ import math
 import pytest
 
 from megaclass.export.config import ModelServingConfig, ServingConfig, replace
-from megaclass.loadtest.head_to_head import HeadToHeadConfig, load_bench_config, run_head_to_head, write_outputs
+from megaclass.loadtest.benchmarks.serving_bench import (
+    HeadToHeadConfig,
+    load_bench_config,
+    run_head_to_head,
+    write_outputs,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

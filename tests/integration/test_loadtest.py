@@ -50,8 +50,8 @@ def test_short_locust_run_has_no_failures_and_a_sane_count(tiny_stack, tmp_path)
 
 def test_baseline_service_answers_like_triton(tiny_stack, tmp_path):
     """The FastAPI baseline on the same encoder and index gives the same classes, and Locust loads it."""
-    from megaclass.loadtest.head_to_head import BenchArtifacts, HeadToHeadConfig, serve_baseline
-    from megaclass.loadtest.head_to_head import newest_version_file as newest
+    from megaclass.loadtest.benchmarks.serving_bench import BenchArtifacts, HeadToHeadConfig, serve_baseline
+    from megaclass.loadtest.benchmarks.serving_bench import newest_version_file as newest
 
     onnx = newest(tiny_stack.repo / "encoder", "encoder.onnx")
     index = newest(tiny_stack.repo / "retriever", "index")
@@ -79,7 +79,7 @@ def test_baseline_service_answers_like_triton(tiny_stack, tmp_path):
 
 
 def test_cli_locust_then_report_and_a_request_rate_sweep(tiny_stack, tmp_path, capsys):
-    from megaclass.clients.cli import main
+    from megaclass.clients.cli.main import main
 
     code = main([
         "loadtest", "locust", "--host", f"http://{tiny_stack.server.http_url}",

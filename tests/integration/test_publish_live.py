@@ -10,17 +10,17 @@ import pytest
 
 from megaclass.clients.client import Client
 from megaclass.export.config import IndexConfig, ModelServingConfig, ServingConfig
-from megaclass.export.preprocess import to_model_input
-from megaclass.export.publish import PublishError, load_models, publish_index, rollback
-from megaclass.export.tiny_repository import IMAGE_SIZE, build_tiny_repository, class_patterns
-from megaclass.python_backend.triton_server import free_port, start_server
+from megaclass.export.repository.publish import PublishError, load_models, publish_index, rollback
+from megaclass.export.repository.tiny import IMAGE_SIZE, build_tiny_repository, class_patterns
+from megaclass.python_backend.server.triton_server import free_port, start_server
+from megaclass.python_backend.serving.preprocess import to_model_input
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def explicit_stack(tmp_path_factory):
-    from megaclass.python_backend.encoder_runtime import OnnxEncoder
+    from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
 
     root = tmp_path_factory.mktemp("live")
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=2000)
@@ -37,8 +37,8 @@ def explicit_stack(tmp_path_factory):
 
 def _index_with_extra_classes(root, encoder, extra: int):
     """A new index: the same 40 classes plus `extra` new ones (ids from 5000)."""
-    from megaclass.export.prototypes import class_prototypes
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.export.enrol.prototypes import class_prototypes
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     images, ids = class_patterns(40 + extra, 4, IMAGE_SIZE)
     ids = np.where(ids >= 1040, ids - 1040 + 5000, ids)

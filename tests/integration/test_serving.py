@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from megaclass.clients.client import Client, MegaclassError
-from megaclass.export.preprocess import to_model_input
+from megaclass.python_backend.serving.preprocess import to_model_input
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ["grpc", "http"]
@@ -138,7 +138,7 @@ def test_metrics_endpoint_reports_requests(tiny_stack):
 def test_cli_classify_image_files(tiny_stack, tmp_path, capsys):
     from PIL import Image
 
-    from megaclass.clients.cli import main
+    from megaclass.clients.cli.main import main
 
     paths = []
     for i in range(3):
@@ -154,8 +154,8 @@ def test_cli_classify_image_files(tiny_stack, tmp_path, capsys):
 
 
 def test_cli_classify_unreachable_server_is_a_clear_error(tmp_path, capsys):
-    from megaclass.clients.cli import main
-    from megaclass.python_backend.triton_server import free_port
+    from megaclass.clients.cli.main import main
+    from megaclass.python_backend.server.triton_server import free_port
 
     p = tmp_path / "x.png"
     from PIL import Image

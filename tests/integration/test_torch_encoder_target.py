@@ -10,11 +10,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from megaclass.export.config import ModelServingConfig, ServingConfig
-from megaclass.export.encoder_model import load_encoder
-from megaclass.export.preprocess import to_model_input
-from megaclass.export.tiny_repository import IMAGE_SIZE, NUM_CLASSES, build_torch_repository, class_patterns
-from megaclass.python_backend.routed_index import RoutedIndex
-from megaclass.python_backend.triton_server import free_port, start_server
+from megaclass.export.repository.tiny import IMAGE_SIZE, NUM_CLASSES, build_torch_repository, class_patterns
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.server.triton_server import free_port, start_server
+from megaclass.python_backend.serving.encoder_model import load_encoder
+from megaclass.python_backend.serving.preprocess import to_model_input
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from megaclass.loadtest.cpu_budget import CpuBudget, completed_requests, markdown_table, ratio_ceiling
+from megaclass.loadtest.benchmarks.cpu_budget import CpuBudget, completed_requests, markdown_table, ratio_ceiling
 
 METRICS = """# HELP nv_inference_request_success Number of successful inference requests
 nv_inference_request_success{model="classify",version="1"} 120

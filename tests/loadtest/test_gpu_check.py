@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megaclass.loadtest.gpu_check import markdown
+from megaclass.loadtest.benchmarks.gpu_check import markdown
 
 
 def test_markdown_has_both_tables_and_the_batching_ratio():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megaclass.loadtest.head_to_head import (
+from megaclass.loadtest.benchmarks.serving_bench import (
     H2HPoint,
     HeadToHeadConfig,
     load_bench_config,

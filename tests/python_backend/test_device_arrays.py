@@ -7,9 +7,15 @@ import pytest
 import torch
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.device_arrays import all_finite, concat_rows, is_torch_tensor, numpy_dtype, to_numpy
-from megaclass.python_backend.request_batching import InputError, TensorSpec, check_input, run_batched
-from megaclass.python_backend.routed_index import RoutedIndex
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.serving.device_arrays import (
+    all_finite,
+    concat_rows,
+    is_torch_tensor,
+    numpy_dtype,
+    to_numpy,
+)
+from megaclass.python_backend.serving.request_batching import InputError, TensorSpec, check_input, run_batched
 
 
 def test_helpers_treat_tensors_and_arrays_alike():

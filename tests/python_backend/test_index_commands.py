@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megaclass.clients.cli import main
+from megaclass.clients.cli.main import main
 
 
 def _write_files(tmp_path, rows: int, num_labels: int, queries: int, seed: int) -> None:
@@ -53,7 +53,7 @@ def test_build_a_native_residual_pq_index_from_files(tmp_path, capsys):
     assert main(["index", "build", "--prototypes", str(tmp_path / "P.npy"), "--labels", str(tmp_path / "L.txt"),
                  "--out", str(idx), "--nlist", "8", "--storage", "pq", "--pq-m", "8", "--pq-residual",
                  "--backend", "native"]) == 0  # fmt: skip
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     index = RoutedIndex.load(idx)
     assert (index.cfg.backend, index.cfg.storage, index.cfg.pq_m, index.cfg.pq_residual) == ("native", "pq", 8, True)

@@ -1,4 +1,4 @@
-"""Building and loading the C++ kernels (python_backend/native_build.py)."""
+"""Building and loading the C++ kernels (python_backend/index/native/build.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ctypes
 
 import pytest
 
-from megaclass.python_backend import native_build
+from megaclass.python_backend.index.native import build as native_build
 
 
 def test_builds_once_per_source_flags_and_target(tmp_path, monkeypatch) -> None:

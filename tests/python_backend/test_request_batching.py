@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from megaclass.python_backend.request_batching import InputError, TensorSpec, check_input, run_batched
+from megaclass.python_backend.serving.request_batching import InputError, TensorSpec, check_input, run_batched
 
 SPEC = TensorSpec("EMBEDDING", np.float32, (4,))
 

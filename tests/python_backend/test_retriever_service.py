@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from megaclass.python_backend.request_batching import InputError
-from megaclass.python_backend.retriever_service import (
+from megaclass.python_backend.serving.request_batching import InputError
+from megaclass.python_backend.serving.retriever_service import (
     UNKNOWN_LABEL,
     RetrieverRequest,
     SearchTally,

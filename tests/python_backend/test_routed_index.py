@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.routed_index import (
+from megaclass.python_backend.index.routed_index import (
     IndexIntegrityError,
     RoutedIndex,
     SearchResult,

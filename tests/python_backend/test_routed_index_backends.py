@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.routed_index import RoutedIndex
-from megaclass.python_backend.routed_index_tune import search_recall_at_k
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.index.tuning import search_recall_at_k
 
 from .conftest import clustered_prototypes, same_up_to_ties
 

@@ -1,4 +1,4 @@
-"""The native backend: fused 4-bit PQ search compiled for this machine (python_backend/routed_index_pq4.py)."""
+"""The native backend: fused 4-bit PQ search compiled for this machine (python_backend/index/native/pq4.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend import routed_index_pq4 as pq4
-from megaclass.python_backend.routed_index import RoutedIndex
-from megaclass.python_backend.routed_index_tune import search_recall_at_k
+from megaclass.python_backend.index.native import pq4 as pq4
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.index.tuning import search_recall_at_k
 
 from .conftest import clustered_prototypes, same_up_to_ties, unit_rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megaclass.python_backend.routed_index_router import (
+from megaclass.python_backend.index.router import (
     assign_primary,
     assign_spill,
     capacity_assign,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.python_backend.routed_index import RoutedIndex
-from megaclass.python_backend.routed_index_cli import build_index, read_label_file, search_index, tune_index
-from megaclass.python_backend.routed_index_tune import nprobe_grid, search_recall_at_k, smallest_reaching, tune
+from megaclass.python_backend.index.file_ops import build_index, read_label_file, search_index, tune_index
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.index.tuning import nprobe_grid, search_recall_at_k, smallest_reaching, tune
 
 from .conftest import unit_rows
 
@@ -130,7 +130,7 @@ def test_bad_files_are_refused(files: dict, tmp_path: Path) -> None:
 
 
 def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
-    from megaclass.loadtest.bench_index import bench_index
+    from megaclass.loadtest.benchmarks.index_bench import bench_index
 
     doc = tmp_path / "benchmarks.md"
     report = bench_index(

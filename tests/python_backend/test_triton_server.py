@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megaclass.python_backend.triton_server import (
+from megaclass.python_backend.server.triton_server import (
     TritonError,
     free_port,
     locate_triton,
@@ -87,7 +87,7 @@ def test_admin_key_guards_model_control_but_not_inference(tmp_path: Path, protoc
     """With an admin key, load/unload need the header; health and inference do not."""
     from tritonclient.utils import InferenceServerException
 
-    from megaclass.python_backend.triton_server import ADMIN_HEADER, admin_headers
+    from megaclass.python_backend.server.triton_server import ADMIN_HEADER, admin_headers
 
     model = tmp_path / "repo" / "echo"
     (model / "1").mkdir(parents=True)

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import ModelServingConfig, ServingConfig
-from megaclass.export.tiny_repository import (  # noqa: F401 - used by the suite
+from megaclass.export.repository.tiny import (  # noqa: F401 - used by the suite
     EMBEDDING_DIM,
     IMAGE_SIZE,
     NUM_CLASSES,
     build_tiny_repository,
     class_patterns,
 )
-from megaclass.python_backend.triton_server import TritonServer, free_port, start_server
+from megaclass.python_backend.server.triton_server import TritonServer, free_port, start_server
 
 ADMIN_KEY = "reliability-admin-key"
 MODELS = ["encoder", "retriever", "classify", "decode", "classify_encoded"]
@@ -57,8 +57,8 @@ def serving_config() -> ServingConfig:
 
 def start_stack(root: Path, repo_dir: Path | None = None, **server_kwargs) -> Stack:
     """Build the tiny repository under `root` (or into `repo_dir`) and serve it in explicit mode."""
-    from megaclass.python_backend.encoder_runtime import OnnxEncoder
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.python_backend.index.routed_index import RoutedIndex
+    from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
 
     repo, onnx_path, index_dir = build_tiny_repository(root, serving_config())
     if repo_dir is not None:
@@ -163,7 +163,7 @@ def png_bytes(image: np.ndarray, fmt: str = "PNG", **save_options) -> bytes:
 
 
 def model_input(images: np.ndarray) -> np.ndarray:
-    from megaclass.export.preprocess import to_model_input
+    from megaclass.python_backend.serving.preprocess import to_model_input
 
     return to_model_input(images)
 
@@ -247,7 +247,7 @@ def process_rss(server: TritonServer) -> dict[str, int]:
     """RSS in bytes of tritonserver and of each live Python-backend stub (keyed by instance name)."""
     import psutil
 
-    from megaclass.python_backend.server_watchdog import stub_identity
+    from megaclass.python_backend.server.watchdog import stub_identity
 
     main = psutil.Process(server.process.pid)
     out = {"tritonserver": main.memory_info().rss}
@@ -267,7 +267,7 @@ def stub_pid(server: TritonServer, model: str) -> int:
     """The pid of a live Python-backend stub of `model`."""
     import psutil
 
-    from megaclass.python_backend.server_watchdog import stub_identity
+    from megaclass.python_backend.server.watchdog import stub_identity
 
     for child in psutil.Process(server.process.pid).children():
         try:

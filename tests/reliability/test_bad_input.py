@@ -194,7 +194,7 @@ def test_encoded_images_classify_like_pixels(stack, protocol):
 
 def _as_glyph_input(images: np.ndarray) -> np.ndarray:
     """What the clients send for these pictures (`load_image`: bright glyph on dark, [0, 1])."""
-    from megaclass.export.preprocess import load_image, to_model_input
+    from megaclass.python_backend.serving.preprocess import load_image, to_model_input
 
     return to_model_input(np.stack([load_image(im, IMAGE_SIZE) for im in images]))
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.export.publish import PublishError, load_models
-from megaclass.export.repository import RETRIEVER, model_file, publish_version, remove_version, versions
+from megaclass.export.repository.generate import RETRIEVER, model_file, publish_version, remove_version, versions
+from megaclass.export.repository.publish import PublishError, load_models
 
 from .conftest import MODELS, GoodTraffic, model_input, raw_infer, start_stack, stub_pid
 
@@ -43,7 +43,7 @@ def _flipped_byte(src, dst):
 
 
 def _wrong_dimension(src, dst):
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     rng = np.random.default_rng(0)
     protos = rng.standard_normal((40, 8)).astype(np.float32)
@@ -67,7 +67,7 @@ def readiness_restored(stack):
     yield
     import tritonclient.grpc as grpcclient
 
-    from megaclass.export.publish import publish_index
+    from megaclass.export.repository.publish import publish_index
 
     _wait_recovered(stack)  # a test may have left the server restarting
     if not grpcclient.InferenceServerClient(stack.server.grpc_url).is_server_ready():
@@ -116,7 +116,7 @@ def test_a_good_version_after_a_refused_one_makes_the_server_ready_again(stack, 
     (every model still serves and is ready) until a version of that model loads."""
     import tritonclient.grpc as grpcclient
 
-    from megaclass.export.publish import publish_index
+    from megaclass.export.repository.publish import publish_index
 
     client = grpcclient.InferenceServerClient(stack.server.grpc_url)
     _truncated(stack.index_dir, tmp_path / "index")

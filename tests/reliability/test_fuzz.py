@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from megaclass.python_backend.image_decoding import DecodeLimits, decode_batch
-from megaclass.python_backend.request_batching import InputError, TensorSpec, check_input
-from megaclass.python_backend.retriever_service import parse_options
+from megaclass.python_backend.serving.image_decoding import DecodeLimits, decode_batch
+from megaclass.python_backend.serving.request_batching import InputError, TensorSpec, check_input
+from megaclass.python_backend.serving.retriever_service import parse_options
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_, np.complex64])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megaclass.export.preprocess import load_image
-from megaclass.python_backend.image_decoding import DecodeLimits, decode_batch, decode_image
-from megaclass.python_backend.request_batching import InputError
+from megaclass.python_backend.serving.image_decoding import DecodeLimits, decode_batch, decode_image
+from megaclass.python_backend.serving.preprocess import load_image
+from megaclass.python_backend.serving.request_batching import InputError
 
 
 def encode(array: np.ndarray, fmt: str = "PNG", **options) -> bytes:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from megaclass.export.config import IndexConfig
-from megaclass.export.publish import PublishError, publish_index
-from megaclass.export.repository import RETRIEVER, versions
-from megaclass.python_backend.routed_index_io import read_manifest, verify_files
+from megaclass.export.repository.generate import RETRIEVER, versions
+from megaclass.export.repository.publish import PublishError, publish_index
+from megaclass.python_backend.index.persistence import read_manifest, verify_files
 
 from .conftest import EMBEDDING_DIM, GoodTraffic
 from .test_faults import BROKEN, served_version
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def big_index(tmp_path_factory) -> Path:
     """A valid index of the served dimension, a few MB: copying it takes a while."""
-    from megaclass.python_backend.routed_index import RoutedIndex
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     out = tmp_path_factory.mktemp("big") / "index"
     rng = np.random.default_rng(0)
@@ -227,7 +227,7 @@ def test_disk_full_while_serving(stack, real_disk, big_index, monkeypatch):
         with pytest.raises(PublishError, match=r"not enough disk space .* are free"):
             publish_index(stack.repo, big_index)
         _assert_untouched(stack.repo, before, hidden)
-        monkeypatch.setattr("megaclass.export.publish.check_free_space", lambda *a, **k: None)
+        monkeypatch.setattr("megaclass.export.repository.publish.check_free_space", lambda *a, **k: None)
         with pytest.raises(PublishError, match=r"No space left on device.*the serving version is untouched"):
             publish_index(stack.repo, big_index)
         _assert_untouched(stack.repo, before, hidden)

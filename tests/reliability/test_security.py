@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from megaclass.python_backend.triton_server import ADMIN_HEADER, admin_headers
+from megaclass.python_backend.server.triton_server import ADMIN_HEADER, admin_headers
 
 from .conftest import client_module, model_input, raw_infer
 
@@ -65,7 +65,7 @@ def test_not_reachable_from_another_address(stack):
 
 
 def test_exposing_is_an_explicit_option():
-    from megaclass.clients.cli import build_parser
+    from megaclass.clients.cli.main import build_parser
 
     assert build_parser().parse_args(["serve"]).host is None  # None: the configuration's 127.0.0.1
     assert build_parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
@@ -183,7 +183,7 @@ class _Payload:
 def test_a_malicious_checkpoint_is_refused(tmp_path):
     import torch
 
-    from megaclass.export.training import load_encoder
+    from megaclass.export.train.training import load_encoder
 
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "payload": _Payload(marker)}, tmp_path / "evil.pt")
@@ -194,7 +194,7 @@ def test_a_malicious_checkpoint_is_refused(tmp_path):
 
 def _rewrite_manifest_entry(index_dir: Path, name: str) -> None:
     """Make the manifest agree with a replaced file (an attacker who controls the whole directory)."""
-    from megaclass.python_backend.routed_index_io import sha256_file
+    from megaclass.python_backend.index.persistence import sha256_file
 
     manifest_path = index_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -205,7 +205,7 @@ def _rewrite_manifest_entry(index_dir: Path, name: str) -> None:
 
 @pytest.mark.integration
 def test_a_pickled_array_in_an_index_is_refused(stack, tmp_path):
-    from megaclass.python_backend.routed_index import IndexIntegrityError, RoutedIndex
+    from megaclass.python_backend.index.routed_index import IndexIntegrityError, RoutedIndex
 
     index = tmp_path / "index"
     shutil.copytree(stack.index_dir, index)
@@ -218,7 +218,7 @@ def test_a_pickled_array_in_an_index_is_refused(stack, tmp_path):
 
 
 def test_a_pickled_array_in_a_glyph_data_set_is_refused(tmp_path):
-    from megaclass.export import glyphs
+    from megaclass.export.data import glyphs
 
     marker = tmp_path / "pwned"
     np.savez(tmp_path / "g.npz", images=np.array([_Payload(marker)], dtype=object))
@@ -246,7 +246,7 @@ def test_request_handling_code_never_touches_the_file_system():
                 assert not used & FS_NAMES, f"{model.parent.name}.{fn.name} calls {used & FS_NAMES}"
                 checked += 1
     for name in REQUEST_MODULES:
-        tree = ast.parse((ROOT / "python_backend" / name).read_text())
+        tree = ast.parse((ROOT / "python_backend" / "serving" / name).read_text())
         for call in (c for c in ast.walk(tree) if isinstance(c, ast.Call)):
             func = ast.unparse(call.func)
             if func == "Image.open":

@@ -10,7 +10,7 @@ from collections import deque
 
 import pytest
 
-from megaclass.python_backend.server_watchdog import (
+from megaclass.python_backend.server.watchdog import (
     ModelRefused,
     Recovery,
     StubWatchdog,

@@ -23,7 +23,7 @@ def test_settings_are_checked():
 
 
 def test_cli_registers_under_loadtest():
-    from megaclass.loadtest.commands import add_commands as add_loadtest
+    from megaclass.clients.cli.loadtest import add_commands as add_loadtest
 
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")

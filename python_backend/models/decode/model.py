@@ -1,6 +1,6 @@
 """Triton Python-backend model `decode`: encoded images (PNG/JPEG bytes) -> the encoder's input.
 
-Thin by design: parse tensors, call `megaclass.python_backend.image_decoding`, return tensors.
+Thin by design: parse tensors, call `megaclass.python_backend.serving.image_decoding`, return tensors.
 Bytes that are not a PNG or JPEG image (or too large) get their own INVALID_ARG error.
 """
 
@@ -8,8 +8,8 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from megaclass.python_backend.image_decoding import DecodeLimits, decode_batch
-from megaclass.python_backend.request_batching import is_client_error
+from megaclass.python_backend.serving.image_decoding import DecodeLimits, decode_batch
+from megaclass.python_backend.serving.request_batching import is_client_error
 
 
 def _error(exc):

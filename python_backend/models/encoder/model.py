@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from megaclass.python_backend.device_arrays import is_torch_tensor
-from megaclass.python_backend.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
-from megaclass.python_backend.request_batching import TensorSpec, check_input, is_client_error, run_batched
+from megaclass.python_backend.serving.device_arrays import is_torch_tensor
+from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
+from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, is_client_error, run_batched
 
 
 def _error(exc):

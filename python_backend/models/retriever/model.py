@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from megaclass.python_backend.request_batching import TensorSpec, check_input, is_client_error
-from megaclass.python_backend.retriever_service import (
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, is_client_error
+from megaclass.python_backend.serving.retriever_service import (
     RetrieverRequest,
     SearchTally,
     answer_requests,
@@ -24,7 +25,6 @@ from megaclass.python_backend.retriever_service import (
     index_fingerprint,
     parse_options,
 )
-from megaclass.python_backend.routed_index import RoutedIndex
 
 
 def tensor_to_array(tensor):

@@ -1,0 +1,203 @@
+"""Dynamic batching on vs off: perf_analyzer concurrency sweeps of `classify` and `retriever`.
+
+Builds two repositories from the same artifacts that differ only in `dynamic_batching`,
+serves each in turn on the same machine, and sweeps concurrency with perf_analyzer. Writes
+the CSV, a Markdown table and a PNG plot, and prints the throughput ratio at each level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from pathlib import Path
+
+from megaclass.export.config import ExportConfig, ServingConfig
+from megaclass.export.repository.generate import ModelShapes, build_repository
+from megaclass.loadtest.benchmarks.cpu_budget import CpuBudget, encoder_us_per_image, measure_cpu_budget, ratio_ceiling
+from megaclass.loadtest.benchmarks.cpu_budget import markdown_table as budget_table
+from megaclass.loadtest.perf import PerfPoint, run_perf, write_csv
+from megaclass.python_backend.server.triton_server import free_port, running_server
+
+
+def with_batching(serving: ServingConfig, on: bool) -> ServingConfig:
+    """The same settings with dynamic batching on or off for both members."""
+    return dataclasses.replace(
+        serving,
+        encoder=dataclasses.replace(serving.encoder, dynamic_batching=on),
+        retriever=dataclasses.replace(serving.retriever, dynamic_batching=on),
+    )
+
+
+def sample_inputs(out_dir: Path, shapes: ModelShapes, export: ExportConfig, n: int = 16) -> dict[str, Path]:
+    """perf_analyzer input files: random glyph-like images for classify, unit vectors for retriever."""
+    import numpy as np
+
+    from megaclass.loadtest.perf import write_input_data
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((n, 1, shapes.image_size, shapes.image_size)) > 0.8).astype(np.float32)
+    emb = rng.normal(size=(n, shapes.embedding_dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return {
+        "classify": write_input_data(out_dir / "input-classify.json", [{export.input_name: x} for x in images]),
+        "retriever": write_input_data(out_dir / "input-retriever.json", [{"EMBEDDING": e} for e in emb]),
+    }
+
+
+def sweep(
+    onnx_path: Path,
+    index_dir: Path,
+    shapes: ModelShapes,
+    serving: ServingConfig,
+    export: ExportConfig,
+    out_dir: Path,
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
+    measurement_ms: int = 3000,
+    models: tuple[str, ...] = ("classify", "retriever"),
+    stability_percent: float = 25.0,
+    budget_concurrency: int | None = None,
+) -> tuple[list[dict], dict[str, CpuBudget]]:
+    """Rows: mode, model, concurrency, throughput, p50/p95/p99 (ms); and, with `budget_concurrency`,
+    the CPU budget of `classify` at that concurrency per mode (see cpu_budget.py)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = sample_inputs(out_dir, shapes, export)
+    rows = []
+    budgets: dict[str, CpuBudget] = {}
+    for mode in ("off", "on"):
+        repo = out_dir / f"repository-batching-{mode}"
+        build_repository(repo, onnx_path, index_dir, shapes, with_batching(serving, mode == "on"), export)
+        ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        with running_server(repo, work_dir=out_dir / "triton", **ports) as server:
+            for model in models:
+                points: list[PerfPoint] = run_perf(
+                    model, server.grpc_url, concurrency=concurrency, input_data=inputs[model],
+                    measurement_ms=measurement_ms, stability_percent=stability_percent,
+                )  # fmt: skip
+                write_csv(points, out_dir / f"perf-{model}-batching-{mode}.csv")
+                for p in points:
+                    rows.append(
+                        {"mode": mode, "model": model, "concurrency": p.concurrency, "throughput": p.throughput,
+                         "p50_ms": p.p50_us / 1e3, "p95_ms": p.p95_us / 1e3, "p99_ms": p.p99_us / 1e3,
+                         "stability_percent": p.stability_percent}
+                    )  # fmt: skip
+            if budget_concurrency:
+                budgets[f"batching {mode}"] = measure_cpu_budget(
+                    server, "classify", budget_concurrency, input_data=inputs["classify"]
+                )
+    (out_dir / "batching.json").write_text(json.dumps(rows, indent=2))
+    return rows, budgets
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One table per model: on vs off per concurrency, with the throughput ratio."""
+    lines = []
+    for model in sorted({r["model"] for r in rows}):
+        lines += [
+            f"**{model}** (infer/s; latency ms p50 / p95 / p99)",
+            "",
+            "| concurrency | no batching | p50/p95/p99 | dynamic batching | p50/p95/p99 | ratio |",
+            "| ---: | ---: | --- | ---: | --- | ---: |",
+        ]
+        by = {(r["mode"], r["concurrency"]): r for r in rows if r["model"] == model}
+        for c in sorted({c for _, c in by}):
+            off, on = by[("off", c)], by[("on", c)]
+            lat = lambda r: f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f}"  # noqa: E731
+            lines.append(
+                f"| {c} | {off['throughput']:.0f} | {lat(off)} | {on['throughput']:.0f} | {lat(on)} "
+                f"| {on['throughput'] / off['throughput']:.2f}× |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def budget_section(budgets: dict[str, CpuBudget], onnx_path: Path, image_size: int, serving: ServingConfig) -> str:
+    """The CPU budget table of `classify` and the ratio ceiling it implies."""
+    on = budgets["batching on"]
+    batch = max(1, min(serving.encoder.max_batch_size, on.concurrency // max(1, serving.encoder.instances)))
+    compute = encoder_us_per_image(onnx_path, batch, image_size)
+    ceiling = ratio_ceiling(budgets["batching off"], on, compute)
+    return (
+        f"**Where the CPU goes**, `classify` at concurrency {on.concurrency} (CPU time of each process over a "
+        f"{on.window_s:.0f} s window ÷ requests the server completed; the load generator shares the {on.cores} cores):\n\n"
+        + budget_table(budgets)
+        + f"\n\nThe encoder's own compute is {compute:.0f} µs per image (ONNX Runtime, one thread, batch {batch}). "
+        f"If both Python models cost nothing beyond it, the server core and the load generator at their batched "
+        f"cost would still cap the ratio at **{ceiling:.2f}×** (unbatched total ÷ (tritonserver + load generator "
+        f"+ encoder compute)).\n"
+    )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Throughput and p99 latency against concurrency, on vs off, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for j, model in enumerate(models):
+        for mode, style in (("off", "o--"), ("on", "o-")):
+            pts = sorted((r for r in rows if r["model"] == model and r["mode"] == mode), key=lambda r: r["concurrency"])
+            xs = [r["concurrency"] for r in pts]
+            axes[0, j].plot(xs, [r["throughput"] for r in pts], style, label=f"dynamic batching {mode}")
+            axes[1, j].plot(xs, [r["p99_ms"] for r in pts], style, label=f"dynamic batching {mode}")
+        axes[0, j].set(title=f"{model}: throughput", xlabel="concurrency", ylabel="inferences / s", xscale="log")
+        axes[1, j].set(title=f"{model}: p99 latency", xlabel="concurrency", ylabel="ms", xscale="log")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.suptitle(f"perf_analyzer, gRPC, {platform.machine()} CPU ({_cores()} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def run_batching_bench(
+    cfg,
+    out_dir: Path,
+    concurrency: tuple[int, ...],
+    measurement_ms: int,
+    doc: Path | None,
+    stability_percent: float = 25.0,
+    budget_concurrency: int | None = 32,
+) -> list[dict]:
+    """Build (or reuse) the demo's artifacts, sweep with batching off and on, report."""
+    from megaclass.clients.cli.demo import build_artifacts
+    from megaclass.loadtest.report import update_doc_section
+
+    art, _, _ = build_artifacts(cfg)
+    shapes = ModelShapes(art.image_size, art.embedding_dim)
+    rows, budgets = sweep(
+        art.onnx_path, art.index_dir, shapes, cfg.serving, cfg.export, out_dir, concurrency, measurement_ms,
+        stability_percent=stability_percent, budget_concurrency=budget_concurrency,
+    )  # fmt: skip
+    plot(rows, out_dir / "batching.png")
+    table = markdown_table(rows)
+    if budgets:
+        table += "\n" + budget_section(budgets, art.onnx_path, art.image_size, cfg.serving) + "\n"
+    print(table)
+    if doc is not None:
+        png = doc.parent / "img" / "batching.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        png.write_bytes((out_dir / "batching.png").read_bytes())
+        s = cfg.serving
+        text = (
+            "## Dynamic batching on vs off (perf_analyzer)\n\n"
+            f"Machine: {platform.machine()} CPU, {_cores()} cores, no GPU; Triton 2.51 (nvidia-pytriton wheel), "
+            "gRPC, one request = one image (classify) or one embedding (retriever). Same repository built twice, "
+            f"differing only in `dynamic_batching` (encoder max batch {s.encoder.max_batch_size}, retriever "
+            f"{s.retriever.max_batch_size}, queue delay {s.encoder.max_queue_delay_us} µs, "
+            f"{s.encoder.instances} instance each). Reproduce: `.venv/bin/megaclass bench batching`.\n\n"
+            + table
+            + "\n![throughput and p99 latency, batching on vs off](img/batching.png)\n"
+        )
+        update_doc_section(doc, "batching", text)
+    return rows

@@ -1,0 +1,171 @@
+"""Where a request's CPU time goes under load: CPU microseconds per request, per process.
+
+perf_analyzer drives one model at a fixed concurrency; over a window in the middle of the load
+we read the CPU time (user + system, all threads) of tritonserver, of each model's Python-backend
+stubs and of perf_analyzer, and the number of requests the server completed (its
+`nv_inference_request_success` counter). Dividing the two gives each part's CPU cost per request.
+
+Measured with dynamic batching off and on, it shows what batching saves (the per-request work of
+the Python models) and what it cannot (the server core and the load generator): on a machine whose
+cores the load generator shares, those set a ceiling on the ratio batching can reach.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from megaclass.loadtest.perf import perf_analyzer_binary, perf_environment
+from megaclass.loadtest.scaleout.run import parse_triton_counters
+from megaclass.python_backend.server.watchdog import stub_identity
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """CPU per request of each part, over one measured window."""
+
+    model: str
+    concurrency: int
+    requests_per_s: float
+    cores: int
+    us_per_request: dict[str, float]  # "tritonserver", "stub:<model>", "load generator", "idle"
+    window_s: float = 0.0  # the measured window
+
+    def busy_us(self, parts: tuple[str, ...]) -> float:
+        return sum(self.us_per_request.get(p, 0.0) for p in parts)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (0 once it is gone)."""
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+def part_pids(server_pid: int, generator_pid: int) -> dict[str, list[int]]:
+    """The processes to account for: the server, its stubs grouped by model, the load generator."""
+    import psutil
+
+    parts: dict[str, list[int]] = {"tritonserver": [server_pid], "load generator": [generator_pid]}
+    for child in psutil.Process(server_pid).children():
+        try:
+            identity = stub_identity(child.cmdline())
+        except psutil.Error:
+            continue
+        if identity is not None:
+            parts.setdefault(f"stub:{identity[0]}", []).append(child.pid)
+    return parts
+
+
+def completed_requests(metrics_text: str, model: str) -> float:
+    """The server's count of successful requests of `model` (all versions) in Prometheus text."""
+    return parse_triton_counters(metrics_text).get(("nv_inference_request_success", model), 0.0)
+
+
+def _scrape(metrics_url: str) -> str:
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        return r.read().decode()
+
+
+def measure_cpu_budget(
+    server,
+    model: str,
+    concurrency: int,
+    input_data: Path | None = None,
+    window_s: float = 10.0,
+    warmup_s: float = 3.0,
+    cores: int | None = None,
+    shapes: dict[str, list[int]] | None = None,
+) -> CpuBudget:
+    """Load `model` on the running `server` with perf_analyzer and measure CPU per request.
+
+    `server` is a `TritonServer` (its process, gRPC and metrics URLs are used). Idle is the
+    machine's unused core time per request (`cores` × window − all parts).
+    """
+    import os
+
+    cores = cores or len(os.sched_getaffinity(0))
+    run_s = warmup_s + window_s + 3.0
+    cmd = [
+        str(perf_analyzer_binary()), "-m", model, "-u", server.grpc_url, "-i", "grpc",
+        f"--concurrency-range={concurrency}", f"--measurement-interval={int(run_s * 1000)}",
+        "--max-trials=1", "--stability-percentage=1000", f"--max-threads={max(16, concurrency)}",
+    ]  # fmt: skip
+    if input_data is not None:
+        cmd += ["--input-data", str(input_data)]
+    for name, dims in (shapes or {}).items():
+        cmd += ["--shape", f"{name}:{','.join(map(str, dims))}"]
+    generator = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=perf_environment())
+    try:
+        time.sleep(warmup_s)
+        parts = part_pids(server.process.pid, generator.pid)
+        before = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
+        n0, t0 = completed_requests(_scrape(server.metrics_url), model), time.monotonic()
+        time.sleep(window_s)
+        after = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
+        n1, t1 = completed_requests(_scrape(server.metrics_url), model), time.monotonic()
+    finally:
+        generator.kill()
+        generator.wait()
+    done = n1 - n0
+    if done <= 0:
+        raise RuntimeError(f"no {model} request completed in the {window_s:.0f} s window")
+    wall = t1 - t0
+    us = {name: (after[name] - before[name]) / done * 1e6 for name in parts}
+    us["idle"] = max(0.0, cores * wall / done * 1e6 - sum(us.values()))
+    return CpuBudget(model, concurrency, done / wall, cores, us, wall)
+
+
+def ratio_ceiling(unbatched: CpuBudget, batched: CpuBudget, model_compute_us: float) -> float:
+    """The most batching could gain if the Python models cost nothing but `model_compute_us`.
+
+    The server core and the load generator are taken at their batched per-request cost, the
+    unbatched run at its whole cost (idle included): an upper bound on the throughput ratio.
+    """
+    fixed = batched.busy_us(("tritonserver", "load generator")) + model_compute_us
+    return sum(unbatched.us_per_request.values()) / fixed
+
+
+def markdown_table(budgets: dict[str, CpuBudget]) -> str:
+    """Rows: parts (those that used any CPU); columns: each labelled budget (e.g. batching off / on)."""
+    names = sorted({p for b in budgets.values() for p, v in b.us_per_request.items() if v >= 0.5}, key=_part_order)
+    head = "| CPU µs per request | " + " | ".join(budgets) + " |"
+    lines = [head, "|---|" + "---:|" * len(budgets)]
+    for name in names:
+        lines.append(
+            f"| {name} | " + " | ".join(f"{b.us_per_request.get(name, 0):.0f}" for b in budgets.values()) + " |"
+        )
+    lines.append(
+        "| **total** | " + " | ".join(f"{sum(b.us_per_request.values()):.0f}" for b in budgets.values()) + " |"
+    )
+    lines.append("| requests/s | " + " | ".join(f"{b.requests_per_s:.0f}" for b in budgets.values()) + " |")
+    return "\n".join(lines)
+
+
+def _part_order(name: str) -> tuple[int, str]:
+    order = {"tritonserver": 0, "load generator": 2, "idle": 3}
+    return order.get(name, 1), name
+
+
+def encoder_us_per_image(onnx_path: Path, batch: int, image_size: int, threads: int = 1, seconds: float = 2.0) -> float:
+    """ONNX Runtime's own time per image at `batch` (one instance's threads): the model's compute."""
+    import numpy as np
+
+    from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
+
+    encoder = OnnxEncoder(onnx_path, threads)
+    x = (np.random.default_rng(0).random((batch, 1, image_size, image_size)) > 0.8).astype(np.float32)
+    for _ in range(3):
+        encoder.embed(x)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        encoder.embed(x)
+        n += 1
+    return (time.perf_counter() - start) / (n * batch) * 1e6
