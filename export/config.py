@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.serving.config import ExportConfig, ServingConfig
+
 
 @dataclass(frozen=True)
 class GlyphDataConfig:
@@ -91,96 +94,6 @@ class TrainConfig:
     arcface_margin: float = 0.5  # additive angular margin (radians)
     softmax_scale: float = 30.0  # logit scale s of the margin-softmax losses
     partial_fc_classes: int = 8192  # class centres scored per step (batch classes + random others)
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """The ONNX export contract, read by the exporter, the repository generator and the tests."""
-
-    opset: int = 17
-    input_name: str = "IMAGE"
-    output_name: str = "EMBEDDING"
-    fp16: bool = False
-    parity_atol: float = 1e-4
-    parity_batch_sizes: tuple[int, ...] = (1, 7, 64)
-    fp16_parity_atol: float = 1e-2  # tolerance used instead of parity_atol when fp16 is set
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """Prototype building and the routed (coarse-quantised) index."""
-
-    prototypes_per_class: int = 1
-    nlist: int | None = None  # coarse clusters; None: about 4 * sqrt(prototypes)
-    nprobe: int = 8
-    # Adaptive probing: of the nprobe best clusters, past the best only those whose route score is within
-    # this of the best one's (None: all nprobe). `tune` chooses it.
-    probe_margin: float | None = None
-    storage: Literal["flat", "fp16", "sq8", "pq"] = "flat"
-    spill: int = 0  # extra clusters a prototype is also assigned to
-    score_threshold: float | None = None  # below it the answer is "unknown"
-    # Scan kernels: "numpy"/"torch" grouped GEMM; "native" fused 4-bit PQ (README, "scan backends").
-    backend: Literal["faiss", "numpy", "torch", "native"] = "faiss"
-    seed: int = 0
-    # Routed-index details (python_backend/routed_index*.py).
-    rerank: int = 0  # compressed storage: candidates per query re-scored exactly; 0: max(4 * top_k, 40)
-    balance: float | None = 2.0  # no cluster holds more than this times the mean entries (None: plain k-means)
-    kmeans_iters: int = 20
-    kmeans_sample: int = 64  # training points per cluster
-    soar_lambda: float = 1.0  # SOAR spill: weight of the residual-parallel penalty
-    pq_m: int | None = None  # PQ sub-quantisers; None: dim // 4
-    pq_bits: int = 4  # 4: FAISS fast-scan kernels
-    opq: bool = False  # PQ after a learnt rotation (OPQ); helps on data whose variance is uneven across dims
-    pq_residual: bool = False  # PQ of x - its cluster's centroid (far smaller errors on clustered data); native backend
-    threads: int = 0  # search threads (FAISS/OpenMP, torch); 0: the libraries' default
-    rebuild_imbalance: float = 3.0  # `needs_rebuild` once the largest cluster exceeds this times the mean
-    rebuild_drift: float = 1.5  # ... or once entries sit this much farther (mean squared) from their centroids
-    device: str = "auto"  # torch backend: "auto", "cpu" or "cuda"
-
-
-@dataclass(frozen=True)
-class ModelServingConfig:
-    """Batching and scaling of one Triton model."""
-
-    max_batch_size: int = 64
-    preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
-    max_queue_delay_us: int = 2000
-    instances: int = 1
-    # Requests beyond it are rejected instead of piling up; 0: unbounded (no queue policy).
-    # Off by default: with a queue policy, Triton 2.51 answered about 1 in 100 direct retriever
-    # requests after a ~500 ms stall (measured: p99 503 ms with it, 24 ms without; see
-    # docs/benchmarks.md). Bound the queue at the load balancer or set this when shedding matters more.
-    max_queue_size: int = 0
-    dynamic_batching: bool = True
-
-
-@dataclass(frozen=True)
-class ServingConfig:
-    """The Triton model repository and server."""
-
-    # CPU defaults for a small machine: two encoder instances with one ONNX Runtime thread each
-    # beat one instance with two threads (measured in docs/benchmarks.md); size to the cores.
-    encoder: ModelServingConfig = field(default_factory=lambda: ModelServingConfig(instances=2))
-    retriever: ModelServingConfig = field(
-        default_factory=lambda: ModelServingConfig(max_batch_size=256, preferred_batch_sizes=(64, 128, 256))
-    )
-    # Which encoder form the repository is generated for: the Python backend with ONNX Runtime
-    # (CPU server), Triton's ONNX Runtime backend with the TensorRT accelerator, a TensorRT plan, or
-    # the Python backend running the PyTorch encoder on the GPU (a server with only the Python backend).
-    target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"] = "cpu"
-    trt_fp16: bool = True  # FP16 encoder on the GPU (TensorRT precision; torch half for gpu-torch)
-    trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
-    default_top_k: int = 5
-    max_top_k: int = 100
-    host: str = "127.0.0.1"  # 0.0.0.0 exposes the server; an explicit choice
-    # Key required (header `megaclass-admin-key`) for model load/unload; None: the environment
-    # variable MEGACLASS_ADMIN_KEY, or unrestricted when that is unset too.
-    admin_key: str | None = None
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    ready_timeout_s: float = 180.0
-    shm_default_byte_size: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)

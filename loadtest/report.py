@@ -1,7 +1,6 @@
 """Load-test reports: Locust and perf_analyzer CSVs -> one Markdown and one HTML page with PNG plots.
 
-A report is a list of blocks (headings, paragraphs, tables, images) rendered twice, as
-Markdown and as standalone HTML, so the two never disagree. Plots (matplotlib, Agg):
+The page is a list of `reporting` blocks, rendered as Markdown and as HTML. Plots (matplotlib, Agg):
 throughput vs concurrency and latency percentiles vs throughput (perf_analyzer), and request
 rate, latency and error rate over time (Locust's history CSV).
 """
@@ -9,110 +8,24 @@ rate, latency and error rate over time (Locust's history CSV).
 from __future__ import annotations
 
 import csv
-import html
 import json
-import math
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from megaclass.loadtest.locust_run import LocustStat, read_stats
-
-# --- blocks and their two renderings ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    header: Sequence[str]
-    rows: Sequence[Sequence[str]]
-
-
-@dataclass(frozen=True)
-class Figure:
-    path: str  # relative to the report
-    caption: str
-
-
-Block = Heading | Paragraph | Table | Figure
-
-
-def to_markdown(blocks: Sequence[Block]) -> str:
-    out = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append(f"{'#' * b.level} {b.text}")
-        elif isinstance(b, Paragraph):
-            out.append(b.text)
-        elif isinstance(b, Table):
-            out.append("| " + " | ".join(b.header) + " |")
-            out.append("|" + "|".join(" ---: " if i else " --- " for i in range(len(b.header))) + "|")
-            out.extend("| " + " | ".join(r) + " |" for r in b.rows)
-        elif isinstance(b, Figure):
-            out.append(f"![{b.caption}]({b.path})")
-        out.append("")
-    return "\n".join(out)
-
-
-def _inline_html(text: str) -> str:
-    """Escape, then the little Markdown the paragraphs use: **bold**, `code`."""
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-def to_html(blocks: Sequence[Block], title: str) -> str:
-    body = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            body.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
-        elif isinstance(b, Paragraph):
-            body.append(f"<p>{_inline_html(b.text)}</p>")
-        elif isinstance(b, Table):
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in b.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif isinstance(b, Figure):
-            cap = html.escape(b.caption)
-            body.append(f'<figure><img src="{html.escape(b.path)}" alt="{cap}"><figcaption>{cap}</figcaption></figure>')
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{color:#555}"
-    )
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-
-
-def update_doc_section(doc: Path, key: str, markdown: str, title: str = "# Benchmarks") -> None:
-    """Replace (or append) the section between `<!-- megaclass:key:begin/end -->` markers in `doc`;
-    the rest of the file, other people's sections included, is left as it is."""
-    begin, end = f"<!-- megaclass:{key}:begin -->", f"<!-- megaclass:{key}:end -->"
-    section = f"{begin}\n{markdown.rstrip()}\n{end}\n"
-    text = doc.read_text() if doc.exists() else f"{title}\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
+from megaclass.loadtest.reporting import (
+    Block,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    format_ms,
+    pyplot,
+    to_html,
+    to_markdown,
+)
 
 # --- inputs ---------------------------------------------------------------------------------
 
@@ -234,18 +147,9 @@ def locust_prefix(path: Path) -> Path:
 # --- plots ----------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_perf(rows: Sequence[PerfRow], out_dir: Path) -> list[Figure]:
     """Throughput vs concurrency, and p50/p90/p99 latency vs throughput, one line per series."""
-    plt = _pyplot()
+    plt = pyplot()
     series: dict[str, list[PerfRow]] = defaultdict(list)
     for r in rows:
         series[r.series].append(r)
@@ -288,7 +192,7 @@ def plot_perf(rows: Sequence[PerfRow], out_dir: Path) -> list[Figure]:
 
 def plot_locust_history(histories: dict[str, list[HistoryPoint]], out_dir: Path) -> list[Figure]:
     """Requests/s, latency (p50, p95) and error rate over time, one line per Locust run."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(7, 7.5), sharex=True)
     for i, (name, hist) in enumerate(histories.items()):
         color = f"C{i % 10}"
@@ -312,10 +216,6 @@ def plot_locust_history(histories: dict[str, list[HistoryPoint]], out_dir: Path)
 
 
 # --- the report -----------------------------------------------------------------------------
-
-
-def _ms(x: float) -> str:
-    return "–" if math.isnan(x) else f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
 def locust_blocks(prefixes: Sequence[Path], plots_dir: Path) -> list[Block]:
@@ -342,11 +242,11 @@ def locust_blocks(prefixes: Sequence[Path], plots_dir: Path) -> list[Block]:
                         str(s.requests),
                         str(s.failures),
                         f"{s.rps:.1f}",
-                        _ms(s.p50_ms),
-                        _ms(s.p90_ms),
-                        _ms(s.p95_ms),
-                        _ms(s.p99_ms),
-                        _ms(s.max_ms),
+                        format_ms(s.p50_ms),
+                        format_ms(s.p90_ms),
+                        format_ms(s.p95_ms),
+                        format_ms(s.p99_ms),
+                        format_ms(s.max_ms),
                     ]
                     for s in stats
                 ],
@@ -380,10 +280,10 @@ def perf_blocks(paths: Sequence[Path], plots_dir: Path) -> list[Block]:
                     str(r.concurrency),
                     f"{r.request_rate:g}" if r.request_rate else "–",
                     f"{r.throughput:.1f}",
-                    _ms(r.p50_us / 1e3),
-                    _ms(r.p90_us / 1e3),
-                    _ms(r.p95_us / 1e3),
-                    _ms(r.p99_us / 1e3),
+                    format_ms(r.p50_us / 1e3),
+                    format_ms(r.p90_us / 1e3),
+                    format_ms(r.p95_us / 1e3),
+                    format_ms(r.p99_us / 1e3),
                 ]
                 for r in rows
             ],

@@ -21,7 +21,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from megaclass.loadtest.reporting import markdown_table
+
 TARGET_GROWTH_PERCENT = 5.0
+SOAK_TABLE_HEADER = (
+    "process", "RSS after warm-up (MB)", "RSS at the end (MB)", "growth", "growth over the second half",
+)  # fmt: skip
 
 
 def parse_duration(text: str) -> float:
@@ -157,8 +162,8 @@ def fitting_batch_mix(server) -> str:
 
 def run_soak(server, settings: SoakSettings, out_dir: Path) -> SoakResult:
     """Load `server` with Locust for `settings.duration_s`, sampling RSS; Locust's files go to `out_dir`."""
-    from megaclass.loadtest.benchmarks.serving_bench import machine_description
     from megaclass.loadtest.locust_run import LocustSettings, run_locust
+    from megaclass.loadtest.reporting import machine_description
 
     extra = {"batch_mix": settings.batch_mix or fitting_batch_mix(server)}
     if settings.model_mix:
@@ -211,12 +216,13 @@ def soak_markdown(result: SoakResult, warmup_s: float, command: str, note: str =
         f"{result.rps:.1f} req/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms. "
         f"RSS sampled every {s['sample_every_s']:g} s ({len(result.samples)} samples).",
         "",
-        "| process | RSS after warm-up (MB) | RSS at the end (MB) | growth | growth over the second half |",
-        "| --- | ---: | ---: | ---: | ---: |",
     ]
     late = result.late_growth()
-    for name, (start, end, growth) in sorted(result.growth(warmup_s).items()):
-        lines.append(f"| {name} | {start:.1f} | {end:.1f} | {growth:+.2f} % | {late.get(name, float('nan')):+.2f} % |")
+    rows = [
+        [name, f"{start:.1f}", f"{end:.1f}", f"{growth:+.2f} %", f"{late.get(name, float('nan')):+.2f} %"]
+        for name, (start, end, growth) in sorted(result.growth(warmup_s).items())
+    ]
+    lines.append(markdown_table(SOAK_TABLE_HEADER, rows))
     lines += ["", f"Target (zero errors, growth < {TARGET_GROWTH_PERCENT:g} %): {'met' if ok else 'missed'} — {why}."]
     return "\n".join(lines) + "\n"
 
@@ -244,7 +250,8 @@ def _serve(args: argparse.Namespace, work: Path):
     if args.repository:
         repository = Path(args.repository)
     else:
-        from megaclass.loadtest.benchmarks.serving_bench import load_bench_config, prepare_artifacts
+        from megaclass.loadtest.benchmarks.serving_artifacts import prepare_artifacts
+        from megaclass.loadtest.benchmarks.serving_config import load_bench_config
 
         bench, cfg = load_bench_config(None, {"classes": args.classes})
         art = prepare_artifacts(work / "artifacts", bench, cfg)
@@ -279,28 +286,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     written = write_outputs(result, warmup, out, command.strip(), args.note)
     print(soak_markdown(result, warmup, command.strip(), args.note))
     if args.docs:
-        from megaclass.loadtest.report import update_doc_section
+        from megaclass.loadtest.reporting import update_doc_section
 
         update_doc_section(Path(args.docs), "soak", written["markdown"].read_text(), title="# Reliability")
         print(f"section updated in {args.docs}")
     ok, _ = result.verdict(warmup)
     return 0 if ok else 3
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `loadtest soak` (call after `megaclass.clients.cli.loadtest.add_commands`, which makes `loadtest`)."""
-    if "loadtest" in sub.choices:
-        lt = sub.choices["loadtest"]._subparsers._group_actions[0]
-    else:
-        lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
-    p = lt.add_parser("soak", help="steady Locust load with RSS sampled: errors and memory growth")
-    p.add_argument("--duration", default="10m", help="e.g. 10m, 90s, 1h (default 10m)")
-    p.add_argument("--warmup", default=None, help="growth is measured after this (default: a fifth, at most 5m)")
-    p.add_argument("--users", type=int, default=8, help="Locust users (closed loop, no wait)")
-    p.add_argument("--sample-every", default="5s", help="RSS sampling period")
-    p.add_argument("--repository", default=None, help="serve this model repository (default: a synthetic stack)")
-    p.add_argument("--classes", type=int, default=20000, help="synthetic index size (without --repository)")
-    p.add_argument("--out", default="runs/soak", help="Locust CSVs, soak.json, soak_rss.csv, soak.md")
-    p.add_argument("--docs", default=None, help="update the soak section of this Markdown file")
-    p.add_argument("--note", default="", help="a sentence for the write-up (e.g. what else was running)")
-    p.set_defaults(func=cmd_soak)

@@ -18,6 +18,6 @@ python3 --version
 nvidia-smi -L
 python3 -c "import glob, sysconfig; d = sysconfig.get_config_var('LIBDIR'); print('libpython:', glob.glob(d + '/libpython3*'))"
 timeout 180 python3 -m pytest -q -p no:cacheprovider -x \
-  tests/integration/test_torch_encoder_target.py tests/python_backend/test_device_arrays.py \
-  tests/python_backend/test_routed_index_backends.py 2>&1 | tail -25 | tee "$OUT/pytest.txt"
+  tests/integration/test_torch_encoder_target.py tests/python_backend/serving/test_device_arrays.py \
+  tests/python_backend/index/test_scan.py 2>&1 | tail -25 | tee "$OUT/pytest.txt"
 timeout "${GPU_CHECK_TIMEOUT:-420}" python3 -m megaclass.loadtest.benchmarks.gpu_check --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

@@ -11,118 +11,24 @@ retraining and evaluated separately.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from megaclass.export import artifacts
-from megaclass.export.config import MegaclassConfig, config_hash
+from megaclass.clients.cli.common import Subparsers, add_server_args, serving_overrides
+from megaclass.export.config import MegaclassConfig
+from megaclass.export.pipeline import DemoArtifacts, build_artifacts, publish_if_changed
 
 console = Console()
 
 
-@dataclass(frozen=True)
-class DemoArtifacts:
-    onnx_path: Path
-    index_dir: Path
-    image_size: int
-    embedding_dim: int
-
-
 def _step(n: int, text: str) -> None:
     console.rule(f"[bold]{n}. {text}")
-
-
-def enrolment_split(ds, splits) -> dict[str, np.ndarray]:
-    """Rows of the data set used to enrol prototypes and to query.
-
-    Prototypes of trained classes come from the training rows; classes never trained on are
-    enrolled from their rows in the training fonts. Queries are all rows in held-out fonts.
-    """
-    held_fonts = set(splits.held_out_font_names)
-    font_is_held = np.array([f in held_fonts for f in ds.fonts])
-    return {"enrol": ~font_is_held[ds.font_index], "query": font_is_held[ds.font_index]}
-
-
-def build_artifacts(cfg: MegaclassConfig) -> tuple[DemoArtifacts, object, dict]:
-    """Data -> encoder -> ONNX -> prototypes -> index, each stage cached. Returns data for queries."""
-    from megaclass.export.convert.onnx_export import export_onnx
-    from megaclass.export.data.glyphs import render_glyph_dataset, split_glyphs
-    from megaclass.export.enrol.embedding import embed_images
-    from megaclass.export.enrol.prototypes import class_prototypes
-    from megaclass.export.train.training import load_encoder, train_encoder
-    from megaclass.python_backend.index.routed_index import RoutedIndex
-
-    work = Path(cfg.work_dir)
-    _step(1, "glyph data set")
-    ds = render_glyph_dataset(cfg.glyphs, work / "glyphs")
-    splits = split_glyphs(ds, cfg.glyphs)
-    n_classes, n_fonts = len(ds.codepoints), len(ds.fonts)
-    console.print(
-        f"{len(ds.images)} images, {n_classes} classes, {n_fonts} fonts; training on {len(splits.train.images)} "
-        f"images of {len(np.unique(splits.train.class_index))} classes; held-out fonts: "
-        f"{', '.join(Path(f.split('#')[0]).name for f in splits.held_out_font_names)}"
-    )
-
-    _step(2, f"train the encoder ({cfg.train.loss} loss, {cfg.train.mining} mining)")
-    data_key = artifacts.array_fingerprint(splits.train.class_index, splits.train.font_index, ds.codepoints)
-    train_dir = artifacts.stage_dir(work, "train", config_hash(cfg.glyphs, cfg.augment, cfg.train, data_key))
-    if artifacts.is_done(train_dir):
-        console.print(f"reusing the trained encoder in {train_dir}")
-        model = load_encoder(train_dir / "checkpoint.pt")
-    else:
-        from megaclass.export.data.augment import augment_batch
-
-        artifacts.start_stage(train_dir)
-        labels = ds.codepoints[splits.train.class_index]
-        result = train_encoder(
-            splits.train.images, labels, cfg.train, train_dir, augment=lambda x, g: augment_batch(x, cfg.augment, g)
-        )
-        model = result.model
-        artifacts.mark_done(train_dir, {"history": result.history})
-
-    _step(3, "export to ONNX (dynamic batch, parity with PyTorch)")
-    ckpt_hash = artifacts.sha256_file(train_dir / "checkpoint.pt")
-    export_dir = artifacts.stage_dir(work, "export", config_hash(cfg.export, ckpt_hash))
-    onnx_path = export_dir / "encoder.onnx"
-    if artifacts.is_done(export_dir):
-        report = artifacts.read_done(export_dir)
-        console.print(f"reusing {onnx_path}")
-    else:
-        artifacts.start_stage(export_dir)
-        rep = export_onnx(model, onnx_path, cfg.export, image_size=cfg.glyphs.image_size)
-        report = {"max_abs_diff": rep.max_abs_diff, "sha256": rep.sha256}
-        artifacts.mark_done(export_dir, report)
-    console.print(f"ONNX parity max |diff| per batch size: {report['max_abs_diff']}")
-
-    _step(4, "class prototypes and the routed index")
-    rows = enrolment_split(ds, splits)
-    index_dir = artifacts.stage_dir(work, "index", config_hash(cfg.index, report["sha256"], data_key))
-    if artifacts.is_done(index_dir):
-        console.print(f"reusing the index in {index_dir}")
-        index = RoutedIndex.load(index_dir / "index")
-    else:
-        artifacts.start_stage(index_dir)
-        enrol = ds.subset(rows["enrol"])
-        emb = embed_images(model, enrol.images)
-        protos, proto_ids = class_prototypes(emb, enrol.codepoints[enrol.class_index], cfg.index.prototypes_per_class)
-        labels = {int(c): chr(int(c)) for c in ds.codepoints}
-        t0 = time.perf_counter()
-        index = RoutedIndex.build(protos, proto_ids, labels, cfg.index)
-        index.save(index_dir / "index", extra_manifest={"encoder_sha256": report["sha256"]})
-        artifacts.mark_done(index_dir, {"build_s": time.perf_counter() - t0})
-    console.print(f"{index.num_classes} classes, {index.num_prototypes} prototypes, dimension {index.dim}")
-    dim = index.dim
-    return (
-        DemoArtifacts(onnx_path, index_dir / "index", cfg.glyphs.image_size, dim),
-        (ds, splits, rows),
-        report,
-    )
 
 
 def evaluate_answers(true_ids: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -202,28 +108,12 @@ def run_demo(cfg: MegaclassConfig, keep_serving: bool = False, repository: Path 
         console.print(f"demo finished in {summary['seconds']:.0f}s")
         if keep_serving:
             print_how_to_call(server, art)
-            from megaclass.clients.cli.main import _wait_for_signal
+            from megaclass.python_backend.server.__main__ import wait_for_signal
 
-            _wait_for_signal()
+            wait_for_signal()
     finally:
         server.stop()
     return 0
-
-
-def publish_if_changed(repository: Path, art: DemoArtifacts, cfg: MegaclassConfig) -> dict[str, int | str]:
-    """Publish a new version only when the artifacts or serving settings changed."""
-    from megaclass.export.repository.generate import ModelShapes, build_repository
-
-    key = config_hash(cfg.serving, cfg.export, artifacts.sha256_file(art.onnx_path), str(art.index_dir))
-    marker = Path(repository) / ".published.json"
-    if marker.exists() and json.loads(marker.read_text()).get("key") == key:
-        return {"unchanged": "reusing the published versions"}
-    versions = build_repository(
-        Path(repository), art.onnx_path, art.index_dir, ModelShapes(art.image_size, art.embedding_dim),
-        cfg.serving, cfg.export,
-    )  # fmt: skip
-    marker.write_text(json.dumps({"key": key, "versions": versions}))
-    return versions
 
 
 def show_predictions(queries, res, true_ids: np.ndarray, n: int = 6) -> None:
@@ -257,3 +147,44 @@ def print_how_to_call(server, art: DemoArtifacts) -> None:
                     --concurrency-range 1:64:8, with nvidia-cuda-runtime-cu12's lib/ on LD_LIBRARY_PATH)
   metrics:         curl {server.metrics_url}"""
     )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from megaclass.export.config import load_config
+
+    overrides: dict = {"serving": serving_overrides(args)}
+    if args.max_classes is not None:
+        overrides["glyphs"] = {"max_classes": args.max_classes}
+    if args.minutes is not None:
+        overrides["train"] = {"max_minutes": args.minutes}
+    cfg = load_config(args.config, overrides, defaults="demo")
+    return run_demo(cfg, keep_serving=args.keep_serving, repository=Path(args.repository))
+
+
+def register(sub: Subparsers) -> None:
+    """`megaclass demo`."""
+    p = sub.add_parser("demo", help="glyphs -> train -> ONNX -> index -> Triton -> classify, end to end")
+    p.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="leave the server up and print how to call it (default: off, stopped at the end)",
+    )
+    p.add_argument(
+        "--max-classes",
+        type=int,
+        default=None,
+        help="cap the number of glyph classes (default: glyphs.max_classes of the demo preset, 1500)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training time budget, minutes (default: train.max_minutes of the demo preset, 3.0)",
+    )
+    p.add_argument(
+        "--repository",
+        default="model_repository",
+        help="model repository to write and serve (default: model_repository)",
+    )
+    add_server_args(p)
+    p.set_defaults(func=cmd_demo)

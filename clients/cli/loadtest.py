@@ -1,16 +1,13 @@
-"""`megaclass loadtest ...`, `megaclass report` and `megaclass bench ...` (argparse wiring; the
-work is imported lazily)."""
+"""`megaclass loadtest perf | locust | soak` and `megaclass report` (argparse wiring; the work is in
+`loadtest/`, imported lazily)."""
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+from megaclass.clients.cli.common import Subparsers, add_perf_analyzer_args, ints
 
 
 def _perf_input_data(model: str, url: str, protocol: str, out_dir: Path) -> Path:
@@ -54,7 +51,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
                     model,
                     url,
                     protocol=protocol,
-                    concurrency=_ints(args.concurrency),
+                    concurrency=ints(args.concurrency),
                     request_rates=rates,
                     batch_size=args.batch_size,
                     shapes=shapes,
@@ -123,161 +120,119 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shown_command(name: str) -> str:
-    """The command line as run, without --note (its text is shown separately)."""
-    args, shown, skip = sys.argv[3:], [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a == "--note":
-            skip = True
-        elif not a.startswith("--note="):
-            shown.append(shlex.quote(a))
-    return " ".join([name, *shown])
+def cmd_soak(args: argparse.Namespace) -> int:
+    from megaclass.loadtest.soak import cmd_soak as run_soak_command
+
+    return run_soak_command(args)
 
 
-def _bench_setup(args: argparse.Namespace, overrides: dict):
-    from megaclass.loadtest.benchmarks.serving_bench import load_bench_config
-
-    return load_bench_config(Path(args.bench_config) if args.bench_config else None, overrides)
-
-
-def cmd_bench_serving(args: argparse.Namespace) -> int:
-    from megaclass.loadtest.benchmarks.serving_bench import run_head_to_head, verdict, write_outputs
-
-    overrides: dict = {}
-    if args.concurrency:
-        overrides["concurrency"] = tuple(_ints(args.concurrency))
-    if args.duration is not None:
-        overrides["duration_s"] = args.duration
-    if args.warmup is not None:
-        overrides["warmup_s"] = args.warmup
-    if args.targets:
-        overrides["targets"] = tuple(args.targets.split(","))
-    if args.classes is not None:
-        overrides["classes"] = args.classes
-    bench, cfg = _bench_setup(args, overrides)
-    command = _shown_command("megaclass bench serving")
-    run = run_head_to_head(
-        Path(args.out), bench, cfg, Path(args.repository) if args.repository else None, note=args.note
-    )
-    written = write_outputs(run, Path(args.out), None if args.no_docs else Path(args.docs), command)
-    ok, why = verdict(run.points)
-    print(("target met: " if ok else "target missed: ") + why)
-    for kind, path in written.items():
-        print(f"{kind:>24}: {path}")
-    return 0 if ok or not args.check else 3
-
-
-def cmd_bench_transport(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    import numpy as np
-
-    from megaclass.loadtest.benchmarks.serving_bench import machine_description, prepare_artifacts, serve_triton
-    from megaclass.loadtest.benchmarks.transport_bench import measure_transport, transport_markdown, write_transport_csv
-    from megaclass.loadtest.report import update_doc_section
-
-    out = Path(args.out)
-    started, machine = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine_description()
-    batch_sizes = _ints(args.batch_sizes)
-    if args.url:  # a running server: images shaped from its classify model
-        from megaclass.clients.client import Client
-
-        with Client(args.url) as client:
-            dims = next(iter(client.model(client.classify_model).inputs.values()))
-        images = (np.random.default_rng(0).random((64, dims[-2], dims[-1])) * 255).astype(np.uint8)
-        urls = {"grpc": args.url, **({"http": args.http_url} if args.http_url else {})}
-        points = measure_transport(urls, images, batch_sizes, args.calls)
-    else:  # the benchmark's own repository, served for the run
-        bench, cfg = _bench_setup(args, {})
-        art = prepare_artifacts(out / "work", bench, cfg, Path(args.repository) if args.repository else None)
-        with serve_triton(art, cfg, out / "work") as endpoint:
-            urls = {"grpc": endpoint.grpc, "http": endpoint.http.removeprefix("http://")}
-            points = measure_transport(urls, np.load(art.images), batch_sizes, args.calls)
-    command = _shown_command("megaclass bench transport")
-    md = transport_markdown(points, command, machine + (f". {args.note.rstrip('.')}" if args.note else ""), started)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "transport.md").write_text(md)
-    write_transport_csv(points, out / "transport.csv")
-    print(md)
-    if not args.no_docs:
-        update_doc_section(Path(args.docs), "client-transport", md)
-        print(f"section updated in {args.docs}")
-    return 0
-
-
-def add_bench_commands(bench: argparse._SubParsersAction) -> None:
-    """`megaclass bench serving` and `megaclass bench transport`."""
-
-    def common(p: argparse.ArgumentParser, out: str) -> None:
-        p.add_argument("--bench-config", default=None, help="TOML with [bench] and serving tables "
-                       "(default: loadtest/benchmarks/bench_serving.toml)")  # fmt: skip
-        p.add_argument("--repository", default=None, help="take encoder.onnx and the index from this repository "
-                       "(default: a synthetic encoder and index)")  # fmt: skip
-        p.add_argument("--out", default=out, help="where CSVs, Locust reports and plots go")
-        p.add_argument("--docs", default="docs/benchmarks.md", help="Markdown file whose section is updated")
-        p.add_argument("--no-docs", action="store_true", help="do not touch the docs file")
-        p.add_argument("--note", default="", help="a sentence for the write-up (e.g. what else was running)")
-
-    p = bench.add_parser("serving", help="Triton ensemble vs a FastAPI baseline, Locust, concurrency 1-64")
-    common(p, "runs/bench-serving")
-    p.add_argument("--concurrency", default=None, help="levels, e.g. 1,8,32,64 (default from the config)")
-    p.add_argument("--duration", type=float, default=None, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=None, help="warm-up seconds per point")
-    p.add_argument("--targets", default=None, help="triton-grpc,triton-http,baseline (default: all)")
-    p.add_argument("--classes", type=int, default=None, help="synthetic index size")
-    p.add_argument("--check", action="store_true", help="exit 3 when the 2x-at-concurrency-32 target is missed")
-    p.set_defaults(func=cmd_bench_serving)
-
-    p = bench.add_parser("transport", help="shared-memory transport vs plain gRPC/HTTP, sequential calls")
-    common(p, "runs/bench-transport")
-    p.add_argument("--url", default=None, help="measure a running server (gRPC address) instead of starting one")
-    p.add_argument("--http-url", default=None, help="its HTTP address (with --url)")
-    p.add_argument("--batch-sizes", default="1,16,64")
-    p.add_argument("--calls", type=int, default=200, help="timed calls per point")
-    p.set_defaults(func=cmd_bench_transport)
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `loadtest perf|locust`, `report` and `bench serving|transport` on the top-level subparsers."""
-    lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
+def _register_perf(lt: Subparsers) -> None:
     p = lt.add_parser("perf", help="perf_analyzer concurrency or request-rate sweeps (CSV)")
-    p.add_argument("--model", default="classify", help="model(s), comma-separated: classify,retriever")
-    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address")
-    p.add_argument("--http-url", default=None, help="HTTP address (for --protocol http; default: --url)")
-    p.add_argument("--protocol", default="grpc", help="grpc, http or grpc,http")
-    p.add_argument("--concurrency", default="1,2,4,8,16,32,64")
-    p.add_argument("--request-rate", default=None, help="request rates to sweep instead, e.g. 100,200,400")
-    p.add_argument("--stability-percent", type=float, default=25.0, help="loosen on a busy machine")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--shape", action="append", default=[], help="NAME:d1,d2,... for inputs with variable dims")
-    p.add_argument("--measurement-ms", type=int, default=3000)
-    p.add_argument("--out", default=None, help="write the sweep as CSV")
+    p.add_argument(
+        "--model", default="classify", help="model(s), comma-separated: classify,retriever (default: classify)"
+    )
+    p.add_argument("--url", default="127.0.0.1:8001", help="gRPC address, host:port (default: 127.0.0.1:8001)")
+    p.add_argument(
+        "--http-url", default=None, help="HTTP address, host:port, for --protocol http (default: none, --url)"
+    )
+    p.add_argument("--protocol", default="grpc", help="grpc, http or grpc,http (default: grpc)")
+    add_perf_analyzer_args(p)
+    p.add_argument(
+        "--request-rate",
+        default=None,
+        help="request rates to sweep instead, requests/s, e.g. 100,200,400 (default: none, --concurrency)",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="rows per request, images or embeddings (default: 1)")
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        help="NAME:d1,d2,... for inputs with variable dims, repeatable (default: none)",
+    )
+    p.add_argument("--out", default=None, help="CSV file to write the sweep to (default: none, printed only)")
     p.set_defaults(func=cmd_perf)
 
+
+def _register_locust(lt: Subparsers) -> None:
     p = lt.add_parser("locust", help="bounded headless Locust run (CSV + HTML report)")
-    p.add_argument("--host", default="http://127.0.0.1:8000", help="HTTP base URL (Triton or the baseline)")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001")
-    p.add_argument("--protocol", choices=["grpc", "http", "both"], default="both")
-    p.add_argument("--baseline", action="store_true", help="load the FastAPI baseline at --host instead")
-    p.add_argument("--users", type=int, default=16)
-    p.add_argument("--spawn-rate", type=float, default=4.0)
-    p.add_argument("--run-time", default="60s", help="seconds, e.g. 60s")
-    p.add_argument("--warmup", type=float, default=0.0, help="reset statistics after this many seconds")
-    p.add_argument("--batch-mix", default=None, help="batch:weight,... (default: mostly single images)")
-    p.add_argument("--model-mix", default=None, help="classify:weight,retriever:weight")
-    p.add_argument("--images", default=None, help="uint8 [N, S, S] .npy to send (default: generated)")
-    p.add_argument("--out", default="runs/locust")
-    p.add_argument("--name", default="locust", help="file prefix of the CSVs and HTML")
+    p.add_argument(
+        "--host",
+        default="http://127.0.0.1:8000",
+        help="HTTP base URL of Triton or the baseline (default: http://127.0.0.1:8000)",
+    )
+    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="gRPC address, host:port (default: 127.0.0.1:8001)")
+    p.add_argument(
+        "--protocol", choices=["grpc", "http", "both"], default="both", help="which users to run (default: both)"
+    )
+    p.add_argument("--baseline", action="store_true", help="load the FastAPI baseline at --host instead (default: off)")
+    p.add_argument("--users", type=int, default=16, help="concurrent Locust users (default: 16)")
+    p.add_argument("--spawn-rate", type=float, default=4.0, help="users started per second (default: 4.0)")
+    p.add_argument("--run-time", default="60s", help="length of the run, seconds, e.g. 60s (default: 60s)")
+    p.add_argument(
+        "--warmup", type=float, default=0.0, help="reset the statistics after this many seconds (default: 0.0)"
+    )
+    p.add_argument(
+        "--batch-mix",
+        default=None,
+        help="images per request and weight, batch:weight,... (default: 1:60,2:15,4:12,8:8,16:4,32:1)",
+    )
+    p.add_argument(
+        "--model-mix",
+        default=None,
+        help="requests per model, classify:weight,retriever:weight (default: classify:4,retriever:1)",
+    )
+    p.add_argument("--images", default=None, help="uint8 [N, S, S] .npy of images to send (default: none, generated)")
+    p.add_argument("--out", default="runs/locust", help="folder for the CSVs and HTML (default: runs/locust)")
+    p.add_argument("--name", default="locust", help="file prefix of the CSVs and HTML (default: locust)")
     p.set_defaults(func=cmd_locust)
 
-    p = sub.add_parser("report", help="Locust and perf_analyzer CSVs -> Markdown + HTML report with plots")
-    p.add_argument("--locust", action="append", default=[], help="Locust CSV prefix (or one of its files)")
-    p.add_argument("--perf", action="append", default=[], help="perf_analyzer sweep CSV")
-    p.add_argument("--out", default="runs/report")
-    p.add_argument("--title", default="megaclass load test report")
-    p.set_defaults(func=cmd_report)
 
-    bench = sub.add_parser("bench", help="benchmarks that write docs/benchmarks.md sections")
-    add_bench_commands(bench.add_subparsers(dest="bench", required=True))
+def _register_soak(lt: Subparsers) -> None:
+    p = lt.add_parser("soak", help="steady Locust load with RSS sampled: errors and memory growth")
+    p.add_argument("--duration", default="10m", help="length of the run, e.g. 10m, 90s, 1h (default: 10m)")
+    p.add_argument(
+        "--warmup",
+        default=None,
+        help="growth is measured after this, e.g. 2m (default: a fifth of --duration, at most 5m)",
+    )
+    p.add_argument("--users", type=int, default=8, help="Locust users, closed loop, no wait (default: 8)")
+    p.add_argument("--sample-every", default="5s", help="RSS sampling period, e.g. 5s (default: 5s)")
+    p.add_argument("--repository", default=None, help="serve this model repository (default: none, a synthetic stack)")
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=20000,
+        help="synthetic index size without --repository, classes (default: 20000)",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/soak",
+        help="folder for Locust CSVs, soak.json, soak_rss.csv, soak.md (default: runs/soak)",
+    )
+    p.add_argument("--docs", default=None, help="update the soak section of this Markdown file (default: none)")
+    p.add_argument("--note", default="", help="a sentence for the write-up, e.g. what else was running (default: none)")
+    p.set_defaults(func=cmd_soak)
+
+
+def register(sub: Subparsers) -> None:
+    """`megaclass loadtest perf | locust | soak` and `megaclass report`."""
+    lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
+    _register_perf(lt)
+    _register_locust(lt)
+    _register_soak(lt)
+
+    p = sub.add_parser("report", help="Locust and perf_analyzer CSVs -> Markdown + HTML report with plots")
+    p.add_argument(
+        "--locust",
+        action="append",
+        default=[],
+        help="Locust CSV prefix (or one of its files), repeatable (default: none)",
+    )
+    p.add_argument("--perf", action="append", default=[], help="perf_analyzer sweep CSV, repeatable (default: none)")
+    p.add_argument("--out", default="runs/report", help="folder for report.md and its HTML (default: runs/report)")
+    p.add_argument(
+        "--title",
+        default="megaclass load test report",
+        help="the report's title (default: megaclass load test report)",
+    )
+    p.set_defaults(func=cmd_report)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from megaclass.clients.cli.common import Subparsers
 from megaclass.export.config import MegaclassConfig, load_config
 
 LOSS_NAMES = ("triplet", "contrastive", "cosface", "arcface", "softmax")  # = losses.LOSSES (tested)
@@ -54,7 +55,7 @@ def data_spec_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from megaclass.export.data.catalog import CatalogError
-    from megaclass.export.data.data_sources import train_from_spec
+    from megaclass.export.train.from_spec import train_from_spec
 
     cfg = load_config(args.config, _train_overrides(args))
     spec = data_spec_from_args(args)
@@ -140,7 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         softmax_head_metrics,
         write_report,
     )
-    from megaclass.export.train.training import load_encoder
+    from megaclass.python_backend.serving.encoder_model import load_encoder
 
     ckpt_path = Path(args.checkpoint) if args.checkpoint else None
     spec, cfg = _eval_config(args, ckpt_path)
@@ -176,7 +177,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from megaclass.export.config import replace
     from megaclass.export.convert.onnx_export import ParityError, export_onnx
     from megaclass.export.convert.tensorrt_engine import EngineProfile, build_engine, tensorrt_available
-    from megaclass.export.train.training import load_encoder
+    from megaclass.python_backend.serving.encoder_model import load_encoder
 
     cfg = load_config(args.config)
     ckpt_path = Path(args.checkpoint)
@@ -236,7 +237,7 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
 
     from megaclass.export.data.catalog import CatalogError
     from megaclass.export.data.data_sources import build_prototypes
-    from megaclass.export.train.training import load_encoder
+    from megaclass.python_backend.serving.encoder_model import load_encoder
 
     ckpt_path = Path(args.checkpoint) if args.checkpoint else None
     spec, cfg = _eval_config(args, ckpt_path)
@@ -262,55 +263,144 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalog", default=None, help="bring-your-own catalogue (CSV/Parquet; see export/data/catalog.py)")
-    p.add_argument("--synthetic-classes", type=int, default=None, help="the synthetic long-tailed set with N classes")
     p.add_argument(
-        "--image-size", type=int, default=None, help="catalogue images are resized to this (default glyphs.image_size)"
+        "--catalog",
+        default=None,
+        help="bring-your-own catalogue, CSV or Parquet; see export/data/catalog.py (default: none, the glyphs)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--synthetic-classes",
+        type=int,
+        default=None,
+        help="use the synthetic long-tailed set with this many classes (default: none, the glyphs)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="catalogue images are resized to this many pixels a side (default: glyphs.image_size, 32)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register train, evaluate and export on the `megaclass` subcommand parser."""
+def _register_train(sub: Subparsers) -> None:
     p = sub.add_parser("train", help="train the encoder (glyphs, a catalogue, or the synthetic set)")
-    p.add_argument("--loss", choices=LOSS_NAMES, default=None)
-    p.add_argument("--mining", choices=MINING_NAMES, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--max-classes", type=int, default=None, help="cap the number of glyph classes")
-    p.add_argument("--width", type=int, default=None, help="encoder width (channels of the first conv)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="auto, cpu or cuda")
-    p.add_argument("--out", default=None, help="run folder (default work_dir/runs/<loss>-<data>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--no-epoch-eval", action="store_true", help="skip the held-out precision after each epoch")
-    p.add_argument("--compare", action="store_true", help="train every loss of compare_losses.METHODS; one table")
-    p.add_argument("--minutes-per-method", type=float, default=None, help="--compare: time budget of each method")
-    p.add_argument("--doc", default=None, help="--compare: Markdown file whose table to update (docs/training.md)")
+    p.add_argument(
+        "--loss", choices=LOSS_NAMES, default=None, help="metric-learning loss (default: train.loss, triplet)"
+    )
+    p.add_argument(
+        "--mining",
+        choices=MINING_NAMES,
+        default=None,
+        help="which triplets or pairs the miner keeps (default: train.mining, semihard)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training set (default: train.epochs, 8)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training time budget, minutes (default: train.max_minutes, none: no budget)",
+    )
+    p.add_argument(
+        "--max-classes",
+        type=int,
+        default=None,
+        help="cap the number of glyph classes (default: glyphs.max_classes, none: all)",
+    )
+    p.add_argument(
+        "--width", type=int, default=None, help="encoder width, channels of the first conv (default: train.width, 32)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: train.seed, 0)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: train.device, auto)")
+    p.add_argument("--out", default=None, help="run folder (default: work_dir/runs/<loss>-<data>)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (default: off)")
+    p.add_argument(
+        "--no-epoch-eval",
+        action="store_true",
+        help="skip the held-out precision after each epoch (default: off, evaluated)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="train every loss of compare_losses.METHODS and print one table (default: off)",
+    )
+    p.add_argument(
+        "--minutes-per-method",
+        type=float,
+        default=None,
+        help="--compare: time budget of each method, minutes (default: none, --minutes / train.max_minutes)",
+    )
+    p.add_argument(
+        "--doc",
+        default=None,
+        help="--compare: Markdown file whose table to update, e.g. docs/training.md (default: none)",
+    )
     _add_data_args(p)
     p.set_defaults(func=cmd_train)
 
+
+def _register_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser("evaluate", help="precision@1, hit rate@k, MAP@R, cost-aware error; PCA plot")
-    p.add_argument("checkpoint", nargs="?", default=None, help="checkpoint.pt (its run.json names the data)")
-    p.add_argument("--out", default=None, help="report folder (default: beside the checkpoint, eval/)")
-    p.add_argument("--ks", default="5,10", help="k of hit rate@k, comma-separated")
-    p.add_argument("--tail-max", type=int, default=2, help="tail: classes with at most this many training samples")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="checkpoint.pt; its run.json names the data (default: none, for an embedding catalogue)",
+    )
+    p.add_argument("--out", default=None, help="report folder (default: eval/ beside the checkpoint)")
+    p.add_argument("--ks", default="5,10", help="k of hit rate@k, comma-separated (default: 5,10)")
+    p.add_argument(
+        "--tail-max",
+        type=int,
+        default=2,
+        help="the tail split: classes with at most this many training samples (default: 2)",
+    )
     _add_data_args(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _register_prototypes(sub: Subparsers) -> None:
     p = sub.add_parser("prototypes", help="class prototypes of a catalogue / the glyphs; --index: a routed index")
-    p.add_argument("checkpoint", nargs="?", default=None, help="encoder checkpoint (none for an embedding catalogue)")
-    p.add_argument("--out", required=True, help="folder for prototypes.npy, class_ids.npy, labels.txt")
-    p.add_argument("--index", default=None, help="also build and save a RoutedIndex in this (new) folder")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="encoder checkpoint (default: none, for an embedding catalogue)",
+    )
+    p.add_argument("--out", required=True, help="folder for prototypes.npy, class_ids.npy, labels.txt (required)")
+    p.add_argument("--index", default=None, help="also build and save a RoutedIndex in this new folder (default: none)")
     _add_data_args(p)
     p.set_defaults(func=cmd_prototypes)
 
+
+def _register_export(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="checkpoint -> ONNX FP32/FP16 with parity report; --tensorrt: engine")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", default=None, help="output folder (default: beside the checkpoint, export/)")
-    p.add_argument("--no-fp16", action="store_true", help="FP32 only (also the TensorRT precision)")
-    p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine where TensorRT imports")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=16)
-    p.add_argument("--max-batch", type=int, default=None, help="default serving.encoder.max_batch_size")
+    p.add_argument("checkpoint", help="encoder checkpoint.pt to export")
+    p.add_argument("--out", default=None, help="output folder (default: export/ beside the checkpoint)")
+    p.add_argument(
+        "--no-fp16", action="store_true", help="FP32 only, also the TensorRT precision (default: off, FP16 too)"
+    )
+    p.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also build a TensorRT engine where TensorRT imports (default: off)",
+    )
+    p.add_argument("--min-batch", type=int, default=1, help="TensorRT profile: smallest batch, images (default: 1)")
+    p.add_argument(
+        "--opt-batch", type=int, default=16, help="TensorRT profile: batch it is tuned for, images (default: 16)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="TensorRT profile: largest batch, images (default: serving.encoder.max_batch_size, 64)",
+    )
     p.set_defaults(func=cmd_export)
+
+
+def register(sub: Subparsers) -> None:
+    """`megaclass train`, `evaluate`, `prototypes` and `export`."""
+    _register_train(sub)
+    _register_evaluate(sub)
+    _register_prototypes(sub)
+    _register_export(sub)

@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig
 
 ENCODER, RETRIEVER, CLASSIFY = "encoder", "retriever", "classify"
 # Optional entry for encoded images: `decode` (PNG/JPEG bytes -> pixels) and the ensemble

@@ -45,7 +45,8 @@ def _embedding_dim(repo: Path) -> int | None:
 
 def check_index(index_dir: Path, repo: Path) -> dict:
     """Load the index (verifying checksums) and check its dimension against the encoder's."""
-    from megaclass.python_backend.index.routed_index import IndexIntegrityError, RoutedIndex
+    from megaclass.python_backend.index.persistence import IndexIntegrityError
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     try:
         index = RoutedIndex.load(index_dir)

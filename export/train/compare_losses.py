@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from megaclass.export.config import MegaclassConfig, replace
-from megaclass.export.data.data_sources import DataSpec, eval_sets_from_spec, train_from_spec
+from megaclass.export.data.data_sources import DataSpec, eval_sets_from_spec
 from megaclass.export.evaluate.evaluation import evaluate_sets, softmax_head_metrics, write_report
+from megaclass.export.train.from_spec import train_from_spec
 
 # (row name, folder, TrainConfig changes)
 METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (

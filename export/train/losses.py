@@ -13,7 +13,7 @@ distance between normalised embeddings, m = `TrainConfig.margin`:
                   with a semi-hard negative for it. (PML's ``type_of_triplets="easy"`` keeps
                   only d(a,n) > d(a,p) + m, which has zero margin loss, so it cannot train.)
 
-`LOSSES` is the registry; `tests/export/test_losses.py` fails when a registered loss has no test.
+`LOSSES` is the registry; `tests/export/train/test_losses.py` fails when a registered loss has no test.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from megaclass.export.config import TrainConfig
 from megaclass.export.enrol.embedding import embed_images
 from megaclass.export.evaluate.metrics import retrieval_metrics
-from megaclass.export.train.losses import build_loss
-from megaclass.python_backend.serving.encoder_model import atomic_save, build_encoder, load_encoder, save_encoder  # noqa: F401 (re-exported)
+from megaclass.export.train.losses import LossBundle, build_loss
+from megaclass.python_backend.serving.encoder_model import atomic_save, build_encoder
 from megaclass.python_backend.serving.preprocess import to_model_input
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -220,35 +220,16 @@ def train_on_batches(
     bundle = build_loss(cfg, num_classes, model.args["embedding_dim"])
     model.to(device)
     bundle.loss.to(device)
-    sparse_fn = getattr(bundle.loss, "sparse_parameters", None)
-    sparse = list(sparse_fn()) if sparse_fn else []
-    sparse_ids = {id(p) for p in sparse}
-    dense = list(model.parameters()) + [p for p in bundle.loss.parameters() if id(p) not in sparse_ids]
-    opt = torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sparse_opt = torch.optim.SparseAdam(sparse, lr=cfg.lr) if sparse else None
+    opt, sparse_opt = _optimisers(model, bundle.loss, cfg)
 
     start_epoch, step, elapsed, history = 0, 0, 0.0, []
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if ckpt["model_class"] != type(model).__name__ or ckpt["model_args"] != model.args:
-            raise ValueError(f"{ckpt_path} holds {ckpt['model_class']}({ckpt['model_args']}), not {model.args}")
-        if ckpt["config"]["loss"] != cfg.loss:
-            raise ValueError(f"{ckpt_path} was trained with loss {ckpt['config']['loss']!r}, not {cfg.loss!r}")
-        model.load_state_dict(ckpt["state_dict"])
-        bundle.loss.load_state_dict(ckpt["loss_state"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sparse_opt is not None:
-            sparse_opt.load_state_dict(ckpt["sparse_optimizer"])
-        start_epoch, step, elapsed, history = ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"], ckpt["history"]
+        start_epoch, step, elapsed, history = _resume(ckpt_path, device, model, bundle.loss, opt, sparse_opt, cfg)
     # The metrics file mirrors the checkpoint's history (a crash between the two writes loses nothing).
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
-    total_steps = cfg.epochs * steps_per_epoch
-    budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes else None
-    channels_last = device.type == "cpu"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    embed = getattr(model, "forward_unnormalized", model)
+    run = _start_run(model, bundle, [o for o in (opt, sparse_opt) if o is not None], device, cfg, steps_per_epoch)
+    budget_s = run.budget_s
     out_of_time = budget_s is not None and elapsed >= budget_s
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -257,52 +238,13 @@ def train_on_batches(
         torch.manual_seed(epoch_seed(cfg.seed, epoch, 3))
         model.train()
         bundle.loss.train()
-        t0, losses, lr = time.perf_counter(), [], cfg.lr
+        t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for x, y in batches(epoch):
-            now = elapsed + time.perf_counter() - t0
-            if budget_s is not None and now >= budget_s:
-                out_of_time = True
-                break
-            frac = (step + 1) / total_steps
-            if budget_s is not None:
-                frac = max(frac, now / budget_s)
-            lr = lr_at(frac, cfg.lr, cfg.warmup_fraction)
-            for o in (opt, sparse_opt):
-                for group in o.param_groups if o is not None else ():
-                    group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            emb = embed(x)
-            indices = bundle.miner(emb, y) if bundle.miner is not None else None
-            loss = bundle.loss(emb, y, indices)
-            opt.zero_grad(set_to_none=True)
-            if sparse_opt is not None:
-                sparse_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sparse_opt is not None:
-                sparse_opt.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        losses, lr, step, out_of_time = _train_epoch(run, batches(epoch), bar, step, elapsed, t0)
         bar.close()
         if not losses:
             break
-        train_s = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "steps": len(losses),
-            "lr": lr,
-            "train_s": train_s,
-        }
-        if eval_fn is not None:
-            model.eval()
-            with torch.no_grad():
-                record.update(_plain(eval_fn(model)))
+        record = _epoch_record(epoch, losses, lr, time.perf_counter() - t0, model, eval_fn)
         elapsed += time.perf_counter() - t0
         record["elapsed_s"] = elapsed
         # the budget may run out during the epoch's last step: this epoch is then the last one
@@ -320,6 +262,131 @@ def train_on_batches(
         _save_checkpoint(ckpt_path, model, bundle.loss, opt, sparse_opt, cfg, 0, step, elapsed, history, meta)
     model.to(memory_format=torch.contiguous_format)
     return TrainResult(model.eval(), ckpt_path, history)
+
+
+def _optimisers(
+    model: nn.Module, loss: nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """AdamW over the model and the loss's dense parameters; SparseAdam over its sparse ones (partial FC)."""
+    sparse_fn = getattr(loss, "sparse_parameters", None)
+    sparse = list(sparse_fn()) if sparse_fn else []
+    sparse_ids = {id(p) for p in sparse}
+    dense = list(model.parameters()) + [p for p in loss.parameters() if id(p) not in sparse_ids]
+    opt = torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.SparseAdam(sparse, lr=cfg.lr) if sparse else None
+
+
+def _resume(
+    ckpt_path: Path,
+    device: torch.device,
+    model: nn.Module,
+    loss: nn.Module,
+    opt: torch.optim.Optimizer,
+    sparse_opt: torch.optim.Optimizer | None,
+    cfg: TrainConfig,
+) -> tuple[int, int, float, list[dict[str, Any]]]:
+    """Load model, loss and optimiser state from `ckpt_path`; returns (epoch, step, elapsed_s, history)."""
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    if ckpt["model_class"] != type(model).__name__ or ckpt["model_args"] != model.args:
+        raise ValueError(f"{ckpt_path} holds {ckpt['model_class']}({ckpt['model_args']}), not {model.args}")
+    if ckpt["config"]["loss"] != cfg.loss:
+        raise ValueError(f"{ckpt_path} was trained with loss {ckpt['config']['loss']!r}, not {cfg.loss!r}")
+    model.load_state_dict(ckpt["state_dict"])
+    loss.load_state_dict(ckpt["loss_state"])
+    opt.load_state_dict(ckpt["optimizer"])
+    if sparse_opt is not None:
+        sparse_opt.load_state_dict(ckpt["sparse_optimizer"])
+    return ckpt["epoch"], ckpt["step"], ckpt["elapsed_s"], ckpt["history"]
+
+
+@dataclass
+class _Run:
+    """What every step of a run uses: the embedding, the loss (and miner), optimisers, device and clock."""
+
+    embed: Callable[[torch.Tensor], torch.Tensor]
+    bundle: LossBundle
+    optimisers: list[torch.optim.Optimizer]
+    device: torch.device
+    channels_last: bool
+    cfg: TrainConfig
+    total_steps: int
+    budget_s: float | None
+
+
+def _start_run(
+    model: nn.Module,
+    bundle: LossBundle,
+    optimisers: list[torch.optim.Optimizer],
+    device: torch.device,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+) -> _Run:
+    """The run's fixed parts; on the CPU the model goes channels-last (faster convolutions)."""
+    channels_last = device.type == "cpu"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return _Run(
+        embed=getattr(model, "forward_unnormalized", model),
+        bundle=bundle,
+        optimisers=optimisers,
+        device=device,
+        channels_last=channels_last,
+        cfg=cfg,
+        total_steps=cfg.epochs * steps_per_epoch,
+        budget_s=cfg.max_minutes * 60.0 if cfg.max_minutes else None,
+    )
+
+
+def _train_epoch(
+    run: _Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], bar: Any, step: int, elapsed: float, t0: float
+) -> tuple[list[float], float, int, bool]:
+    """One epoch's steps until the batches or the time budget run out; returns (losses, last lr, step, out of time)."""
+    cfg, budget_s, losses, lr = run.cfg, run.budget_s, [], run.cfg.lr
+    for x, y in batches:
+        now = elapsed + time.perf_counter() - t0
+        if budget_s is not None and now >= budget_s:
+            return losses, lr, step, True
+        frac = (step + 1) / run.total_steps
+        if budget_s is not None:
+            frac = max(frac, now / budget_s)
+        lr = lr_at(frac, cfg.lr, cfg.warmup_fraction)
+        for o in run.optimisers:
+            for group in o.param_groups:
+                group["lr"] = lr
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        if run.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        emb = run.embed(x)
+        indices = run.bundle.miner(emb, y) if run.bundle.miner is not None else None
+        loss = run.bundle.loss(emb, y, indices)
+        for o in run.optimisers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in run.optimisers:
+            o.step()
+        losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+    return losses, lr, step, False
+
+
+def _epoch_record(
+    epoch: int, losses: list[float], lr: float, train_s: float, model: nn.Module, eval_fn: EvalFn | None
+) -> dict[str, Any]:
+    """The epoch's metrics: mean loss, steps, last lr, training seconds, and `eval_fn`'s metrics."""
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "loss": float(np.mean(losses)),
+        "steps": len(losses),
+        "lr": lr,
+        "train_s": train_s,
+    }
+    if eval_fn is not None:
+        model.eval()
+        with torch.no_grad():
+            record.update(_plain(eval_fn(model)))
+    return record
 
 
 def _save_checkpoint(

@@ -17,7 +17,11 @@ from megaclass.export.repository.generate import ModelShapes, build_repository
 from megaclass.loadtest.benchmarks.cpu_budget import CpuBudget, encoder_us_per_image, measure_cpu_budget, ratio_ceiling
 from megaclass.loadtest.benchmarks.cpu_budget import markdown_table as budget_table
 from megaclass.loadtest.perf import PerfPoint, run_perf, write_csv
+from megaclass.loadtest.reporting import copy_into_docs, pyplot, update_doc_section
+from megaclass.loadtest.reporting import markdown_table as render_table
 from megaclass.python_backend.server.triton_server import free_port, running_server
+
+BATCHING_HEADER = ["concurrency", "no batching", "p50/p95/p99", "dynamic batching", "p50/p95/p99", "ratio"]
 
 
 def with_batching(serving: ServingConfig, on: bool) -> ServingConfig:
@@ -93,22 +97,25 @@ def markdown_table(rows: list[dict]) -> str:
     """One table per model: on vs off per concurrency, with the throughput ratio."""
     lines = []
     for model in sorted({r["model"] for r in rows}):
+        by = {(r["mode"], r["concurrency"]): r for r in rows if r["model"] == model}
+        table = []
+        for c in sorted({c for _, c in by}):
+            off, on = by[("off", c)], by[("on", c)]
+            table.append([
+                str(c), f"{off['throughput']:.0f}", _latencies(off), f"{on['throughput']:.0f}", _latencies(on),
+                f"{on['throughput'] / off['throughput']:.2f}×",
+            ])  # fmt: skip
         lines += [
             f"**{model}** (infer/s; latency ms p50 / p95 / p99)",
             "",
-            "| concurrency | no batching | p50/p95/p99 | dynamic batching | p50/p95/p99 | ratio |",
-            "| ---: | ---: | --- | ---: | --- | ---: |",
+            render_table(BATCHING_HEADER, table, "rrlrlr"),
         ]
-        by = {(r["mode"], r["concurrency"]): r for r in rows if r["model"] == model}
-        for c in sorted({c for _, c in by}):
-            off, on = by[("off", c)], by[("on", c)]
-            lat = lambda r: f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f} / {r['p99_ms']:.1f}"  # noqa: E731
-            lines.append(
-                f"| {c} | {off['throughput']:.0f} | {lat(off)} | {on['throughput']:.0f} | {lat(on)} "
-                f"| {on['throughput'] / off['throughput']:.2f}× |"
-            )
         lines.append("")
     return "\n".join(lines)
+
+
+def _latencies(row: dict) -> str:
+    return f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} / {row['p99_ms']:.1f}"
 
 
 def budget_section(budgets: dict[str, CpuBudget], onnx_path: Path, image_size: int, serving: ServingConfig) -> str:
@@ -130,11 +137,7 @@ def budget_section(budgets: dict[str, CpuBudget], onnx_path: Path, image_size: i
 
 def plot(rows: list[dict], path: Path) -> None:
     """Throughput and p99 latency against concurrency, on vs off, per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
     for j, model in enumerate(models):
@@ -170,8 +173,7 @@ def run_batching_bench(
     budget_concurrency: int | None = 32,
 ) -> list[dict]:
     """Build (or reuse) the demo's artifacts, sweep with batching off and on, report."""
-    from megaclass.clients.cli.demo import build_artifacts
-    from megaclass.loadtest.report import update_doc_section
+    from megaclass.export.pipeline import build_artifacts
 
     art, _, _ = build_artifacts(cfg)
     shapes = ModelShapes(art.image_size, art.embedding_dim)
@@ -185,9 +187,7 @@ def run_batching_bench(
         table += "\n" + budget_section(budgets, art.onnx_path, art.image_size, cfg.serving) + "\n"
     print(table)
     if doc is not None:
-        png = doc.parent / "img" / "batching.png"
-        png.parent.mkdir(parents=True, exist_ok=True)
-        png.write_bytes((out_dir / "batching.png").read_bytes())
+        image = copy_into_docs(out_dir / "batching.png", doc)
         s = cfg.serving
         text = (
             "## Dynamic batching on vs off (perf_analyzer)\n\n"
@@ -197,7 +197,7 @@ def run_batching_bench(
             f"{s.retriever.max_batch_size}, queue delay {s.encoder.max_queue_delay_us} µs, "
             f"{s.encoder.instances} instance each). Reproduce: `.venv/bin/megaclass bench batching`.\n\n"
             + table
-            + "\n![throughput and p99 latency, batching on vs off](img/batching.png)\n"
+            + f"\n![throughput and p99 latency, batching on vs off]({image})\n"
         )
         update_doc_section(doc, "batching", text)
     return rows

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from megaclass.loadtest.perf import perf_analyzer_binary, perf_environment
-from megaclass.loadtest.scaleout.run import parse_triton_counters
+from megaclass.loadtest.reporting import markdown_table as render_table
+from megaclass.loadtest.server_metrics import metrics_text, parse_triton_counters, process_cpu_seconds
 from megaclass.python_backend.server.watchdog import stub_identity
 
 
@@ -38,17 +38,6 @@ class CpuBudget:
         return sum(self.us_per_request.get(p, 0.0) for p in parts)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid`, all its threads (0 once it is gone)."""
-    import psutil
-
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return t.user + t.system
-
-
 def part_pids(server_pid: int, generator_pid: int) -> dict[str, list[int]]:
     """The processes to account for: the server, its stubs grouped by model, the load generator."""
     import psutil
@@ -64,14 +53,9 @@ def part_pids(server_pid: int, generator_pid: int) -> dict[str, list[int]]:
     return parts
 
 
-def completed_requests(metrics_text: str, model: str) -> float:
+def completed_requests(text: str, model: str) -> float:
     """The server's count of successful requests of `model` (all versions) in Prometheus text."""
-    return parse_triton_counters(metrics_text).get(("nv_inference_request_success", model), 0.0)
-
-
-def _scrape(metrics_url: str) -> str:
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        return r.read().decode()
+    return parse_triton_counters(text).get(("nv_inference_request_success", model), 0.0)
 
 
 def measure_cpu_budget(
@@ -107,10 +91,10 @@ def measure_cpu_budget(
         time.sleep(warmup_s)
         parts = part_pids(server.process.pid, generator.pid)
         before = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
-        n0, t0 = completed_requests(_scrape(server.metrics_url), model), time.monotonic()
+        n0, t0 = completed_requests(metrics_text(server.metrics_url), model), time.monotonic()
         time.sleep(window_s)
         after = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
-        n1, t1 = completed_requests(_scrape(server.metrics_url), model), time.monotonic()
+        n1, t1 = completed_requests(metrics_text(server.metrics_url), model), time.monotonic()
     finally:
         generator.kill()
         generator.wait()
@@ -136,17 +120,10 @@ def ratio_ceiling(unbatched: CpuBudget, batched: CpuBudget, model_compute_us: fl
 def markdown_table(budgets: dict[str, CpuBudget]) -> str:
     """Rows: parts (those that used any CPU); columns: each labelled budget (e.g. batching off / on)."""
     names = sorted({p for b in budgets.values() for p, v in b.us_per_request.items() if v >= 0.5}, key=_part_order)
-    head = "| CPU µs per request | " + " | ".join(budgets) + " |"
-    lines = [head, "|---|" + "---:|" * len(budgets)]
-    for name in names:
-        lines.append(
-            f"| {name} | " + " | ".join(f"{b.us_per_request.get(name, 0):.0f}" for b in budgets.values()) + " |"
-        )
-    lines.append(
-        "| **total** | " + " | ".join(f"{sum(b.us_per_request.values()):.0f}" for b in budgets.values()) + " |"
-    )
-    lines.append("| requests/s | " + " | ".join(f"{b.requests_per_s:.0f}" for b in budgets.values()) + " |")
-    return "\n".join(lines)
+    rows = [[name, *(f"{b.us_per_request.get(name, 0):.0f}" for b in budgets.values())] for name in names]
+    rows.append(["**total**", *(f"{sum(b.us_per_request.values()):.0f}" for b in budgets.values())])
+    rows.append(["requests/s", *(f"{b.requests_per_s:.0f}" for b in budgets.values())])
+    return render_table(["CPU µs per request", *budgets], rows)
 
 
 def _part_order(name: str) -> tuple[int, str]:

@@ -24,7 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from megaclass.loadtest.reporting import markdown_table
 from megaclass.python_backend.serving.encoder_runtime import usable_cores
+
+INDEX_HEADER = ["method", "recall@10", "QPS b=1", "QPS b=64", "QPS b=1024", "p99 ms b=64"]
+SERVING_HEADER = ["mode", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures"]
 
 
 def log(*args: Any) -> None:
@@ -46,7 +50,7 @@ def index_on_gpu(work: Path, classes: int, dim: int, top_k: int = 10, target: fl
     import torch
 
     from megaclass.export.config import IndexConfig
-    from megaclass.loadtest.benchmarks.index_bench import synthetic_embeddings
+    from megaclass.loadtest.benchmarks.index_data import synthetic_embeddings
     from megaclass.python_backend.index.routed_index import RoutedIndex
     from megaclass.python_backend.index.tuning import search_recall_at_k, smallest_reaching, time_search
 
@@ -109,10 +113,10 @@ def serving_on_gpu(
     """Triton (pytriton wheel) with the gpu-torch repository: sweep with dynamic batching on, then off."""
     import torch
 
-    from megaclass.export.config import ExportConfig, ModelServingConfig, ServingConfig
     from megaclass.export.repository.generate import ModelShapes, build_repository, use_cpu_instances
     from megaclass.loadtest.closed_loop import run_closed_loop
     from megaclass.python_backend.server.triton_server import free_port, start_server
+    from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig
     from megaclass.python_backend.serving.encoder_model import GlyphEncoder, save_encoder
 
     torch.manual_seed(0)
@@ -173,16 +177,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"nlist {idx['nlist']}, nprobe {idx['nprobe']} (smallest reaching recall@10 >= 0.95), "
             f"build {idx['build_s']:.0f} s (k-means by FAISS on the CPU).",
             "",
-            "| method | recall@10 | QPS b=1 | QPS b=64 | QPS b=1024 | p99 ms b=64 |",
-            "|---|---:|---:|---:|---:|---:|",
         ]
-        for name, r in idx["rows"].items():
-            t = r["timings"]
-            lines.append(
-                f"| {name} | {r['recall']:.3f} | {t[1]['qps']:,.0f} | {t[64]['qps']:,.0f} | "
-                f"{t[1024]['qps']:,.0f} | {t[64]['p99_ms']:.2f} |"
-            )
-        lines.append("")
+        rows = [
+            [name, f"{r['recall']:.3f}", *(f"{r['timings'][b]['qps']:,.0f}" for b in (1, 64, 1024)),
+             f"{r['timings'][64]['p99_ms']:.2f}"]
+            for name, r in idx["rows"].items()
+        ]  # fmt: skip
+        lines += [markdown_table(INDEX_HEADER, rows), ""]
     srv = report.get("serving")
     if srv:
         lines += [
@@ -190,14 +191,13 @@ def markdown(report: dict[str, Any]) -> str:
             "machine, `gpu-torch` repository: PyTorch encoder FP16 on the GPU -> DLPack -> retriever searching "
             "the index above on the GPU):",
             "",
-            "| mode | concurrency | req/s | p50 ms | p95 ms | p99 ms | failures |",
-            "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for p in srv["points"]:
-            lines.append(
-                f"| {p['mode']} | {p['concurrency']} | {p['rps']:,.0f} | {p['p50_ms']:.2f} | {p['p95_ms']:.2f} | "
-                f"{p['p99_ms']:.2f} | {p['failures']} |"
-            )
+        rows = [
+            [p["mode"], str(p["concurrency"]), f"{p['rps']:,.0f}", f"{p['p50_ms']:.2f}", f"{p['p95_ms']:.2f}",
+             f"{p['p99_ms']:.2f}", str(p["failures"])]
+            for p in srv["points"]
+        ]  # fmt: skip
+        lines.append(markdown_table(SERVING_HEADER, rows))
         by = {(p["mode"], p["concurrency"]): p["rps"] for p in srv["points"]}
         ratios = [
             f"c={c}: {by[('dynamic batching', c)] / by[('no batching', c)]:.2f}x"

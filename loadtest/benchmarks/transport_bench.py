@@ -7,20 +7,20 @@ span a single 4 KiB image to a full server batch.
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from megaclass.clients.client import Client
+from megaclass.loadtest.reporting import Heading, Paragraph, Table, format_ms, to_markdown
 
 
 @dataclass(frozen=True)
 class TransportPoint:
+    """Sequential calls of one transport at one batch size."""
+
     protocol: str
     shared_memory: bool
     batch_size: int
@@ -80,25 +80,16 @@ def measure_transport(
     return points
 
 
-def write_transport_csv(points: Sequence[TransportPoint], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([f.name for f in dataclasses.fields(TransportPoint)])
-        w.writerows(dataclasses.astuple(p) for p in points)
-
-
 def transport_markdown(points: Sequence[TransportPoint], command: str, machine: str, started: str) -> str:
-    from megaclass.loadtest.report import Heading, Paragraph, Table, _ms, to_markdown
-
+    """The docs/benchmarks.md section: mean and percentiles per transport and batch size."""
     base = {(p.protocol, p.batch_size): p for p in points if not p.shared_memory}
     rows = []
     for p in sorted(points, key=lambda p: (p.batch_size, p.protocol, p.shared_memory)):
         ref = base.get((p.protocol, p.batch_size))
         change = f"{100 * (p.mean_ms / ref.mean_ms - 1):+.0f} %" if p.shared_memory and ref else "–"
         rows.append([
-            p.transport, str(p.batch_size), f"{p.request_bytes / 1024:.0f} KiB", _ms(p.mean_ms), _ms(p.p50_ms),
-            _ms(p.p99_ms), f"{p.images_per_s:.0f}", change,
+            p.transport, str(p.batch_size), f"{p.request_bytes / 1024:.0f} KiB", format_ms(p.mean_ms), format_ms(p.p50_ms),
+            format_ms(p.p99_ms), f"{p.images_per_s:.0f}", change,
         ])  # fmt: skip
     return to_markdown([
         Heading("Client transport: system shared memory vs plain gRPC and HTTP", 2),

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from megaclass.export.config import IndexConfig
+from megaclass.python_backend.index.config import IndexConfig
 from megaclass.python_backend.index.persistence import update_manifest_params
-from megaclass.python_backend.index.routed_index import RoutedIndex, SearchResult
+from megaclass.python_backend.index.result import SearchResult
+from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.index.tuning import TuneResult, tune
 
 

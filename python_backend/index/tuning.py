@@ -176,9 +176,9 @@ def tune(
         reranks = [0]
     else:
         reranks = list(reranks or [t * top_k for t in RERANK_FACTORS])
-    curve: list[dict[str, float]] = []
-    minimal: list[dict[str, float]] = []
-    margins_of: dict[int, list[float]] = {}  # per max nprobe
+    curve: list[dict[str, Any]] = []
+    minimal: list[dict[str, Any]] = []
+    margins_of: dict[int, list[float]] = {}  # per max nprobe, shared by the re-rank depths
 
     def measure(nprobe: int, rr: int, margin: float | None) -> dict[str, Any]:
         res = index.search(
@@ -194,47 +194,27 @@ def tune(
         }
 
     for rr in reranks:
-        points: dict[int, dict[str, Any]] = {}
-
-        def recall_at(nprobe: int, rr: int = rr, points: dict = points) -> float:
-            points[nprobe] = measure(nprobe, rr, None)
-            return points[nprobe]["recall"]
-
-        chosen, _ = smallest_reaching(recall_at, nprobes, target_recall)
-        curve.extend(points[p] for p in sorted(points))
-        if chosen is None:
+        fixed, points = _smallest_point(lambda p, rr=rr: measure(p, rr, None), nprobes, target_recall)
+        curve.extend(points)
+        if fixed is None:
             continue
-        minimal.append(points[chosen])
-        if adaptive and chosen > 1:
-            top = min(2 * chosen, index.nlist)
-            if top not in margins_of:  # one grid per max nprobe, shared by the re-rank depths
+        minimal.append(fixed)
+        if adaptive and fixed["nprobe"] > 1:
+            top = min(2 * fixed["nprobe"], index.nlist)
+            if top not in margins_of:
                 margins_of[top] = probe_margin_grid(index, queries, top)
             margins = margins_of[top]
-            tried: dict[int, dict[str, Any]] = {}
-
-            def recall_with(
-                level: int, rr: int = rr, top: int = top, margins: list = margins, tried: dict = tried
-            ) -> float:
-                tried[level] = measure(top, rr, margins[level])
-                return tried[level]["recall"]
-
             levels = [p - 1 for p in nprobe_grid(len(margins))] if len(margins) > 1 else [0]
-            level, _ = smallest_reaching(recall_with, levels, target_recall)
-            curve.extend(tried[k] for k in sorted(tried))
-            if level is not None and tried[level]["candidates"] < points[chosen]["candidates"]:
-                minimal.append(tried[level])
+            point, tried = _smallest_point(
+                lambda level, rr=rr, top=top, margins=margins: measure(top, rr, margins[level]), levels, target_recall
+            )
+            curve.extend(tried)
+            if point is not None and point["candidates"] < fixed["candidates"]:
+                minimal.append(point)
     reached = bool(minimal)
     if not reached:
         minimal = [max(curve, key=lambda p: p["recall"])]
-    fns = [
-        lambda x, p=p: index.search(
-            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=search_margin(p["probe_margin"])
-        )
-        for p in minimal
-    ]
-    for p, t in zip(minimal, time_interleaved(fns, queries, batch, repeats), strict=True):
-        p.update(t)
-    best = max(minimal, key=lambda p: p["qps"])
+    best = _fastest(index, queries, minimal, top_k=top_k, batch=batch, repeats=repeats)
     return TuneResult(
         int(best["nprobe"]),
         int(best["rerank"]),
@@ -244,3 +224,33 @@ def tune(
         probe_margin=best["probe_margin"],
         curve=curve,
     )
+
+
+def _smallest_point(
+    measure_at: Callable[[int], dict[str, Any]], grid: Sequence[int], target: float
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The point of the smallest setting on `grid` whose recall reaches `target` (smallest_reaching; None
+    when none does) and every point measured on the way, in ascending order of the setting."""
+    points: dict[int, dict[str, Any]] = {}
+
+    def recall_at(setting: int) -> float:
+        points[setting] = measure_at(setting)
+        return points[setting]["recall"]
+
+    chosen, _ = smallest_reaching(recall_at, grid, target)
+    return (None if chosen is None else points[chosen]), [points[k] for k in sorted(points)]
+
+
+def _fastest(
+    index: RoutedIndex, queries: np.ndarray, points: list[dict[str, Any]], *, top_k: int, batch: int, repeats: int
+) -> dict[str, Any]:
+    """Time each point's settings (interleaved), add qps / p50_ms / p99_ms to it, return the fastest."""
+    fns = [
+        lambda x, p=p: index.search(
+            x, top_k, nprobe=int(p["nprobe"]), rerank=int(p["rerank"]), probe_margin=search_margin(p["probe_margin"])
+        )
+        for p in points
+    ]
+    for p, t in zip(points, time_interleaved(fns, queries, batch, repeats), strict=True):
+        p.update(t)
+    return max(points, key=lambda p: p["qps"])

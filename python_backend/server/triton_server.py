@@ -151,7 +151,7 @@ class TritonServer:
     env: dict[str, str] | None = None
     models: tuple[str, ...] = ()  # the models that must be ready
     ready_timeout_s: float = 180.0
-    watchdog: object | None = None  # StubWatchdog (server_watchdog.py) when started with one
+    watchdog: object | None = None  # StubWatchdog (watchdog.py) when started with one
     stopping: bool = False
     shm_regions: set[str] = field(default_factory=set)  # the stubs' shared-memory regions seen
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -295,7 +295,7 @@ def start_server(
     replace models. Raises `TritonError` quoting the server's log when it exits or a model
     fails to load. With `watchdog`, a Python-backend stub that dies is brought back without
     manual action (its model reloaded in explicit mode, else the server restarted; see
-    `server_watchdog.py`), and so is a server process that exits on its own.
+    `watchdog.py`), and so is a server process that exits on its own.
     """
     model_repository = Path(model_repository).resolve()
     if not model_repository.is_dir():
@@ -311,6 +311,46 @@ def start_server(
     backend_dir = prepare_backend_dir(install, work_dir)
     if not models:
         models = sorted(p.parent.name for p in model_repository.glob("*/config.pbtxt"))
+    cmd = server_command(
+        install, model_repository, backend_dir, host=host, ports=(http_port, grpc_port, metrics_port),
+        models=models, explicit=explicit, shm_default_byte_size=shm_default_byte_size, admin_key=admin_key,
+    ) + list(extra_args)  # fmt: skip
+    log_path = work_dir / f"tritonserver-{http_port}.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed by the pump thread's owner at exit
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_environment(install), start_new_session=True
+    )
+    server = TritonServer(
+        proc, host, http_port, grpc_port, metrics_port, model_repository, log_path,
+        command=cmd, env=server_environment(install), models=tuple(models), ready_timeout_s=ready_timeout_s,
+    )  # fmt: skip
+    threading.Thread(target=_pump_log, args=(proc.stdout, log_file, server._log_tail, echo_log), daemon=True).start()
+    try:
+        wait_until_ready(server, models, ready_timeout_s)
+    except BaseException:
+        server.stop(timeout=10)
+        raise
+    if watchdog:
+        from megaclass.python_backend.server.watchdog import StubWatchdog
+
+        server.watchdog = StubWatchdog(server, explicit=explicit, admin_key=admin_key).start()
+    return server
+
+
+def server_command(
+    install: TritonInstall,
+    model_repository: Path,
+    backend_dir: Path,
+    *,
+    host: str,
+    ports: tuple[int, int, int],
+    models: Sequence[str],
+    explicit: bool,
+    shm_default_byte_size: int | None,
+    admin_key: str | None,
+) -> list[str]:
+    """The tritonserver command line; `ports` are HTTP, gRPC and metrics."""
+    http_port, grpc_port, metrics_port = ports
     cmd = [
         str(install.binary),
         f"--model-repository={model_repository}",
@@ -334,27 +374,7 @@ def start_server(
     if explicit:
         cmd.append("--model-control-mode=explicit")
         cmd += [f"--load-model={m}" for m in models]
-    cmd += list(extra_args)
-    log_path = work_dir / f"tritonserver-{http_port}.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 - closed by the pump thread's owner at exit
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_environment(install), start_new_session=True
-    )
-    server = TritonServer(
-        proc, host, http_port, grpc_port, metrics_port, model_repository, log_path,
-        command=cmd, env=server_environment(install), models=tuple(models), ready_timeout_s=ready_timeout_s,
-    )  # fmt: skip
-    threading.Thread(target=_pump_log, args=(proc.stdout, log_file, server._log_tail, echo_log), daemon=True).start()
-    try:
-        wait_until_ready(server, models, ready_timeout_s)
-    except BaseException:
-        server.stop(timeout=10)
-        raise
-    if watchdog:
-        from megaclass.python_backend.server.watchdog import StubWatchdog
-
-        server.watchdog = StubWatchdog(server, explicit=explicit, admin_key=admin_key).start()
-    return server
+    return cmd
 
 
 def wait_until_ready(server: TritonServer, models: Sequence[str], timeout_s: float) -> None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from megaclass.export.config import TrainConfig
 
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -58,8 +56,21 @@ class GlyphEncoder(nn.Module):
         return F.normalize(self.forward_unnormalized(x), dim=1)
 
 
-def build_encoder(cfg: TrainConfig, image_size: int) -> GlyphEncoder:
-    """The encoder described by `cfg` for `image_size`×`image_size` inputs."""
+class EncoderArchitecture(Protocol):
+    """What `build_encoder` reads: the architecture's fields (the training config has them)."""
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def convs_per_stage(self) -> int: ...
+
+
+def build_encoder(cfg: EncoderArchitecture, image_size: int) -> GlyphEncoder:
+    """The encoder with `cfg`'s architecture for `image_size`×`image_size` inputs."""
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 (three 2×2 pools), got {image_size}")
     return GlyphEncoder(embedding_dim=cfg.embedding_dim, width=cfg.width, convs_per_stage=cfg.convs_per_stage)

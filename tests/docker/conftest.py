@@ -28,8 +28,8 @@ def nginx_available() -> bool:
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     """The integration tests' tiny real repository (projection encoder, 40 classes), built once."""
-    from megaclass.export.config import ModelServingConfig, ServingConfig
     from megaclass.export.repository.tiny import build_tiny_repository
+    from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
 
     root = tmp_path_factory.mktemp("docker-tiny")
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=1000)

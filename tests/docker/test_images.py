@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import import_from_install, regular_install
 from tests.docker.conftest import DOCKER, ROOT
 
 # NGC release of the Triton image for each Triton version (NVIDIA's support matrix).
@@ -86,7 +88,9 @@ def test_image_can_build_the_native_kernel_and_ships_its_source(dockerfile):
     runs = " ".join(rest for op, rest in stages(dockerfile)["serve"] if op == "RUN")
     assert re.search(r"apt-get install [^&]*\bg\+\+", runs), "the native backend compiles on first use"
     pyproject = (DOCKER.parent / "pyproject.toml").read_text()
-    assert '"megaclass.python_backend.index.native" = ["*.cpp"]' in pyproject  # the kernel's source is installed with the package
+    assert (
+        '"megaclass.python_backend.index.native" = ["*.cpp"]' in pyproject
+    )  # the kernel's source is installed with the package
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -100,6 +104,45 @@ def test_everything_copied_exists_and_reaches_the_build_context(dockerfile):
                 if src != "model_repository":  # generated; the baked target needs it built first
                     assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src}: not in the repository"
                 assert dockerignore_allows(dockerfile, src), f"{dockerfile.name}: {src} is excluded by .dockerignore"
+
+
+OFFLINE = ("export", "clients", "loadtest")  # the folders the serving images leave out
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_serving_image_copies_no_offline_folder(dockerfile):
+    """The images install python_backend/ alone: no COPY of export/, clients/ or loadtest/, and the
+    build context does not even hold them."""
+    for stage in stages(dockerfile).values():
+        for op, rest in stage:
+            if op == "COPY":
+                *sources, _dest = [a for a in rest.split() if not a.startswith("--")]
+                wrong = [s for s in sources if s.strip("/").split("/")[0] in OFFLINE]
+                assert not wrong, f"{dockerfile.name}: COPY {rest}"
+    assert not any(dockerignore_allows(dockerfile, folder) for folder in OFFLINE)
+    assert dockerignore_allows(dockerfile, "python_backend")
+
+
+def test_cpu_image_starts_the_server_launcher():
+    ops = dict((op, rest) for op, rest in stages(DOCKER / "Dockerfile.cpu")["serve"])
+    entrypoint = json.loads(ops["ENTRYPOINT"])
+    assert entrypoint[:3] == ["python", "-m", "megaclass.python_backend.server"]
+    assert entrypoint[3:] == ["--repository", "/models", "--host", "0.0.0.0"]
+
+
+def test_what_the_images_install_imports_without_the_offline_folders(tmp_path):
+    """A regular install of python_backend/ alone (what the images COPY): every serving module
+    and the server launcher import from it."""
+    site = regular_install(["python_backend"], tmp_path)
+    assert not (site / "megaclass" / "export").exists()
+    names = [
+        "megaclass." + ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in sorted((ROOT / "python_backend").rglob("*.py"))
+        if "models" not in p.relative_to(ROOT).parts[1:2]  # Triton's model files import its utils
+    ]
+    assert "megaclass.python_backend.server.__main__" in names
+    failed = import_from_install(site, names)
+    assert not failed, "\n".join(f"{k}: {v}" for k, v in failed.items())
 
 
 def test_gpu_requirements_are_pinned_and_keep_numpy_below_2():
@@ -190,6 +233,32 @@ def test_entrypoint_serves_the_repository_and_stops_on_sigterm(tiny_repo, tmp_pa
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+
+
+@pytest.mark.integration
+def test_server_launcher_serves_the_repository_and_stops_on_sigterm(tiny_repo, tmp_path):
+    """The CPU image's entrypoint, `python -m megaclass.python_backend.server`: ready, then a clean stop."""
+    from megaclass.python_backend.server.triton_server import free_port
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    ports = ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    cmd = [sys.executable, "-m", "megaclass.python_backend.server", "--repository", str(tiny_repo), *ports]
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while healthcheck(f"http://127.0.0.1:{http}", "classify") != 0 or "Triton is ready" not in log.read_text():
+            assert proc.poll() is None, f"the launcher exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "server stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 

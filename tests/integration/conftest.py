@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megaclass.export.config import ModelServingConfig, ServingConfig
 from megaclass.export.repository.tiny import (  # noqa: F401 - re-exported for other test packages
     IMAGE_SIZE,
     NUM_CLASSES,
@@ -19,6 +18,7 @@ from megaclass.export.repository.tiny import (  # noqa: F401 - re-exported for o
     projection_encoder,
 )
 from megaclass.python_backend.server.triton_server import TritonServer, free_port, start_server
+from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
 
 
 @dataclass

@@ -6,13 +6,11 @@ import math
 
 import pytest
 
-from megaclass.export.config import ModelServingConfig, ServingConfig, replace
-from megaclass.loadtest.benchmarks.serving_bench import (
-    HeadToHeadConfig,
-    load_bench_config,
-    run_head_to_head,
-    write_outputs,
-)
+from megaclass.export.config import replace
+from megaclass.loadtest.benchmarks.serving_bench import run_head_to_head
+from megaclass.loadtest.benchmarks.serving_config import HeadToHeadConfig, load_bench_config
+from megaclass.loadtest.benchmarks.serving_report import write_outputs
+from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

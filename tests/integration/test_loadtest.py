@@ -50,8 +50,10 @@ def test_short_locust_run_has_no_failures_and_a_sane_count(tiny_stack, tmp_path)
 
 def test_baseline_service_answers_like_triton(tiny_stack, tmp_path):
     """The FastAPI baseline on the same encoder and index gives the same classes, and Locust loads it."""
-    from megaclass.loadtest.benchmarks.serving_bench import BenchArtifacts, HeadToHeadConfig, serve_baseline
-    from megaclass.loadtest.benchmarks.serving_bench import newest_version_file as newest
+    from megaclass.loadtest.benchmarks.serving_artifacts import BenchArtifacts
+    from megaclass.loadtest.benchmarks.serving_artifacts import newest_version_file as newest
+    from megaclass.loadtest.benchmarks.serving_config import HeadToHeadConfig
+    from megaclass.loadtest.benchmarks.serving_targets import serve_baseline
 
     onnx = newest(tiny_stack.repo / "encoder", "encoder.onnx")
     index = newest(tiny_stack.repo / "retriever", "index")

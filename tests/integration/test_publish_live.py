@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from megaclass.clients.client import Client
-from megaclass.export.config import IndexConfig, ModelServingConfig, ServingConfig
+from megaclass.export.config import IndexConfig
 from megaclass.export.repository.publish import PublishError, load_models, publish_index, rollback
 from megaclass.export.repository.tiny import IMAGE_SIZE, build_tiny_repository, class_patterns
 from megaclass.python_backend.server.triton_server import free_port, start_server
+from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
 from megaclass.python_backend.serving.preprocess import to_model_input
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from megaclass.export.config import ModelServingConfig, ServingConfig
 from megaclass.export.repository.tiny import IMAGE_SIZE, NUM_CLASSES, build_torch_repository, class_patterns
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.server.triton_server import free_port, start_server
+from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
 from megaclass.python_backend.serving.encoder_model import load_encoder
 from megaclass.python_backend.serving.preprocess import to_model_input
 

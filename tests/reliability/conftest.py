@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megaclass.export.config import ModelServingConfig, ServingConfig
 from megaclass.export.repository.tiny import (  # noqa: F401 - used by the suite
     EMBEDDING_DIM,
     IMAGE_SIZE,
@@ -26,6 +25,7 @@ from megaclass.export.repository.tiny import (  # noqa: F401 - used by the suite
     class_patterns,
 )
 from megaclass.python_backend.server.triton_server import TritonServer, free_port, start_server
+from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
 
 ADMIN_KEY = "reliability-admin-key"
 MODELS = ["encoder", "retriever", "classify", "decode", "classify_encoded"]

@@ -183,7 +183,7 @@ class _Payload:
 def test_a_malicious_checkpoint_is_refused(tmp_path):
     import torch
 
-    from megaclass.export.train.training import load_encoder
+    from megaclass.python_backend.serving.encoder_model import load_encoder
 
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "payload": _Payload(marker)}, tmp_path / "evil.pt")
@@ -205,7 +205,8 @@ def _rewrite_manifest_entry(index_dir: Path, name: str) -> None:
 
 @pytest.mark.integration
 def test_a_pickled_array_in_an_index_is_refused(stack, tmp_path):
-    from megaclass.python_backend.index.routed_index import IndexIntegrityError, RoutedIndex
+    from megaclass.python_backend.index.persistence import IndexIntegrityError
+    from megaclass.python_backend.index.routed_index import RoutedIndex
 
     index = tmp_path / "index"
     shutil.copytree(stack.index_dir, index)

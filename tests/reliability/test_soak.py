@@ -3,11 +3,9 @@ is `megaclass loadtest soak --duration 10m` (figures in docs/reliability.md)."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
-from megaclass.loadtest.soak import SoakSettings, add_commands, parse_duration, run_soak, soak_markdown, write_outputs
+from megaclass.loadtest.soak import SoakSettings, parse_duration, run_soak, soak_markdown, write_outputs
 
 
 def test_parse_duration():
@@ -20,17 +18,6 @@ def test_parse_duration():
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="warm-up < duration"):
         SoakSettings(duration_s=10, warmup_s=10)
-
-
-def test_cli_registers_under_loadtest():
-    from megaclass.clients.cli.loadtest import add_commands as add_loadtest
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_loadtest(sub)
-    add_commands(sub)
-    args = parser.parse_args(["loadtest", "soak", "--duration", "10m", "--users", "4"])
-    assert (args.duration, args.users, args.func.__name__) == ("10m", 4, "cmd_soak")
 
 
 @pytest.mark.integration

@@ -1,0 +1,92 @@
+"""`megaclass publish | rollback`: new encoder and index versions into a live repository, atomically."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from megaclass.clients.cli.common import Subparsers
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from megaclass.export.repository.publish import PublishError, load_models, publish_encoder, publish_index
+
+    if not (args.index or args.onnx):
+        print("megaclass publish: give --index DIR and/or --onnx FILE", file=sys.stderr)
+        return 2
+    try:
+        done = []
+        if args.onnx:
+            done.append(publish_encoder(Path(args.repository), Path(args.onnx), keep=args.keep))
+        if args.index:
+            done.append(publish_index(Path(args.repository), Path(args.index), keep=args.keep))
+        for p in done:
+            print(f"published {p.model} version {p.version} in {args.repository}")
+        if args.load:
+            load_models(args.url, [p.model for p in done], args.protocol, args.admin_key)
+            print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
+    except PublishError as exc:
+        print(f"megaclass publish: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from megaclass.export.repository.publish import PublishError, load_models, rollback
+
+    try:
+        version = rollback(Path(args.repository), args.model)
+        print(f"{args.model}: newest version is now {version}")
+        if args.load:
+            load_models(args.url, [args.model], args.protocol, args.admin_key)
+            print(f"reloaded {args.model} on {args.url}")
+    except PublishError as exc:
+        print(f"megaclass rollback: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    """The repository, and the server that loads what changed in it."""
+    p.add_argument(
+        "--repository", default="model_repository", help="model repository folder (default: model_repository)"
+    )
+    p.add_argument(
+        "--load",
+        action="store_true",
+        help="then load the new version on the server at --url, in explicit model-control mode (default: off)",
+    )
+    p.add_argument(
+        "--url", default="127.0.0.1:8001", help="server address for --load, host:port (default: 127.0.0.1:8001)"
+    )
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="protocol of --url (default: grpc)")
+    p.add_argument(
+        "--admin-key",
+        default=None,
+        help="key for a restricted model-control API (default: none; MEGACLASS_ADMIN_KEY when set)",
+    )
+
+
+def register(sub: Subparsers) -> None:
+    """`megaclass publish` and `megaclass rollback`."""
+    p = sub.add_parser("publish", help="publish a new encoder and/or index version (atomically)")
+    p.add_argument(
+        "--index", default=None, help="index folder to publish as the next retriever version (default: none)"
+    )
+    p.add_argument("--onnx", default=None, help="ONNX encoder to publish as the next encoder version (default: none)")
+    p.add_argument(
+        "--keep", type=int, default=3, help="versions to keep per model; older ones are deleted (default: 3)"
+    )
+    _add_load_args(p)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("rollback", help="retire the newest version of a model")
+    p.add_argument(
+        "--model",
+        default="retriever",
+        choices=["encoder", "retriever"],
+        help="model whose newest version is retired (default: retriever)",
+    )
+    _add_load_args(p)
+    p.set_defaults(func=cmd_rollback)

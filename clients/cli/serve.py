@@ -1,0 +1,31 @@
+"""`megaclass serve`: the bundled tritonserver on a model repository until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from megaclass.clients.cli.common import Subparsers, add_server_args, serving_overrides
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from megaclass.export.config import load_config
+    from megaclass.python_backend.server.__main__ import serve_until_stopped
+
+    serving = load_config(args.config, {"serving": serving_overrides(args)}).serving
+    return serve_until_stopped(Path(args.repository), serving, explicit=args.explicit)
+
+
+def register(sub: Subparsers) -> None:
+    """`megaclass serve` (the serving images run the same as `python -m megaclass.python_backend.server`)."""
+    p = sub.add_parser("serve", help="start the bundled tritonserver on a model repository")
+    p.add_argument(
+        "--repository", default="model_repository", help="model repository folder to serve (default: model_repository)"
+    )
+    p.add_argument(
+        "--explicit",
+        action="store_true",
+        help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
+    )
+    add_server_args(p)
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,76 @@
+"""The head-to-head's settings: which targets, which concurrency levels, how long, read from a TOML
+file whose `[bench]` table is the benchmark's own and whose other tables configure megaclass
+(the serving settings of the Triton repository under test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from megaclass.export.config import MegaclassConfig, load_config
+
+TARGETS = {
+    "triton-grpc": "TritonGrpcUser",
+    "triton-http": "TritonHttpUser",
+    "baseline": "BaselineHttpUser",
+    "baseline-tuned": "BaselineHttpUser",
+}
+TARGET_LABELS = {
+    "triton-grpc": "Triton ensemble (gRPC)",
+    "triton-http": "Triton ensemble (HTTP)",
+    "baseline": "FastAPI baseline (HTTP)",
+    "baseline-tuned": "FastAPI baseline, 1 ORT thread (HTTP)",
+}
+BASELINES = ("baseline", "baseline-tuned")
+
+
+@dataclass(frozen=True)
+class HeadToHeadConfig:
+    """The benchmark's own settings (the `[bench]` table of the TOML file)."""
+
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    duration_s: float = 20.0
+    warmup_s: float = 4.0
+    batch_size: int = 1
+    classes: int = 20000
+    image_count: int = 256
+    targets: tuple[str, ...] = ("triton-grpc", "triton-http", "baseline", "baseline-tuned")
+    baseline_handler: str = "threadpool"
+    baseline_threads: int = 0  # "baseline": ONNX Runtime's default, as a user writes it
+    tuned_baseline_threads: int = 1  # "baseline-tuned": the one option that closes most of the gap
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.targets) - set(TARGETS)
+        if unknown or not self.targets:
+            raise ValueError(f"targets must be among {sorted(TARGETS)}, got {list(self.targets)}")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"concurrency levels must be positive, got {self.concurrency}")
+        if self.duration_s <= 0 or self.warmup_s < 0 or self.batch_size < 1 or self.classes < 2:
+            raise ValueError(f"invalid benchmark settings {self}")
+        if self.baseline_handler not in ("threadpool", "inline"):
+            raise ValueError(f"baseline_handler must be 'threadpool' or 'inline', got {self.baseline_handler!r}")
+
+
+def default_config_path() -> Path:
+    """loadtest/benchmarks/bench_serving.toml, as installed."""
+    return Path(str(resources.files("megaclass.loadtest.benchmarks") / "bench_serving.toml"))
+
+
+def load_bench_config(
+    path: Path | None = None, bench_overrides: dict | None = None
+) -> tuple[HeadToHeadConfig, MegaclassConfig]:
+    """The `[bench]` table as HeadToHeadConfig, everything else as megaclass's configuration."""
+    with open(path or default_config_path(), "rb") as f:
+        data = tomllib.load(f)
+    bench = {**data.pop("bench", {}), **(bench_overrides or {})}
+    fields = {f.name for f in dataclasses.fields(HeadToHeadConfig)}
+    unknown = set(bench) - fields
+    if unknown:
+        raise ValueError(f"unknown [bench] option(s): {sorted(unknown)}; known: {sorted(fields)}")
+    bench = {k: tuple(v) if isinstance(v, list) else v for k, v in bench.items()}
+    return HeadToHeadConfig(**bench), load_config(None, data)

@@ -1,0 +1,75 @@
+"""`tune` (tuning.py): recall against exact search, the search for the smallest setting, the chosen point."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.index.file_ops import read_label_file
+from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.index.tuning import nprobe_grid, search_recall_at_k, smallest_reaching, tune
+
+
+def test_search_recall_at_k() -> None:
+    truth = np.array([[1, 2, 3], [4, 5, -1]])
+    found = np.array([[3, 9, 1], [5, -1, -1]])
+    assert search_recall_at_k(found, truth) == pytest.approx(3 / 5)
+    assert nprobe_grid(10) == [1, 2, 3, 4, 6, 8, 10]
+
+
+def test_smallest_reaching_bisects_between_grid_points() -> None:
+    calls = []
+
+    def recall(p: int) -> float:
+        calls.append(p)
+        return min(1.0, p / 40)
+
+    chosen, seen = smallest_reaching(recall, [1, 2, 4, 8, 16, 32, 64], 0.95)
+    assert chosen == 38 and seen[38] >= 0.95 and seen[37] < 0.95
+    assert sorted(seen) == sorted(set(calls)) and len(calls) < 7 + 6
+    assert smallest_reaching(lambda p: 0.1, [1, 2], 0.95)[0] is None
+    assert smallest_reaching(lambda p: 1.0, [3, 6], 0.95)[0] == 1
+
+
+def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
+    ids, names = read_label_file(files["dir"] / "L.txt")
+    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, kmeans_iters=8))
+    result = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1)
+    assert result.reached and result.recall >= 0.9 and result.qps > 0
+    # the fixed-probing points: the first nprobe on the grid that reaches the target; recall never falls
+    fixed = [p for p in result.curve if p["probe_margin"] is None]
+    assert [p["recall"] for p in fixed] == sorted(p["recall"] for p in fixed)
+    smallest = min(p["nprobe"] for p in fixed if p["recall"] >= 0.9)
+    assert all(p["recall"] < 0.9 for p in fixed if p["nprobe"] < smallest)
+    # adaptive points: up to twice that nprobe, recall growing with the margin
+    adaptive = sorted((p for p in result.curve if p["probe_margin"] is not None), key=lambda p: p["probe_margin"])
+    assert adaptive and {p["nprobe"] for p in adaptive} == {min(2 * smallest, index.nlist)}
+    assert [p["recall"] for p in adaptive] == sorted(p["recall"] for p in adaptive)
+    assert all(p["probes"] <= p["nprobe"] for p in adaptive)
+    if result.probe_margin is None:
+        assert result.nprobe == smallest
+    else:  # chosen only when it scans fewer entries than the smallest fixed nprobe
+        point = next(p for p in adaptive if p["probe_margin"] == result.probe_margin)
+        assert (
+            point["recall"] >= 0.9
+            and point["candidates"] < next(p for p in fixed if p["nprobe"] == smallest)["candidates"]
+        )
+    assert all(p["probes"] == min(p["nprobe"], index.nlist) for p in fixed)
+    # a margin configured on the index does not leak into fixed probing
+    index.cfg = dataclasses.replace(index.cfg, probe_margin=0.0)
+    plain = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1, adaptive=False)
+    assert plain.probe_margin is None and plain.nprobe == smallest
+    assert all(p["probe_margin"] is None for p in plain.curve)
+    impossible = tune(index, files["xq"][:20], target_recall=1.01, top_k=5, nprobes=[1, 2], repeats=1)
+    assert not impossible.reached and impossible.nprobe == 2
+
+
+def test_tune_picks_a_rerank_depth_for_compressed_storage(files: dict) -> None:
+    ids, names = read_label_file(files["dir"] / "L.txt")
+    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, storage="pq", pq_m=4, kmeans_iters=8))
+    result = tune(index, files["xq"], target_recall=0.9, top_k=5, reranks=[10, 40, 160], repeats=1)
+    assert result.reached and result.rerank in (10, 40, 160)
+    assert {p["rerank"] for p in result.curve} <= {10, 40, 160}
