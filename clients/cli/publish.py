@@ -16,15 +16,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print("megaclass publish: give --index DIR and/or --onnx FILE", file=sys.stderr)
         return 2
     try:
-        done = []
+        done, promote_it = [], args.promote or args.load
         if args.onnx:
-            done.append(publish_encoder(Path(args.repository), Path(args.onnx), keep=args.keep))
+            done.append(publish_encoder(Path(args.repository), Path(args.onnx), keep=args.keep, promote_it=promote_it))
         if args.index:
-            done.append(publish_index(Path(args.repository), Path(args.index), keep=args.keep))
+            done.append(publish_index(Path(args.repository), Path(args.index), keep=args.keep, promote_it=promote_it))
         for p in done:
-            print(f"published {p.model} version {p.version} in {args.repository}")
+            state = "serving pointer moved to it" if promote_it else "not serving: --promote or --load to serve it"
+            print(f"published {p.model} version {p.version} in {args.repository} ({state})")
         if args.load:
-            load_models(args.url, [p.model for p in done], args.protocol, args.admin_key)
+            load_models(args.url, [p.model for p in done], args.protocol, _admin_key(args), Path(args.repository))
             print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
     except PublishError as exc:
         print(f"megaclass publish: {exc}", file=sys.stderr)
@@ -37,14 +38,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     try:
         version = rollback(Path(args.repository), args.model)
-        print(f"{args.model}: newest version is now {version}")
+        print(f"{args.model}: the serving pointer is now version {version}")
         if args.load:
-            load_models(args.url, [args.model], args.protocol, args.admin_key)
+            load_models(args.url, [args.model], args.protocol, _admin_key(args), Path(args.repository))
             print(f"reloaded {args.model} on {args.url}")
     except PublishError as exc:
         print(f"megaclass rollback: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _admin_key(args: argparse.Namespace) -> str | None:
+    """The admin key from --admin-key-file, else the environment (never from the command line)."""
+    from megaclass.python_backend.server.security import resolve_admin_key
+
+    return resolve_admin_key(args.admin_key_file)
 
 
 def _add_load_args(p: argparse.ArgumentParser) -> None:
@@ -62,9 +70,10 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="protocol of --url (default: grpc)")
     p.add_argument(
-        "--admin-key",
+        "--admin-key-file",
         default=None,
-        help="key for a restricted model-control API (default: none; MEGACLASS_ADMIN_KEY when set)",
+        help="file holding the key of a restricted model-control API (default: $MEGACLASS_ADMIN_KEY_FILE, "
+        "else $MEGACLASS_ADMIN_KEY; never on the command line)",
     )
 
 
@@ -76,17 +85,26 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("--onnx", default=None, help="ONNX encoder to publish as the next encoder version (default: none)")
     p.add_argument(
-        "--keep", type=int, default=3, help="versions to keep per model; older ones are deleted (default: 3)"
+        "--keep",
+        type=int,
+        default=3,
+        help="versions to keep per model; older ones are deleted, never the serving or rollback one (default: 3)",
+    )
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="point the model's config at the new version (served from the next load or restart; "
+        "--load implies it). Default: published, not served",
     )
     _add_load_args(p)
     p.set_defaults(func=cmd_publish)
 
-    p = sub.add_parser("rollback", help="retire the newest version of a model")
+    p = sub.add_parser("rollback", help="point a model back at the version it served before")
     p.add_argument(
         "--model",
         default="retriever",
         choices=["encoder", "retriever"],
-        help="model whose newest version is retired (default: retriever)",
+        help="model whose serving pointer goes back (default: retriever)",
     )
     _add_load_args(p)
     p.set_defaults(func=cmd_rollback)

@@ -6,14 +6,16 @@ import argparse
 from pathlib import Path
 
 from megaclass.clients.cli.common import Subparsers, add_server_args, serving_overrides
+from megaclass.python_backend.server.security import add_security_args
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from megaclass.export.config import load_config
     from megaclass.python_backend.server.__main__ import serve_until_stopped
 
-    serving = load_config(args.config, {"serving": serving_overrides(args)}).serving
-    return serve_until_stopped(Path(args.repository), serving, explicit=args.explicit)
+    overrides = serving_overrides(args) | ({"admin_key_file": args.admin_key_file} if args.admin_key_file else {})
+    serving = load_config(args.config, {"serving": overrides}).serving
+    return serve_until_stopped(Path(args.repository), serving, explicit=args.explicit, insecure=args.insecure)
 
 
 def register(sub: Subparsers) -> None:
@@ -28,4 +30,5 @@ def register(sub: Subparsers) -> None:
         help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
     )
     add_server_args(p)
+    add_security_args(p)
     p.set_defaults(func=cmd_serve)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +78,38 @@ def sha256_file(path: Path) -> str:
 
 
 def export_onnx(model: nn.Module, path: Path, cfg: ExportConfig, image_size: int) -> ExportReport:
-    """Write `model` to `path` as ONNX, run `onnx.checker`, check parity; raise `ParityError` on failure."""
+    """Write `model` to `path` as ONNX, run `onnx.checker`, check parity; raise `ParityError` on failure.
+
+    The graph is written to a temporary file beside `path` and renamed over it only once parity
+    passes: a failed export leaves the previous file as it was, and a file that was published is a
+    copy (`publish_version`), so no export ever rewrites a published version.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        diffs, dim = _export_checked(model, tmp, cfg, image_size)
+        tmp.replace(path)
+    except ParityError as exc:  # name the file asked for, not the temporary one
+        raise ParityError(exc.max_abs_diff, exc.atol, path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportReport(
+        path=path,
+        max_abs_diff=diffs,
+        atol=cfg.fp16_parity_atol if cfg.fp16 else cfg.parity_atol,
+        opset=cfg.opset,
+        fp16=cfg.fp16,
+        sha256=sha256_file(path),
+        input_name=cfg.input_name,
+        output_name=cfg.output_name,
+        image_size=image_size,
+        embedding_dim=dim,
+    )
+
+
+def _export_checked(model: nn.Module, path: Path, cfg: ExportConfig, image_size: int) -> tuple[dict[int, float], int]:
+    """Export to `path`, check it; returns (max abs diff per batch size, embedding dimension)."""
     reference = copy.deepcopy(model).cpu().float().eval().to(memory_format=torch.contiguous_format)
     exported = _Fp16Encoder(copy.deepcopy(reference)) if cfg.fp16 else reference
     dummy = torch.rand(2, 1, image_size, image_size)
@@ -108,18 +138,7 @@ def export_onnx(model: nn.Module, path: Path, cfg: ExportConfig, image_size: int
     atol = cfg.fp16_parity_atol if cfg.fp16 else cfg.parity_atol
     if max(diffs.values()) > atol:
         raise ParityError(diffs, atol, path)
-    return ExportReport(
-        path=path,
-        max_abs_diff=diffs,
-        atol=atol,
-        opset=cfg.opset,
-        fp16=cfg.fp16,
-        sha256=sha256_file(path),
-        input_name=cfg.input_name,
-        output_name=cfg.output_name,
-        image_size=image_size,
-        embedding_dim=dim,
-    )
+    return diffs, dim
 
 
 def check_parity(model: nn.Module, path: Path, cfg: ExportConfig, image_size: int, seed: int = 0) -> dict[int, float]:

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.version_integrity import make_read_only, make_writable, write_manifest
 
 ENCODER, RETRIEVER, CLASSIFY = "encoder", "retriever", "classify"
 # Optional entry for encoded images: `decode` (PNG/JPEG bytes -> pixels) and the ensemble
@@ -219,38 +220,48 @@ def versions(model_dir: Path) -> list[int]:
 
 
 def _place(src: Path, dst: Path) -> None:
+    """A copy, never a hard link: a source rewritten in place (a re-export, an edited model.py) must
+    not change a published version."""
     if src.is_dir():
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
     else:
-        try:
-            os.link(src, dst)  # same file system: no copy
-        except OSError:
-            shutil.copy2(src, dst)
+        shutil.copy2(src, dst)
 
 
 def publish_version(model_dir: Path, files: Mapping[str, Path], keep: int | None = None) -> int:
     """Write `files` (name in the version dir -> source) as the next version, atomically.
 
-    The version is assembled in a hidden sibling directory and renamed into place, so the
-    server never sees a half-written version. With `keep`, older versions beyond the last
-    `keep` are removed.
+    The version is assembled in a hidden sibling directory (copies, their SHA-256 in `version.json`,
+    read-only; see `version_integrity.py`) and renamed into place, so the server never sees a
+    half-written version. With `keep`, older versions beyond the last `keep` are removed, except
+    the serving version and the one rollback returns to (`serving_pointer.prune`).
     """
     model_dir.mkdir(parents=True, exist_ok=True)
     version = (versions(model_dir) or [0])[-1] + 1
     staging = model_dir / f".staging-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    remove_tree(staging)
     staging.mkdir()
     try:
         for name, src in files.items():
             _place(Path(src), staging / name)
+        write_manifest(staging)
+        make_read_only(staging)
         staging.rename(model_dir / str(version))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         raise
     if keep is not None:
-        for old in versions(model_dir)[:-keep]:
-            remove_version(model_dir, old)
+        from megaclass.export.repository.serving_pointer import prune
+
+        prune(model_dir, keep)
     return version
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a (read-only) version folder."""
+    if path.exists():
+        make_writable(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_version(model_dir: Path, version: int) -> None:
@@ -260,7 +271,7 @@ def remove_version(model_dir: Path, version: int) -> None:
         (model_dir / str(version)).rename(hidden)
     except OSError:
         return
-    shutil.rmtree(hidden, ignore_errors=True)
+    remove_tree(hidden)
 
 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> None:
@@ -286,9 +297,11 @@ def build_repository(
     `onnx_path` is the encoder artifact: ONNX, or a TensorRT plan for the gpu-tensorrt target.
     With `encoded_images`, also `decode` and the `classify_encoded` ensemble (PNG/JPEG bytes in).
     """
+    from megaclass.export.repository.serving_pointer import promote
+
     repo_dir = Path(repo_dir)
-    write_config(repo_dir / ENCODER, encoder_config(serving, export, shapes))
-    write_config(repo_dir / RETRIEVER, retriever_config(serving, shapes))
+    _write_keeping_pointer(repo_dir / ENCODER, encoder_config(serving, export, shapes))
+    _write_keeping_pointer(repo_dir / RETRIEVER, retriever_config(serving, shapes))
     write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
     encoder_files = {encoder_file_name(serving.target): onnx_path}
     if serving.target in PYTHON_ENCODER_TARGETS:
@@ -302,12 +315,23 @@ def build_repository(
     if not versions(repo_dir / CLASSIFY):
         published[CLASSIFY] = publish_version(repo_dir / CLASSIFY, {}, keep=keep)
     if encoded_images:
-        write_config(repo_dir / DECODE, decode_config(serving, export, shapes))
+        _write_keeping_pointer(repo_dir / DECODE, decode_config(serving, export, shapes))
         write_config(repo_dir / CLASSIFY_ENCODED, classify_encoded_config(serving, export, shapes))
         published[DECODE] = publish_version(repo_dir / DECODE, {"model.py": model_file(DECODE)}, keep=keep)
         if not versions(repo_dir / CLASSIFY_ENCODED):
             published[CLASSIFY_ENCODED] = publish_version(repo_dir / CLASSIFY_ENCODED, {}, keep=keep)
+    for name in (ENCODER, RETRIEVER, DECODE):  # building a repository serves what it built
+        if name in published:
+            promote(repo_dir / name, published[name])
     return published
+
+
+def _write_keeping_pointer(model_dir: Path, config: mc.ModelConfig) -> None:
+    """`write_config`, keeping the serving pointer (version policy) of the config it replaces."""
+    path = model_dir / "config.pbtxt"
+    if path.exists():
+        config.version_policy.CopyFrom(parse_config(path.read_text()).version_policy)
+    write_config(model_dir, config)
 
 
 def use_cpu_instances(repo_dir: Path, models: tuple[str, ...] = (ENCODER, RETRIEVER)) -> None:

@@ -2,9 +2,11 @@
 
 A version is checked before it is published (the index passes its checksums and matches the
 encoder's embedding dimension), written aside and renamed into place (never touching the
-version being served), and — with a server in explicit model-control mode — loaded through
-the model-control API. Triton keeps answering with the old version until the new one is
-ready (version policy `latest 1`), and the ensemble follows the newest retriever.
+version being served). Publishing does not change what serves: the serving pointer (the
+config's `specific` version policy, `serving_pointer.py`) moves only when asked (`promote`, or
+`megaclass publish --load`), and a server in explicit model-control mode then loads it through the
+model-control API. Triton keeps answering with the old version until the new one is ready, and
+the ensemble follows the loaded retriever.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from megaclass.export.repository.generate import (
     model_file,
     parse_config,
     publish_version,
-    versions,
+    remove_tree,
 )
+from megaclass.export.repository.serving_pointer import PointerError, promote, rollback_pointer, serving_version
 
 
 class PublishError(RuntimeError):
@@ -73,13 +76,12 @@ def _os_error_text(exc: OSError) -> str:
 def check_free_space(target: Path, sources: list[Path], margin_bytes: int = 1 << 20) -> None:
     """Refuse early, with the numbers, when `target`'s file system cannot hold a copy of `sources`.
 
-    A single file on the same file system is hard-linked, not copied (see `publish_version`).
+    Every file is copied (see `publish_version`).
     """
-    device = target.stat().st_dev
     need = 0
     for src in sources:
         if src.is_file():
-            need += 0 if src.stat().st_dev == device else src.stat().st_size
+            need += src.stat().st_size
         else:
             need += sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     free = shutil.disk_usage(target).free
@@ -91,8 +93,8 @@ def check_free_space(target: Path, sources: list[Path], margin_bytes: int = 1 <<
         )
 
 
-def publish_index(repo: Path, index_dir: Path, keep: int = 3) -> Published:
-    """Publish `index_dir` as the next retriever version."""
+def publish_index(repo: Path, index_dir: Path, keep: int = 3, promote_it: bool = False) -> Published:
+    """Publish `index_dir` as the next retriever version; with `promote_it`, point the config at it."""
     repo = Path(repo)
     if not (repo / RETRIEVER / "config.pbtxt").exists():
         raise PublishError(f"{repo} has no retriever model: build the repository first (megaclass demo)")
@@ -104,6 +106,8 @@ def publish_index(repo: Path, index_dir: Path, keep: int = 3) -> Published:
         raise PublishError(
             f"could not write {repo / RETRIEVER}: {_os_error_text(exc)}; the serving version is untouched"
         ) from exc
+    if promote_it:
+        promote(repo / RETRIEVER, v)
     return Published(RETRIEVER, v)
 
 
@@ -118,9 +122,9 @@ def _encoder_target(repo: Path) -> str:
     return {"onnxruntime_onnx": "gpu-onnxruntime", "tensorrt_plan": "gpu-tensorrt"}.get(config.platform, "cpu")
 
 
-def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
+def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3, promote_it: bool = False) -> Published:
     """Publish `onnx_path` (a TensorRT plan for a gpu-tensorrt repository, a `save_encoder` file for
-    gpu-torch) as the next encoder version."""
+    gpu-torch) as the next encoder version; with `promote_it`, point the config at it."""
     target = _encoder_target(repo)
     if target not in ("gpu-tensorrt", "gpu-torch"):
         import onnx
@@ -139,6 +143,8 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
         raise PublishError(
             f"could not write {repo / ENCODER}: {_os_error_text(exc)}; the serving version is untouched"
         ) from exc
+    if promote_it:
+        promote(repo / ENCODER, v)
     return Published(ENCODER, v)
 
 
@@ -151,7 +157,8 @@ def load_models(
     a version that fails to load leaves the old one serving and raises here. `admin_key`
     (default: the environment's MEGACLASS_ADMIN_KEY) unlocks a restricted model-control API.
     With `repo` (the server's repository, on this machine), a refused version is also moved
-    aside (`.refused-N`) so that a restarted server does not try it again.
+    aside (`.refused-N`) and the serving pointer goes back to the version that keeps serving, so
+    that a restarted server does not try it again.
     """
     import os
 
@@ -176,6 +183,9 @@ def load_models(
             serving = [v for v, state, _ in states if state == "READY"]
             if serving:
                 message += f"\nversion {serving[-1]} of {name} keeps serving"
+                if repo is not None and serving_version(Path(repo) / name) != serving[-1]:
+                    promote(Path(repo) / name, serving[-1])
+                    message += " (the serving pointer points at it again)"
             if repo is not None:
                 for v in refused:
                     moved = retire_version(Path(repo), name, v, prefix=".refused")
@@ -212,18 +222,23 @@ def retire_version(repo: Path, model: str, version: int, prefix: str = ".retired
     if not src.is_dir():
         return None
     dst = Path(repo) / model / f"{prefix}-{version}"
-    shutil.rmtree(dst, ignore_errors=True)
+    remove_tree(dst)
     src.rename(dst)
     return dst
 
 
 def rollback(repo: Path, model: str) -> int:
-    """Retire the newest version of `model` (moved aside, kept on disk); returns the version now newest."""
-    model_dir = Path(repo) / model
-    vs = versions(model_dir)
-    if len(vs) < 2:
-        raise PublishError(f"{model} has {len(vs)} version(s) in {repo}: nothing to roll back to")
-    retired = model_dir / f".retired-{vs[-1]}"
-    shutil.rmtree(retired, ignore_errors=True)
-    (model_dir / str(vs[-1])).rename(retired)
-    return vs[-2]
+    """Point `model` back at the version served before this one (`serving_pointer.rollback_target`);
+    the version left stays on disk. Returns the version now pointed at (loaded by the next load)."""
+    try:
+        return rollback_pointer(Path(repo) / model)[1]
+    except PointerError as exc:
+        raise PublishError(str(exc)) from None
+
+
+def promote_version(repo: Path, model: str, version: int) -> int | None:
+    """Point `model` at `version` (checked first); returns the version pointed at before."""
+    try:
+        return promote(Path(repo) / model, version)
+    except PointerError as exc:
+        raise PublishError(str(exc)) from None

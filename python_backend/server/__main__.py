@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
+from megaclass.python_backend.server.security import SecurityError, add_security_args, resolve_admin_key
 from megaclass.python_backend.server.triton_server import TritonError, start_server
 from megaclass.python_backend.serving.config import ServingConfig
 
@@ -28,14 +28,21 @@ def wait_for_signal() -> None:
 
 
 def serve_until_stopped(
-    repository: Path, serving: ServingConfig, *, explicit: bool = False, name: str = "megaclass serve"
+    repository: Path,
+    serving: ServingConfig,
+    *,
+    explicit: bool = False,
+    name: str = "megaclass serve",
+    insecure: bool = False,
 ) -> int:
     """Start tritonserver on `repository`, say where it listens, stop it on SIGINT or SIGTERM.
 
-    Returns 0, or 1 when it could not start (the reason on stderr, after `name`). The admin key
-    is `serving.admin_key`, else the environment's MEGACLASS_ADMIN_KEY.
+    Returns 0, or 1 when it could not start (the reason on stderr, after `name`), among others
+    explicit model control on a non-loopback host without an admin key and without `insecure`.
+    The admin key is read from `serving.admin_key_file`, else as `security.resolve_admin_key` says.
     """
     try:
+        admin_key = resolve_admin_key(serving.admin_key_file)
         server = start_server(
             Path(repository),
             host=serving.host,
@@ -45,9 +52,10 @@ def serve_until_stopped(
             explicit=explicit,
             ready_timeout_s=serving.ready_timeout_s,
             shm_default_byte_size=serving.shm_default_byte_size,
-            admin_key=serving.admin_key or os.environ.get("MEGACLASS_ADMIN_KEY"),
+            admin_key=admin_key,
+            insecure=insecure,
         )
-    except TritonError as exc:
+    except (TritonError, SecurityError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
     print(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
     )
+    add_security_args(p)
     p.add_argument("--host", default=s.host, help=f"address to bind; 0.0.0.0 exposes the server (default: {s.host})")
     p.add_argument("--http-port", type=int, default=s.http_port, help=f"HTTP port (default: {s.http_port})")
     p.add_argument("--grpc-port", type=int, default=s.grpc_port, help=f"gRPC port (default: {s.grpc_port})")
@@ -78,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     ports = {"http_port": args.http_port, "grpc_port": args.grpc_port, "metrics_port": args.metrics_port}
-    serving = dataclasses.replace(s, host=args.host, **ports)
-    return serve_until_stopped(Path(args.repository), serving, explicit=args.explicit, name=prog)
+    serving = dataclasses.replace(s, host=args.host, admin_key_file=args.admin_key_file, **ports)
+    return serve_until_stopped(
+        Path(args.repository), serving, explicit=args.explicit, name=prog, insecure=args.insecure
+    )
 
 
 if __name__ == "__main__":

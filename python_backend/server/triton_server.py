@@ -30,6 +30,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megaclass.python_backend.server.security import (
+    SecurityError,
+    check_exposure,
+    key_pipe,
+    restricted_api_args,
+    scrub_environment,
+)
+
 ADMIN_HEADER = "megaclass-admin-key"
 RESTRICTED_APIS = ("model-repository", "trace", "logging")
 
@@ -89,8 +97,8 @@ def prepare_backend_dir(install: TritonInstall, work_dir: Path) -> Path:
 
 
 def server_environment(install: TritonInstall) -> dict[str, str]:
-    """Environment for tritonserver so the stub runs this interpreter and its packages."""
-    env = dict(os.environ)
+    """Environment for tritonserver so the stub runs this interpreter and its packages (never the admin key)."""
+    env = scrub_environment(os.environ)
     lib_dirs = [str(install.libs_dir)]
     libdir = sysconfig.get_config_var("LIBDIR")
     if libdir and any(Path(libdir).glob("libpython3*.so*")):
@@ -152,6 +160,7 @@ class TritonServer:
     models: tuple[str, ...] = ()  # the models that must be ready
     ready_timeout_s: float = 180.0
     watchdog: object | None = None  # StubWatchdog (watchdog.py) when started with one
+    admin_key: str | None = field(default=None, repr=False)  # passed by pipe, never on the command line
     stopping: bool = False
     shm_regions: set[str] = field(default_factory=set)  # the stubs' shared-memory regions seen
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -224,9 +233,7 @@ class TritonServer:
         """Start `command` (again) with its log pumped into `log_path` and the tail."""
         log_file = open(self.log_path, "a")  # noqa: SIM115 - closed by the pump thread's owner at exit
         self._log_tail.clear()
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
+        self.process = _popen(self.command, self.env, self.admin_key)
         args = (self.process.stdout, log_file, self._log_tail, False)
         threading.Thread(target=_pump_log, args=args, daemon=True).start()
 
@@ -285,6 +292,7 @@ def start_server(
     admin_key: str | None = None,
     echo_log: bool = False,
     watchdog: bool = True,
+    insecure: bool = False,
 ) -> TritonServer:
     """Start tritonserver on `model_repository` and wait until it and every model are ready.
 
@@ -292,12 +300,17 @@ def start_server(
     `explicit=True` the server runs with explicit model control and loads just `models`.
     With `admin_key`, the model-repository (load/unload), trace and logging APIs require the
     header `ADMIN_HEADER: <admin_key>` on both protocols, so a client that may classify cannot
-    replace models. Raises `TritonError` quoting the server's log when it exits or a model
+    replace models; explicit control on a non-loopback `host` without a key is refused unless
+    `insecure` (security.py, which also keeps the key off the command line and the environment). Raises `TritonError` quoting the server's log when it exits or a model
     fails to load. With `watchdog`, a Python-backend stub that dies is brought back without
     manual action (its model reloaded in explicit mode, else the server restarted; see
     `watchdog.py`), and so is a server process that exits on its own.
     """
     model_repository = Path(model_repository).resolve()
+    try:
+        check_exposure(host, explicit, admin_key, insecure)
+    except SecurityError as exc:
+        raise TritonError(str(exc)) from None
     if not model_repository.is_dir():
         raise TritonError(f"model repository {model_repository} does not exist")
     for name, port in [("HTTP", http_port), ("gRPC", grpc_port), ("metrics", metrics_port)]:
@@ -317,12 +330,11 @@ def start_server(
     ) + list(extra_args)  # fmt: skip
     log_path = work_dir / f"tritonserver-{http_port}.log"
     log_file = open(log_path, "w")  # noqa: SIM115 - closed by the pump thread's owner at exit
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=server_environment(install), start_new_session=True
-    )
+    proc = _popen(cmd, server_environment(install), admin_key)
     server = TritonServer(
         proc, host, http_port, grpc_port, metrics_port, model_repository, log_path,
         command=cmd, env=server_environment(install), models=tuple(models), ready_timeout_s=ready_timeout_s,
+        admin_key=admin_key,
     )  # fmt: skip
     threading.Thread(target=_pump_log, args=(proc.stdout, log_file, server._log_tail, echo_log), daemon=True).start()
     try:
@@ -368,13 +380,27 @@ def server_command(
     ]
     if shm_default_byte_size:
         cmd.append(f"--backend-config=python,shm-default-byte-size={shm_default_byte_size}")
-    if admin_key:
-        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={admin_key}"
-        cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+    if admin_key:  # a placeholder: the key itself goes through a pipe (`_popen`, security.py)
+        cmd += restricted_api_args(RESTRICTED_APIS, ADMIN_HEADER)
     if explicit:
         cmd.append("--model-control-mode=explicit")
         cmd += [f"--load-model={m}" for m in models]
     return cmd
+
+
+def _popen(cmd: list[str], env: dict[str, str] | None, admin_key: str | None) -> subprocess.Popen:
+    """Start tritonserver; with `admin_key`, hand the key over through a pipe (see security.py)."""
+    popen = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    if not admin_key:
+        return subprocess.Popen(cmd, env=env, **popen)
+    try:
+        key_env, read_end = key_pipe(admin_key, env if env is not None else os.environ)
+    except SecurityError as exc:
+        raise TritonError(str(exc)) from None
+    try:
+        return subprocess.Popen(cmd, env=key_env, pass_fds=(read_end,), **popen)
+    finally:
+        os.close(read_end)
 
 
 def wait_until_ready(server: TritonServer, models: Sequence[str], timeout_s: float) -> None:

@@ -59,9 +59,10 @@ class ServingConfig:
     default_top_k: int = 5
     max_top_k: int = 100
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server; an explicit choice
-    # Key required (header `megaclass-admin-key`) for model load/unload; None: the environment
-    # variable MEGACLASS_ADMIN_KEY, or unrestricted when that is unset too.
-    admin_key: str | None = None
+    # File holding the key required (header `megaclass-admin-key`) for model load/unload; None: the
+    # file named by $MEGACLASS_ADMIN_KEY_FILE, else $MEGACLASS_ADMIN_KEY, else unrestricted (refused
+    # on a non-loopback host in explicit mode). Never the key itself: configs get committed.
+    admin_key_file: str | None = None
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002

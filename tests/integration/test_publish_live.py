@@ -87,7 +87,7 @@ def test_publish_and_load_under_load_switches_without_errors(explicit_stack):
     probe = np.concatenate([new_images[:4], class_patterns(40, 1, IMAGE_SIZE, seed=3)[0][:4]])
 
     def publish_and_load():
-        assert publish_index(repo, new_index).version == 2
+        assert publish_index(repo, new_index, promote_it=True).version == 2
         load_models(server.grpc_url, ["retriever"])
 
     errors, answers, t_action, t_done = _load_under_traffic(server, probe, publish_and_load)

@@ -17,6 +17,7 @@ import pytest
 from megaclass.export.config import IndexConfig
 from megaclass.export.repository.generate import RETRIEVER, model_file, publish_version, remove_version, versions
 from megaclass.export.repository.publish import PublishError, load_models
+from megaclass.export.repository.serving_pointer import promote, serving_version
 
 from .conftest import MODELS, GoodTraffic, model_input, raw_infer, start_stack, stub_pid
 
@@ -71,7 +72,7 @@ def readiness_restored(stack):
 
     _wait_recovered(stack)  # a test may have left the server restarting
     if not grpcclient.InferenceServerClient(stack.server.grpc_url).is_server_ready():
-        publish_index(stack.repo, stack.index_dir)
+        publish_index(stack.repo, stack.index_dir, promote_it=True)
         load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
         _wait_until(grpcclient.InferenceServerClient(stack.server.grpc_url).is_server_ready, timeout_s=20)
 
@@ -91,6 +92,7 @@ def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(
     before = served_version(stack)
     traffic = GoodTraffic(stack, max_s=60).start()
     version = publish_version(stack.repo / RETRIEVER, files)
+    promote(stack.repo / RETRIEVER, version)
     try:
         t = time.monotonic()
         with pytest.raises(PublishError, match=match) as info:
@@ -100,6 +102,7 @@ def test_broken_index_version_is_refused_at_load_and_the_previous_keeps_serving(
         assert f"version {before.split(':')[0]} of retriever keeps serving" in message
         assert f"moved aside to {stack.repo / RETRIEVER / f'.refused-{version}'}" in message
         assert version not in versions(stack.repo / RETRIEVER)
+        assert serving_version(stack.repo / RETRIEVER) == int(before.split(":")[0])  # the pointer went back
         traffic.settle(after=time.monotonic())
         traffic.stop()
         assert traffic.errors == [], traffic.errors[:3]
@@ -121,12 +124,13 @@ def test_a_good_version_after_a_refused_one_makes_the_server_ready_again(stack, 
     client = grpcclient.InferenceServerClient(stack.server.grpc_url)
     _truncated(stack.index_dir, tmp_path / "index")
     refused = publish_version(stack.repo / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": tmp_path / "index"})
+    promote(stack.repo / RETRIEVER, refused)
     with pytest.raises(PublishError, match="not ready although every model serves"):
         load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
     shutil.rmtree(stack.repo / RETRIEVER / f".refused-{refused}")
     assert not client.is_server_ready()
     assert all(client.is_model_ready(m) for m in MODELS)
-    published = publish_index(stack.repo, stack.index_dir)
+    published = publish_index(stack.repo, stack.index_dir, promote_it=True)
     load_models(stack.server.grpc_url, [RETRIEVER], admin_key=stack.admin_key, repo=stack.repo)
     assert served_version(stack).startswith(f"{published.version}:")
     _wait_until(client.is_server_ready, timeout_s=20)  # once the previous version has unloaded

@@ -71,6 +71,68 @@ def test_exposing_is_an_explicit_option():
     assert build_parser().parse_args(["serve", "--host", "0.0.0.0"]).host == "0.0.0.0"
 
 
+def test_exposed_explicit_mode_without_a_key_is_refused(tmp_path):
+    """`megaclass serve --host 0.0.0.0 --explicit` with no key exits non-zero, saying why; --insecure overrides."""
+    import subprocess
+    import sys
+
+    from megaclass.python_backend.server.security import scrub_environment
+
+    cmd = [sys.executable, "-m", "megaclass.clients.cli.main", "serve", "--host", "0.0.0.0", "--explicit"]
+    cmd += ["--repository", str(tmp_path / "no-repo")]
+    env = scrub_environment(os.environ)
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode != 0
+    assert "refusing to serve explicit model control on 0.0.0.0 without an admin key" in refused.stderr
+    assert "--insecure" in refused.stderr
+    insecure = subprocess.run(cmd + ["--insecure"], capture_output=True, text=True, env=env, timeout=120)
+    assert insecure.returncode != 0 and "refusing" not in insecure.stderr  # past the check: no repository
+    assert "does not exist" in insecure.stderr
+
+
+def test_the_admin_key_is_never_a_command_line_argument(tmp_path):
+    from megaclass.clients.cli.main import build_parser
+    from megaclass.python_backend.server.security import SecurityError, resolve_admin_key
+
+    for argv in (["publish", "--index", "x"], ["rollback"], ["serve"]):
+        args = vars(build_parser().parse_args(argv))
+        assert "admin_key" not in args and "admin_key_file" in args  # a path to read, never the key
+    key_file = tmp_path / "admin.key"
+    key_file.write_text("from-a-file\n")
+    assert resolve_admin_key(key_file, environ={"MEGACLASS_ADMIN_KEY": "from-env"}) == "from-a-file"
+    assert resolve_admin_key(None, environ={"MEGACLASS_ADMIN_KEY_FILE": str(key_file)}) == "from-a-file"
+    assert resolve_admin_key(None, environ={"MEGACLASS_ADMIN_KEY": "from-env"}) == "from-env"
+    assert resolve_admin_key(None, environ={}) is None
+    with pytest.raises(SecurityError, match="cannot read the admin key file"):
+        resolve_admin_key(tmp_path / "missing", environ={})
+
+
+@pytest.mark.integration
+def test_the_key_is_in_no_command_line_and_no_stub_environment(stack, monkeypatch):
+    """Read from /proc: tritonserver's command line shows a placeholder, and neither it nor any of its
+    Python-backend stubs has the key (or its variable) in its command line or environment, while the
+    restricted API still takes the key (test_restricted_api_works_with_the_key)."""
+    import psutil
+
+    from megaclass.python_backend.server.security import KEY_PLACEHOLDER
+
+    key = stack.admin_key.encode()
+    server = psutil.Process(stack.server.process.pid)
+    stubs = [c for c in server.children() if c.status() != psutil.STATUS_ZOMBIE]
+    assert len(stubs) >= 3  # encoder, retriever, decode
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert KEY_PLACEHOLDER.encode() in cmdline and key not in cmdline
+    for proc in [server, *stubs]:
+        for what in ("cmdline", "environ"):
+            data = Path(f"/proc/{proc.pid}/{what}").read_bytes()
+            assert key not in data, f"the admin key is in /proc/{proc.pid}/{what} ({proc.name()})"
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        assert b"MEGACLASS_ADMIN_KEY=" not in environ and b"MEGACLASS_ADMIN_KEY_FILE=" not in environ
+        if proc is not server:
+            assert b"secret_args" not in Path(f"/proc/{proc.pid}/environ").read_bytes()  # not preloaded
+    assert stack.admin_key not in " ".join(stack.server.command) and stack.admin_key not in str(stack.server)
+
+
 # --- restricted model control ------------------------------------------------------------------------------
 
 

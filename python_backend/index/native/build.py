@@ -4,7 +4,11 @@ A kernel is one C++ file with a plain C ABI, loaded with ctypes: no Python heade
 install time. The shared library is cached under `$MEGACLASS_NATIVE_DIR` (default
 `~/.cache/megaclass/native`), named by the hash of its source and flags, so an edited source is rebuilt
 and several processes (Triton model instances) share one build; a build is written aside and renamed,
-so a concurrent loader never sees half a file. Without a C++ compiler `NativeUnavailable` says so: an
+so a concurrent loader never sees half a file. Beside each library a record (`<library>.json`) holds
+the full SHA-256 of the source and the compiler flags it was built with; a cached library is used only
+when that record matches this source and these flags (a library copied in, a stale or half-cleaned
+cache, a file-name collision are rebuilt). The images build the kernels at image build time
+(`python -m megaclass.python_backend.index.native.build`), so serving never compiles. Without a C++ compiler `NativeUnavailable` says so: an
 index configured for the native backend then refuses to load with that message, and the other
 backends work as before.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -72,20 +77,44 @@ def _cpu_identity() -> bytes:
     return ident.encode()
 
 
-def library_path(name: str, target: str = "native") -> Path:
+def build_record(name: str, target: str = "native", source_dir: Path | None = None) -> dict[str, str]:
+    """What a library of `<source_dir>/<name>.cpp` must have been built from: source SHA-256, flags, CPU."""
+    source = Path(source_dir or SOURCE_DIR) / f"{name}.cpp"
+    cpu = hashlib.sha256(_cpu_identity()).hexdigest() if target == "native" else ""
+    return {
+        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "flags": " ".join(flags(target)),
+        "cpu": cpu,
+    }
+
+
+def library_path(name: str, target: str = "native", source_dir: Path | None = None) -> Path:
     """Path of the built library of `native/<name>.cpp` (built or not), named by source, flags and CPU."""
-    source = SOURCE_DIR / f"{name}.cpp"
-    key_parts = (
-        source.read_bytes() + " ".join(flags(target)).encode() + (_cpu_identity() if target == "native" else b"")
-    )
-    return cache_dir() / f"lib{name}-{target}-{hashlib.sha256(key_parts).hexdigest()[:16]}.so"
+    key = json.dumps(build_record(name, target, source_dir), sort_keys=True).encode()
+    return cache_dir() / f"lib{name}-{target}-{hashlib.sha256(key).hexdigest()[:16]}.so"
 
 
-def build(name: str, target: str = "native") -> Path:
-    """Compile `native/<name>.cpp` for `target` unless its cached library exists; returns the library's path."""
-    path = library_path(name, target)
-    if path.exists():
-        return path
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name + ".json")
+
+
+def cached(name: str, target: str = "native", source_dir: Path | None = None) -> Path | None:
+    """The cached library, only when its recorded source hash and flags match this source and these flags."""
+    path = library_path(name, target, source_dir)
+    try:
+        recorded = json.loads(_record_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return path if path.exists() and recorded == build_record(name, target, source_dir) else None
+
+
+def build(name: str, target: str = "native", source_dir: Path | None = None) -> Path:
+    """Compile `<source_dir>/<name>.cpp` (default: this folder) for `target` unless a matching cached
+    library exists (`cached`); returns the library's path."""
+    source_dir = Path(source_dir or SOURCE_DIR)
+    if (hit := cached(name, target, source_dir)) is not None:
+        return hit
+    path = library_path(name, target, source_dir)
     cxx = compiler()
     if cxx is None:
         raise NativeUnavailable("no C++ compiler found (set CXX or install g++) to build the native kernels")
@@ -95,7 +124,7 @@ def build(name: str, target: str = "native") -> Path:
     try:
         try:
             proc = subprocess.run(
-                [cxx, *flags(target), "-o", tmp, str(SOURCE_DIR / f"{name}.cpp")],
+                [cxx, *flags(target), "-o", tmp, str(source_dir / f"{name}.cpp")],
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -105,6 +134,9 @@ def build(name: str, target: str = "native") -> Path:
         if proc.returncode != 0:
             raise NativeUnavailable(f"building {name}.cpp with {cxx} failed:\n{proc.stderr[-4000:]}")
         os.replace(tmp, path)
+        record = _record_path(path).with_suffix(f".{os.getpid()}.tmp")
+        record.write_text(json.dumps(build_record(name, target, source_dir), sort_keys=True))
+        os.replace(record, _record_path(path))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -123,3 +155,13 @@ def load(name: str, target: str = "native") -> ctypes.CDLL:
                 raise NativeUnavailable(f"cannot load {path}: {e}") from e
             _LOADED[(name, target)] = lib
         return lib
+
+
+def main() -> None:
+    """Build every kernel of this folder for this machine (the images run this at build time)."""
+    for source in sorted(SOURCE_DIR.glob("*.cpp")):
+        print(f"built {build(source.stem)}")
+
+
+if __name__ == "__main__":
+    main()

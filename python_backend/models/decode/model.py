@@ -5,11 +5,13 @@ Bytes that are not a PNG or JPEG image (or too large) get their own INVALID_ARG 
 """
 
 import json
+from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.serving.image_decoding import DecodeLimits, decode_batch
 from megaclass.python_backend.serving.request_batching import is_client_error
+from megaclass.python_backend.serving.version_integrity import verify_version
 
 
 def _error(exc):
@@ -20,6 +22,7 @@ def _error(exc):
 
 class TritonPythonModel:
     def initialize(self, args):
+        verify_version(Path(args["model_repository"]) / args["model_version"])
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.input_name = config["input"][0]["name"]

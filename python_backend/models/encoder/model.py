@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 from megaclass.python_backend.serving.device_arrays import is_torch_tensor
 from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
 from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, is_client_error, run_batched
+from megaclass.python_backend.serving.version_integrity import verify_version
 
 
 def _error(exc):
@@ -27,6 +28,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version(version_dir)  # a version changed after publishing is refused, naming the files
         instances = int(params.get("instance_count", "1"))
         if params.get("runtime") == "torch":
             gpu = args.get("model_instance_kind") == "GPU"

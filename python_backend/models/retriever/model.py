@@ -25,6 +25,7 @@ from megaclass.python_backend.serving.retriever_service import (
     index_fingerprint,
     parse_options,
 )
+from megaclass.python_backend.serving.version_integrity import verify_version
 
 
 def tensor_to_array(tensor):
@@ -48,6 +49,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
+        verify_version(version_dir)  # a version changed after publishing is refused, naming the files
         index_dir = version_dir / params.get("index_dir", "index")
         device = params.get("device", "cpu")
         if device == "cuda":  # this instance's GPU, never a hard-wired 0

@@ -84,3 +84,14 @@ def test_other_opset_and_names(model, tmp_path):
     graph = onnx.load(str(report.path))
     assert graph.opset_import[0].version == 13
     assert graph.graph.input[0].name == "x" and graph.graph.output[0].name == "y"
+
+
+def test_failed_export_leaves_the_previous_file_untouched(model, tmp_path):
+    """The graph goes to a temporary file and replaces `path` only after parity passes."""
+    path = tmp_path / "encoder.onnx"
+    good = export_onnx(model, path, ExportConfig(), SIZE)
+    before = path.read_bytes()
+    with pytest.raises(ParityError, match=str(path)):
+        export_onnx(model, path, ExportConfig(fp16=True, fp16_parity_atol=0.0, parity_batch_sizes=(1, 3)), SIZE)
+    assert path.read_bytes() == before and sha256_file(path) == good.sha256
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder.onnx"]  # no temporary file left

@@ -43,3 +43,25 @@ def test_a_failing_build_reports_the_compiler_output(tmp_path, monkeypatch) -> N
     with pytest.raises(native_build.NativeUnavailable, match="broken.cpp"):
         native_build.build("broken")
     assert not list((tmp_path / "cache").glob("*"))  # nothing half-written left behind
+
+
+def test_a_cached_library_is_used_only_when_its_record_matches(tmp_path, monkeypatch) -> None:
+    """A library in the cache whose recorded source hash or flags differ (or that has no record) is rebuilt."""
+    import json
+
+    monkeypatch.setenv("MEGACLASS_NATIVE_DIR", str(tmp_path))
+    path = native_build.build("pq4_search", "portable")
+    record = json.loads(path.with_name(path.name + ".json").read_text())
+    assert record == native_build.build_record("pq4_search", "portable")
+    assert len(record["source_sha256"]) == 64 and "-O3" in record["flags"]
+    assert native_build.cached("pq4_search", "portable") == path
+    for stale in ({**record, "source_sha256": "0" * 64}, {**record, "flags": "-O0"}, None):
+        sidecar = path.with_name(path.name + ".json")
+        if stale is None:
+            sidecar.unlink()
+        else:
+            sidecar.write_text(json.dumps(stale))
+        path.write_bytes(b"not the library built from this source")
+        assert native_build.cached("pq4_search", "portable") is None
+        assert native_build.build("pq4_search", "portable") == path
+    assert ctypes.CDLL(str(path)).mc_pq4_simd() == 0  # rebuilt, loadable
