@@ -7,6 +7,7 @@ Bounded: traffic for a few seconds per case, recovery waits capped at 30 s.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import time
@@ -251,3 +252,90 @@ def test_server_without_model_control_is_restarted(tmp_path):
               f"server kill -> restart, serving after {took_server:.1f}s")  # fmt: skip
     finally:
         s.server.stop(timeout=10)
+
+
+def test_an_unpromoted_version_never_goes_live_after_a_stub_kill_or_a_restart(tmp_path):
+    """Published without --load (not promoted), a version stays on disk: the watchdog's reload after a
+    stub kill and a server restart both load the version the serving pointer names. Promoted, it serves."""
+    from megaclass.export.repository.publish import publish_index
+
+    s = start_stack(tmp_path)
+    try:
+        published = publish_index(s.repo, s.index_dir)
+        assert published.version == 2 and serving_version(s.repo / RETRIEVER) == 1
+        assert served_version(s).startswith("1:")
+        recoveries = s.server.watchdog.recoveries
+        os.kill(stub_pid(s.server, RETRIEVER), signal.SIGKILL)
+        _wait_until(lambda: recoveries and recoveries[-1].recovered_at, timeout_s=60)
+        assert [(r.model, r.action, r.error) for r in recoveries] == [(RETRIEVER, "reload", None)]
+        _wait_recovered(s)
+        assert served_version(s).startswith("1:")
+        s.server.restart(timeout=5)
+        assert served_version(s).startswith("1:")
+        promote(s.repo / RETRIEVER, published.version)  # asked for: the next start serves it
+        s.server.restart(timeout=5)
+        assert served_version(s).startswith("2:")
+    finally:
+        s.server.stop(timeout=5)
+
+
+def _encoder_failing_on_bright_images(path, image_size: int, dim: int):
+    """An ONNX encoder that runs on the zero warm-up image but fails inside ONNX Runtime (Gather index
+    out of bounds) on any image with a pixel above 0.1: an internal error, not the client's fault."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.eye(10, dim, dtype=np.float32), "table")
+    nodes = [
+        helper.make_node("ReduceMax", ["IMAGE"], ["peak"], keepdims=0),
+        helper.make_node("Mul", ["peak", "hundred"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["index", "zero_axis"], ["indices"]),
+        helper.make_node("Gather", ["table", "indices"], ["row"]),
+        helper.make_node("Flatten", ["IMAGE"], ["flat"], axis=1),
+        helper.make_node("ReduceMean", ["flat"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["mean", "nought"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "row"], ["EMBEDDING"]),
+    ]
+    consts = [
+        numpy_helper.from_array(np.array(100.0, np.float32), "hundred"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_axis"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "nought"),
+        table,
+    ]
+    graph = helper.make_graph(
+        nodes, "failing", [helper.make_tensor_value_info("IMAGE", TensorProto.FLOAT, ["batch", 1, image_size, image_size])],
+        [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, ["batch", dim])], consts,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_an_internal_error_is_logged_with_its_id_and_not_sent_to_the_client(stack, tmp_path):
+    """The client gets a generic message with a request id; the server log has that id with the
+    internals (the ONNX Runtime failure), which the response does not."""
+    from megaclass.export.repository.generate import ENCODER
+    from megaclass.export.repository.publish import publish_encoder, rollback
+    from megaclass.export.repository.tiny import EMBEDDING_DIM, IMAGE_SIZE
+
+    bad = _encoder_failing_on_bright_images(tmp_path / "failing.onnx", IMAGE_SIZE, EMBEDDING_DIM)
+    publish_encoder(stack.repo, bad, promote_it=True)
+    load_models(stack.server.grpc_url, [ENCODER], admin_key=stack.admin_key, repo=stack.repo)
+    try:
+        with pytest.raises(Exception) as info:
+            raw_infer(stack, "grpc", "classify", [("IMAGE", model_input(stack.images[:2]), "FP32")])
+        message = str(info.value)
+        request_id = re.search(r"encoder: internal error \(request id ([0-9a-f]{16})\)", message).group(1)
+        assert "Gather" not in message and "ONNXRuntime" not in message and "Traceback" not in message
+        deadline = time.monotonic() + 10
+        while request_id not in (log := stack.server.log_path.read_text(errors="replace")):
+            assert time.monotonic() < deadline, "the request id never reached the server log"
+            time.sleep(0.2)
+        logged = log[log.index(request_id) - 200 :][:4000]
+        assert "Gather" in logged and "Traceback" in logged
+    finally:
+        rollback(stack.repo, ENCODER)
+        load_models(stack.server.grpc_url, [ENCODER], admin_key=stack.admin_key, repo=stack.repo)
+    assert served_version(stack)  # serving again with the previous encoder

@@ -13,18 +13,21 @@ import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.serving.device_arrays import is_torch_tensor
 from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
-from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, is_client_error, run_batched
+from megaclass.python_backend.serving.error_reporting import error_message, use_triton_log
+from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, run_batched
 from megaclass.python_backend.serving.version_integrity import verify_version
 
 
 def _error(exc):
-    """A bad request is the client's error (INVALID_ARG, HTTP 400); anything else is internal."""
-    code = pb_utils.TritonError.INVALID_ARG if is_client_error(exc) else pb_utils.TritonError.INTERNAL
-    return pb_utils.TritonError(f"encoder: {exc}", code)
+    """A bad request is the client's error (INVALID_ARG, HTTP 400, its own message); anything else is
+    internal: logged with a request id, and the client gets the id (error_reporting.py)."""
+    message, client = error_message("encoder", exc)
+    return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG if client else pb_utils.TritonError.INTERNAL)
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        use_triton_log(pb_utils)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]

@@ -16,7 +16,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.index.routed_index import RoutedIndex
-from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, is_client_error
+from megaclass.python_backend.serving.error_reporting import error_message, use_triton_log
+from megaclass.python_backend.serving.request_batching import TensorSpec, check_input
 from megaclass.python_backend.serving.retriever_service import (
     RetrieverRequest,
     SearchTally,
@@ -39,13 +40,15 @@ def tensor_to_array(tensor):
 
 
 def _error(exc):
-    """A bad request is the client's error (INVALID_ARG, HTTP 400); anything else is internal."""
-    code = pb_utils.TritonError.INVALID_ARG if is_client_error(exc) else pb_utils.TritonError.INTERNAL
-    return pb_utils.TritonError(f"retriever: {exc}", code)
+    """A bad request is the client's error (INVALID_ARG, HTTP 400, its own message); anything else is
+    internal: logged with a request id, and the client gets the id (error_reporting.py)."""
+    message, client = error_message("retriever", exc)
+    return pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG if client else pb_utils.TritonError.INTERNAL)
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        use_triton_log(pb_utils)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]
