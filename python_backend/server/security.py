@@ -37,7 +37,8 @@ class SecurityError(RuntimeError):
 
 
 def resolve_admin_key(key_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The admin key: `key_file`, else the file named by $MEGACLASS_ADMIN_KEY_FILE, else $MEGACLASS_ADMIN_KEY."""
+    """The admin key: `key_file`, else the file named by $MEGACLASS_ADMIN_KEY_FILE, else $MEGACLASS_ADMIN_KEY;
+    None when none is set or the file is empty. A key file that cannot be read is an error."""
     environ = os.environ if environ is None else environ
     key_file = key_file or environ.get(ADMIN_KEY_FILE_ENV)
     if key_file:
@@ -45,8 +46,7 @@ def resolve_admin_key(key_file: str | Path | None = None, environ: Mapping[str, 
             key = Path(key_file).read_text().strip()
         except OSError as exc:
             raise SecurityError(f"cannot read the admin key file {key_file}: {exc.strerror or exc}") from None
-        if not key:
-            raise SecurityError(f"the admin key file {key_file} is empty")
+        # An empty file is no key (Compose's default secret is /dev/null): exposed explicit mode is then refused.
     else:
         key = (environ.get(ADMIN_KEY_ENV) or "").strip()
     if key and (len(key.encode()) > MAX_KEY_BYTES or any(c in key for c in "\n\r\0,:=")):

@@ -139,3 +139,11 @@ def _seconds(duration) -> float:
 
     units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3}
     return sum(float(v) * units[u] for v, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
+
+
+def test_replicas_take_the_admin_key_from_a_secret(gpu_config):
+    assert gpu_config["secrets"]["megaclass_admin_key"]["file"] == "/dev/null"  # default: no key
+    for s in triton_services(gpu_config).values():
+        assert "MEGACLASS_ADMIN_KEY" not in s["environment"]
+        assert s["environment"]["MEGACLASS_ADMIN_KEY_FILE"] == "/run/secrets/megaclass_admin_key"
+        assert [x["source"] for x in s["secrets"]] == ["megaclass_admin_key"]

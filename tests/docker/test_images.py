@@ -84,13 +84,19 @@ def test_image_runs_as_non_root_with_a_health_check(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_image_can_build_the_native_kernel_and_ships_its_source(dockerfile):
-    runs = " ".join(rest for op, rest in stages(dockerfile)["serve"] if op == "RUN")
-    assert re.search(r"apt-get install [^&]*\bg\+\+", runs), "the native backend compiles on first use"
+def test_image_builds_the_native_kernels_at_build_time_and_ships_their_source(dockerfile):
+    serve = stages(dockerfile)["serve"]
+    runs = " ".join(rest for op, rest in serve if op == "RUN")
+    assert re.search(r"apt-get install [^&]*\bg\+\+", runs), "a CPU of another kind rebuilds the index kernel"
+    assert "-m megaclass.python_backend.index.native.build" in runs  # at image build time
+    assert "preload_library" in runs  # the library that hands the admin key to tritonserver
+    envs = [rest for op, rest in serve if op == "ENV"]
+    build_at = next(i for i, (op, rest) in enumerate(serve) if op == "RUN" and "native.build" in rest)
+    env_at = next(i for i, (op, rest) in enumerate(serve) if op == "ENV" and "MEGACLASS_NATIVE_DIR" in rest)
+    assert env_at < build_at and any("MEGACLASS_NATIVE_DIR=/opt/megaclass/native" in e for e in envs)
     pyproject = (DOCKER.parent / "pyproject.toml").read_text()
-    assert (
-        '"megaclass.python_backend.index.native" = ["*.cpp"]' in pyproject
-    )  # the kernel's source is installed with the package
+    assert '"megaclass.python_backend.index.native" = ["*.cpp"]' in pyproject  # sources installed
+    assert '"megaclass.python_backend.server" = ["*.cpp"]' in pyproject
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -266,3 +272,77 @@ def test_entrypoint_refuses_an_empty_repository(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "MODEL_REPOSITORY": str(tmp_path), "TRITONSERVER": "/bin/false"}
     proc = subprocess.run([str(DOCKER / "entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 64 and "missing or empty" in proc.stderr
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "10.1.2.3"])
+def test_entrypoint_refuses_exposed_explicit_mode_without_a_key(tmp_path, address):
+    (tmp_path / "repo" / "m").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "MODEL_REPOSITORY": str(tmp_path / "repo"), "TRITONSERVER": "/bin/true",
+           "MODEL_CONTROL_MODE": "explicit", "BIND_ADDRESS": address}  # fmt: skip
+    proc = subprocess.run([str(DOCKER / "entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78 and "refusing to serve explicit model control" in proc.stderr
+    for more in ({"MEGACLASS_INSECURE": "1"}, {"BIND_ADDRESS": "127.0.0.1"}):
+        ok = subprocess.run([str(DOCKER / "entrypoint.sh")], env={**env, **more}, capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr  # /bin/true "served"
+    missing = {**env, "MEGACLASS_ADMIN_KEY_FILE": str(tmp_path / "no-such-secret")}
+    proc = subprocess.run([str(DOCKER / "entrypoint.sh")], env=missing, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 78 and "missing or empty" in proc.stderr
+
+
+@pytest.mark.integration
+def test_entrypoint_takes_the_key_from_a_secret_file_and_keeps_it_off_proc(tiny_repo, tmp_path):
+    """With MEGACLASS_ADMIN_KEY_FILE, tritonserver (the entrypoint's pid, exec'd) restricts model
+    control to the key, while /proc/<pid>/cmdline shows a placeholder and no environment holds the key."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from megaclass.python_backend.server.triton_server import (
+        admin_headers,
+        free_port,
+        locate_triton,
+        prepare_backend_dir,
+        server_environment,
+    )
+
+    install = locate_triton()
+    secret = tmp_path / "admin-key"
+    secret.write_text("entrypoint-secret-key\n")
+    http = free_port()
+    env = server_environment(install)
+    env.update(
+        TRITONSERVER=str(install.binary), BACKEND_DIRECTORY=str(prepare_backend_dir(install, tmp_path)),
+        MODEL_REPOSITORY=str(tiny_repo), BIND_ADDRESS="127.0.0.1", HTTP_PORT=str(http), GRPC_PORT=str(free_port()),
+        METRICS_PORT=str(free_port()), MODEL_CONTROL_MODE="explicit", MEGACLASS_ADMIN_KEY_FILE=str(secret),
+        PYTHON=sys.executable, EXIT_TIMEOUT_SECS="10",
+    )  # fmt: skip
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(DOCKER / "entrypoint.sh"), "--load-model=*"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while healthcheck(f"http://127.0.0.1:{http}", "classify") != 0:
+            assert proc.poll() is None, f"entrypoint exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready in 90 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"tritonserver" in cmdline and b"@MEGACLASS_ADMIN_KEY@" in cmdline
+        assert b"entrypoint-secret-key" not in cmdline
+        for pid in [
+            proc.pid,
+            *(int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()),
+        ]:
+            assert b"entrypoint-secret-key" not in Path(f"/proc/{pid}/environ").read_bytes()
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
+        with pytest.raises(InferenceServerException, match="megaclass-admin-key"):
+            client.get_model_repository_index()
+        assert client.get_model_repository_index(headers=admin_headers("entrypoint-secret-key", "http"))
+        client.close()  # an open keep-alive connection holds Triton's exit timeout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -161,3 +161,15 @@ def test_image_is_set_by_kustomize(kustomization, deployment):
     images = {i["name"] for i in kustomization["images"]}
     assert container(deployment)["image"] in images
     assert Path(K8S / "kustomization.yaml").read_text().count("newName") == 1
+
+
+def test_the_admin_key_comes_from_a_secret_file(deployment):
+    spec = deployment["spec"]["template"]["spec"]
+    c = container(deployment)
+    env = {e["name"]: e for e in c["env"]}
+    assert "MEGACLASS_ADMIN_KEY" not in env  # never a value in the manifest or the environment
+    key_file = Path(env["MEGACLASS_ADMIN_KEY_FILE"]["value"])
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(key_file.parent)]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+    assert volume["secret"]["secretName"] == "megaclass-admin-key" and volume["secret"]["defaultMode"] == 0o400
