@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import signal
 import sys
 import threading
@@ -41,6 +42,7 @@ def serve_until_stopped(
     explicit model control on a non-loopback host without an admin key and without `insecure`.
     The admin key is read from `serving.admin_key_file`, else as `security.resolve_admin_key` says.
     """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         admin_key = resolve_admin_key(serving.admin_key_file)
         server = start_server(

@@ -18,7 +18,7 @@ downtime). Restarts are capped so a crash loop does not spin forever.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 import urllib.error
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STUB_NAME = "triton_python_backend_stub"
+LOGGER = logging.getLogger("megaclass.server.watchdog")
 
 
 class ModelRefused(RuntimeError):
@@ -118,7 +119,7 @@ class StubWatchdog:
     def _log(self, message: str) -> None:
         line = f"W{time.strftime('%m%d %H:%M:%S')} megaclass watchdog] {message}\n"
         self.server._log_tail.append(line)
-        sys.stderr.write(line)
+        LOGGER.warning(message)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
