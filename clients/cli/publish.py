@@ -11,6 +11,7 @@ from megaclass.clients.cli.common import Subparsers
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from megaclass.export.repository.publish import PublishError, load_models, publish_encoder, publish_index
+    from megaclass.python_backend.server.security import SecurityError
 
     if not (args.index or args.onnx):
         print("megaclass publish: give --index DIR and/or --onnx FILE", file=sys.stderr)
@@ -27,7 +28,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if args.load:
             load_models(args.url, [p.model for p in done], args.protocol, _admin_key(args), Path(args.repository))
             print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
-    except PublishError as exc:
+    except (PublishError, SecurityError) as exc:
         print(f"megaclass publish: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -35,6 +36,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from megaclass.export.repository.publish import PublishError, load_models, rollback
+    from megaclass.python_backend.server.security import SecurityError
 
     try:
         version = rollback(Path(args.repository), args.model)
@@ -42,7 +44,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         if args.load:
             load_models(args.url, [args.model], args.protocol, _admin_key(args), Path(args.repository))
             print(f"reloaded {args.model} on {args.url}")
-    except PublishError as exc:
+    except (PublishError, SecurityError) as exc:
         print(f"megaclass rollback: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -155,15 +155,15 @@ def load_models(
 
     Triton loads the newest version beside the one serving and switches when it is ready;
     a version that fails to load leaves the old one serving and raises here. `admin_key`
-    (default: the environment's MEGACLASS_ADMIN_KEY) unlocks a restricted model-control API.
+    (default: `security.resolve_admin_key`, the environment's key file or key) unlocks a restricted model-control API.
     With `repo` (the server's repository, on this machine), a refused version is also moved
     aside (`.refused-N`) and the serving pointer goes back to the version that keeps serving, so
     that a restarted server does not try it again.
     """
-    import os
 
     from tritonclient.utils import InferenceServerException
 
+    from megaclass.python_backend.server.security import resolve_admin_key
     from megaclass.python_backend.server.triton_server import admin_headers
 
     if protocol == "grpc":
@@ -171,7 +171,7 @@ def load_models(
     else:
         import tritonclient.http as tc
     client = tc.InferenceServerClient(url)
-    admin_key = admin_key or os.environ.get("MEGACLASS_ADMIN_KEY")
+    admin_key = admin_key or resolve_admin_key()
     headers = admin_headers(admin_key, protocol) if admin_key else None
     for name in models:
         try:
