@@ -95,8 +95,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument(
         "--promote",
         action="store_true",
-        help="point the model's config at the new version (served from the next load or restart; "
-        "--load implies it). Default: published, not served",
+        help="point the model's config at the new version, served from the next load or restart; --load implies it "
+        "(default: off, published but not served)",
     )
     _add_load_args(p)
     p.set_defaults(func=cmd_publish)
