@@ -133,6 +133,35 @@ def test_the_key_is_in_no_command_line_and_no_stub_environment(stack, monkeypatc
     assert stack.admin_key not in " ".join(stack.server.command) and stack.admin_key not in str(stack.server)
 
 
+@pytest.mark.integration
+def test_exposed_with_a_key_an_upload_without_it_is_refused(tmp_path):
+    """Bound to 0.0.0.0 in explicit mode: `start_server` refuses without a key; with one, a load that
+    uploads a model.py is refused without the key (and the code does not run), while inference is open."""
+    import tritonclient.http as httpclient
+
+    from megaclass.export.repository.tiny import build_tiny_repository
+    from megaclass.python_backend.server.triton_server import TritonError, free_port, start_server
+
+    from .conftest import MODELS, serving_config
+
+    repo, _, _ = build_tiny_repository(tmp_path, serving_config())
+    ports = dict(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with pytest.raises(TritonError, match="refusing to serve explicit model control on 0.0.0.0"):
+        start_server(repo, host="0.0.0.0", explicit=True, models=MODELS, work_dir=tmp_path / "t", **ports)
+    server = start_server(
+        repo, host="0.0.0.0", explicit=True, models=MODELS, work_dir=tmp_path / "t", admin_key="exposed-key", **ports
+    )
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+        with pytest.raises(InferenceServerException, match=ADMIN_HEADER):
+            RESTRICTED_CALLS["load with files"](client, None)
+        assert not Path("/tmp/megaclass-pwned").exists() and client.is_model_ready("classify")
+        assert client.get_model_repository_index(headers=admin_headers("exposed-key", "http"))
+        client.close()
+    finally:
+        server.stop(timeout=10)
+
+
 # --- restricted model control ------------------------------------------------------------------------------
 
 
