@@ -103,6 +103,10 @@ def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSh
         c.parameters["runtime"].string_value = "torch"
         c.parameters["weights_file"].string_value = encoder_file_name(target)
         c.parameters["fp16"].string_value = "true" if serving.trt_fp16 else "false"
+        if serving.encoder_cuda_graphs:  # one CUDA graph per preferred batch size and the maximum
+            enc = serving.encoder
+            sizes = sorted({*(b for b in enc.preferred_batch_sizes if b <= enc.max_batch_size), enc.max_batch_size})
+            c.parameters["cuda_graph_batch_sizes"].string_value = ",".join(map(str, sizes))
     else:
         raise ValueError(f"unknown serving target {target!r}")
     _batching(c, serving.encoder, gpu=target != "cpu")

@@ -67,6 +67,8 @@ class ServingConfig:
     # (CPU server), Triton's ONNX Runtime backend with the TensorRT accelerator, a TensorRT plan, or
     # the Python backend running the PyTorch encoder on the GPU (a server with only the Python backend).
     target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"] = "cpu"
+    # gpu-torch: the encoder's preferred batch sizes (and its maximum) captured as CUDA graphs at load.
+    encoder_cuda_graphs: bool = True
     trt_fp16: bool = True  # FP16 encoder on the GPU (TensorRT precision; torch half for gpu-torch)
     trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
     gpu_retrieval: GpuRetrievalConfig = field(default_factory=GpuRetrievalConfig)
