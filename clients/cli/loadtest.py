@@ -242,6 +242,49 @@ def _register_saturate(lt: Subparsers) -> None:
     p.set_defaults(func=cmd_saturate)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from megaclass.export.config import load_config
+    from megaclass.loadtest.batching_sweep import SweepGrid, repository_builder, sweep_batching, write_serving_sections
+    from megaclass.loadtest.reporting import write_csv
+    from megaclass.loadtest.saturate import model_inputs
+
+    cfg = load_config(args.config)
+    build, item = repository_builder(Path(args.repository), cfg.export)
+    grid = SweepGrid(tuple(ints(args.max_batch_sizes)), tuple(ints(args.queue_delays_us)), tuple(ints(args.instances)))
+    inputs = model_inputs({cfg.export.input_name: list(item)})
+    chosen, points = sweep_batching(
+        build, cfg.serving, grid, Path(args.work), inputs, ints(args.concurrency), args.seconds, args.p99_limit_ms
+    )
+    write_csv(points, Path(args.work) / "sweep.csv")
+    enc = chosen.encoder
+    print(
+        f"chosen: max batch {enc.max_batch_size}, queue delay {enc.max_queue_delay_us} us, {enc.instances} encoder instances"
+    )
+    if args.config and args.write:
+        write_serving_sections(
+            Path(args.config), chosen, note=f"chosen by `megaclass loadtest sweep` ({args.work}/sweep.csv)"
+        )
+        print(f"written to {args.config}")
+    return 0
+
+
+def _register_sweep(lt: Subparsers) -> None:
+    p = lt.add_parser("sweep", help="choose batch size, queue delay and instances by measurement; write them")
+    p.add_argument("--repository", required=True, help="a model repository: its newest encoder and index are served")
+    p.add_argument("--config", default=None, help="TOML configuration read (and written with --write) (default: none)")
+    p.add_argument("--write", action="store_true", help="write the chosen values into --config (default: off)")
+    p.add_argument("--max-batch-sizes", default="64,256,1024", help="maximum batch sizes tried (default: 64,256,1024)")
+    p.add_argument("--queue-delays-us", default="100,500,2000", help="queue delays tried, us (default: 100,500,2000)")
+    p.add_argument("--instances", default="1,2,4", help="encoder instance counts tried (default: 1,2,4)")
+    p.add_argument("--concurrency", default="64,256,512", help="load levels per setting (default: 64,256,512)")
+    p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per level (default: 4)")
+    p.add_argument(
+        "--p99-limit-ms", type=float, default=None, help="a chosen setting must meet this p99 (default: none)"
+    )
+    p.add_argument("--work", default="runs/sweep", help="repositories and sweep.csv (default: runs/sweep)")
+    p.set_defaults(func=cmd_sweep)
+
+
 def register(sub: Subparsers) -> None:
     """`megaclass loadtest perf | locust | soak` and `megaclass report`."""
     lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
@@ -249,6 +292,7 @@ def register(sub: Subparsers) -> None:
     _register_locust(lt)
     _register_soak(lt)
     _register_saturate(lt)
+    _register_sweep(lt)
 
     p = sub.add_parser("report", help="Locust and perf_analyzer CSVs -> Markdown + HTML report with plots")
     p.add_argument(

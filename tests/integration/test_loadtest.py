@@ -142,3 +142,22 @@ def test_saturate_drives_the_server_from_several_processes(tiny_stack, tmp_path,
     printed = capsys.readouterr().out
     assert "best:" in printed and "req/s at concurrency" in printed
     assert out.read_text().splitlines()[0].startswith("concurrency,requests,failures,rps")
+
+
+def test_sweep_serves_each_setting_and_writes_the_chosen_one(tiny_stack, tmp_path, capsys):
+    """`megaclass loadtest sweep` on the tiny repository: two settings, the better one in the config file."""
+    from megaclass.clients.cli.main import main
+    from megaclass.export.config import load_config
+
+    config = tmp_path / "megaclass.toml"
+    config.write_text("[train]\nepochs = 2\n")
+    argv = ["loadtest", "sweep", "--repository", str(tiny_stack.repo), "--config", str(config), "--write",
+            "--max-batch-sizes", "4,16", "--queue-delays-us", "500", "--instances", "1", "--concurrency", "8",
+            "--seconds", "1", "--work", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    assert "chosen: max batch" in capsys.readouterr().out
+    rows = (tmp_path / "work" / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("max_batch_size,max_queue_delay_us")
+    assert all(",0" == r[r.rindex(",") :] for r in rows[1:])  # no failures
+    cfg = load_config(config)
+    assert cfg.train.epochs == 2 and cfg.serving.encoder.max_batch_size in (4, 16)
