@@ -62,6 +62,7 @@ def measure_setting(
     levels: Sequence[int],
     seconds: float,
     model: str = "classify",
+    processes: int = 4,
 ) -> SweepPoint:
     """Serve the repository `build(serving, folder)` makes and saturate it; its best point."""
     name = f"b{serving.encoder.max_batch_size}-d{serving.encoder.max_queue_delay_us}-i{serving.encoder.instances}"
@@ -70,7 +71,7 @@ def measure_setting(
                           work_dir=work / name / "triton", ready_timeout_s=serving.ready_timeout_s,
                           shm_default_byte_size=serving.shm_default_byte_size)  # fmt: skip
     try:
-        points = saturate(server.grpc_url, model, inputs, levels, seconds, warmup_s=1.0, progress=None)
+        points = saturate(server.grpc_url, model, inputs, levels, seconds, 1.0, processes, progress=None)
     finally:
         server.stop()
     best = best_point(points) or points[-1]
@@ -89,6 +90,7 @@ def sweep_batching(
     seconds: float = 4.0,
     p99_limit_ms: float | None = None,
     progress: Any = print,
+    processes: int = 4,
 ) -> tuple[ServingConfig, list[SweepPoint]]:
     """Instances, then batch size, then queue delay, each with the best of the earlier steps kept;
     best = most req/s without failures (within `p99_limit_ms` when given). Returns (chosen, points)."""
@@ -106,7 +108,7 @@ def sweep_batching(
             at = (setting["batch"], setting["delay"], setting["instances"])
             if at not in points:
                 cfg = with_setting(serving, *at)
-                points[at] = measure_setting(build, cfg, work, inputs, levels, seconds)
+                points[at] = measure_setting(build, cfg, work, inputs, levels, seconds, processes=processes)
                 if progress:
                     progress(f"sweep: {asdict(points[at])}")
             tried.append((v, points[at]))

@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="256,1024", help="sweep: maximum batch sizes")
     ap.add_argument("--delays-us", default="100,1000", help="sweep: queue delays")
     ap.add_argument("--instances", default="1,2", help="sweep: encoder instances per GPU")
-    ap.add_argument("--sweep-concurrency", default="256,1024")
-    ap.add_argument("--concurrency", default="64,256,512,1024,2048")
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--sweep-concurrency", default="512", help="sweep: load levels per setting")
+    ap.add_argument("--concurrency", default="128,512,1024,2048", help="saturation of the chosen setting")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per load level")
+    ap.add_argument("--processes", type=int, default=8, help="client processes of the load generator")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: retrieval, serving")
     ap.add_argument("--docs", default="docs/benchmarks.md", help="the benchmarks page a copy of which is updated")
     args = ap.parse_args(argv)
@@ -99,29 +100,36 @@ def main(argv: list[str] | None = None) -> int:
             update_doc_section(out / "benchmarks.md", SECTION, markdown(report))
 
     skip = set(args.skip.split(","))
-    sizes = sorted(set(ints(args.sizes)) | ({args.serving_classes} if "serving" not in skip else set()))
     index_dir = work / f"index-{args.serving_classes}"
     shutil.rmtree(index_dir, ignore_errors=True)
-    if "retrieval" not in skip:
+    # Most important first, so that a call cut short still brings back the headline numbers: the served
+    # size's retrieval row (it builds the index served), the serving part, then the other sizes.
+    first = [args.serving_classes] if "serving" not in skip or args.serving_classes in ints(args.sizes) else []
+    rest = [n for n in ints(args.sizes) if n not in first] if "retrieval" not in skip else []
+    report["retrieval"] = []
+
+    def retrieval(sizes: list[int]) -> None:
         try:
-            report["retrieval"] = retrieval_table(sizes, args.dim, args.budget_mb, {args.serving_classes: index_dir})
-        except Exception:  # keep going: the serving part is checked even so
+            report["retrieval"] += retrieval_table(sizes, args.dim, args.budget_mb, {args.serving_classes: index_dir})
+            report["retrieval"].sort(key=lambda t: t["classes"])
+        except Exception:  # keep going: the other parts are checked even so
             report["retrieval_error"] = traceback.format_exc()
             log(report["retrieval_error"])
         save()
+
+    retrieval(first)
     if "serving" not in skip:
         try:
-            if not (index_dir / "manifest.json").exists():
-                retrieval_table([args.serving_classes], args.dim, args.budget_mb, {args.serving_classes: index_dir})
             grid = SweepGrid(tuple(ints(args.batch_sizes)), tuple(ints(args.delays_us)), tuple(ints(args.instances)))
             report["serving"] = serving_on_gpu(
                 work, index_dir, args.dim, args.budget_mb, grid, ints(args.sweep_concurrency),
-                ints(args.concurrency), args.seconds, config_out=out / "megaclass-gpu.toml",
+                ints(args.concurrency), args.seconds, config_out=out / "megaclass-gpu.toml", processes=args.processes,
             )  # fmt: skip
         except Exception:
             report["serving_error"] = traceback.format_exc()
             log(report["serving_error"])
         save()
+    retrieval(rest)
     print(markdown(report))
     return 0
 

@@ -56,7 +56,8 @@ def gpu_torch_builder(work: Path, index_dir: Path, dim: int, image_size: int = 3
 
 
 def serving_on_gpu(work: Path, index_dir: Path, dim: int, budget_mb: int, grid: Any, sweep_levels: list[int],
-                   levels: list[int], seconds: float, config_out: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                   levels: list[int], seconds: float, config_out: Path | None = None,
+                   processes: int = 8) -> dict[str, Any]:  # fmt: skip
     """Sweep, then saturate the chosen setting; returns its points, the best one and the compute shares."""
     from megaclass.loadtest.batching_sweep import sweep_batching, write_serving_sections
     from megaclass.loadtest.saturate import best_point, model_inputs, run_saturating, saturate
@@ -66,17 +67,18 @@ def serving_on_gpu(work: Path, index_dir: Path, dim: int, budget_mb: int, grid: 
     build = gpu_torch_builder(work, index_dir, dim)
     inputs = model_inputs({"IMAGE": [1, 32, 32]})
     base = ServingConfig(target="gpu-torch", gpu_retrieval=GpuRetrievalConfig(memory_budget_mb=budget_mb))
-    chosen, sweep = sweep_batching(build, base, grid, work / "sweep", inputs, sweep_levels, seconds, progress=log)
+    chosen, sweep = sweep_batching(build, base, grid, work / "sweep", inputs, sweep_levels, seconds, progress=log,
+                                   processes=processes)  # fmt: skip
     if config_out is not None:
         write_serving_sections(config_out, chosen, note="chosen by the GPU check's batching sweep")
     repo = build(chosen, work / "chosen")
     server = start_server(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           work_dir=work / "chosen" / "triton")  # fmt: skip
     try:
-        points = saturate(server.grpc_url, "classify", inputs, levels, seconds, progress=log)
+        points = saturate(server.grpc_url, "classify", inputs, levels, seconds, processes=processes, progress=log)
         best = best_point(points) or points[-1]
         before = compute_ns(server.grpc_url)
-        final = run_saturating(server.grpc_url, "classify", inputs, best.concurrency, seconds)
+        final = run_saturating(server.grpc_url, "classify", inputs, best.concurrency, seconds, processes=processes)
         after = compute_ns(server.grpc_url)
     finally:
         server.stop()

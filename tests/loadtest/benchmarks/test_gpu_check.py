@@ -17,7 +17,7 @@ def test_dry_run_writes_the_section_the_config_and_the_docs_copy(tmp_path):
     out = tmp_path / "out"
     argv = ["--out", str(out), "--work", str(tmp_path / "work"), "--sizes", "3000", "--serving-classes", "3000",
             "--dim", "16", "--budget-mb", "1", "--batch-sizes", "8", "--delays-us", "500", "--instances", "1",
-            "--sweep-concurrency", "4", "--concurrency", "2,4", "--seconds", "1"]  # fmt: skip
+            "--sweep-concurrency", "4", "--concurrency", "2,4", "--seconds", "1", "--processes", "2"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "gpu_check.json").read_text())
     assert "retrieval_error" not in report and "serving_error" not in report, report
