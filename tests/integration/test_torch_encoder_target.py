@@ -1,6 +1,7 @@
 """The `gpu-torch` serving target in a real Triton server: the Python-backend PyTorch encoder feeding
-the retriever searching on the GPU (exact or routed, chosen by size). On a CPU-only machine its instances are turned into CPU ones (the same
-model code, outputs handed over through DLPack on the host); with a GPU the target runs as generated
+the retriever, which searches on the GPU (exact or routed, chosen by size). On a CPU-only machine its
+instances are turned into CPU ones (the same model code, outputs handed over through DLPack on the
+host); with a GPU the target runs as generated
 (encoder output stays on the GPU and reaches the retriever through DLPack)."""
 
 from __future__ import annotations
