@@ -235,8 +235,8 @@ def _register_saturate(lt: Subparsers) -> None:
         help="in-flight requests, increasing; stops once req/s stops growing (default: 1,8,32,64,128,256,512)",
     )
     p.add_argument("--processes", type=int, default=4, help="client processes (default: 4)")
-    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per level (default: 8)")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default: 2)")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per level (default: 8.0)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default: 2.0)")
     p.add_argument("--p99-limit-ms", type=float, default=None, help="best point must meet this p99 (default: none)")
     p.add_argument("--out", default=None, help="CSV of the points (default: none)")
     p.set_defaults(func=cmd_saturate)
@@ -270,14 +270,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _register_sweep(lt: Subparsers) -> None:
     p = lt.add_parser("sweep", help="choose batch size, queue delay and instances by measurement; write them")
-    p.add_argument("--repository", required=True, help="a model repository: its newest encoder and index are served")
+    p.add_argument(
+        "--repository", required=True, help="a model repository: its newest encoder and index are served (required)"
+    )
     p.add_argument("--config", default=None, help="TOML configuration read (and written with --write) (default: none)")
     p.add_argument("--write", action="store_true", help="write the chosen values into --config (default: off)")
     p.add_argument("--max-batch-sizes", default="64,256,1024", help="maximum batch sizes tried (default: 64,256,1024)")
     p.add_argument("--queue-delays-us", default="100,500,2000", help="queue delays tried, us (default: 100,500,2000)")
     p.add_argument("--instances", default="1,2,4", help="encoder instance counts tried (default: 1,2,4)")
     p.add_argument("--concurrency", default="64,256,512", help="load levels per setting (default: 64,256,512)")
-    p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per level (default: 4)")
+    p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per level (default: 4.0)")
     p.add_argument(
         "--p99-limit-ms", type=float, default=None, help="a chosen setting must meet this p99 (default: none)"
     )
