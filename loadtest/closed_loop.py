@@ -10,6 +10,7 @@ import multiprocessing as mp
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,22 @@ def _worker(url, model, inputs, threads, start_at, warmup_s, duration_s, queue) 
     queue.put((lat, errors))
 
 
+def spawn_clients(worker, url, model, inputs, concurrency, processes, warmup_s, duration_s) -> tuple[Any, list]:
+    """Start `worker(url, model, inputs, clients, start_at, warmup_s, duration_s, queue)` on up to
+    `processes` spawned processes sharing `concurrency` clients; returns (result queue, processes)."""
+    processes = max(1, min(processes, concurrency))
+    per = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + 3.0  # time for the spawned interpreters to import
+    procs = [
+        ctx.Process(target=worker, args=(url, model, inputs, n, start_at, warmup_s, duration_s, queue)) for n in per
+    ]
+    for p in procs:
+        p.start()
+    return queue, procs
+
+
 def run_closed_loop(
     url: str,
     model: str,
@@ -78,16 +95,7 @@ def run_closed_loop(
     processes: int = 8,
 ) -> LoadPoint:
     """Drive `model` at `url` (gRPC) with `concurrency` closed-loop clients sending `inputs`."""
-    processes = max(1, min(processes, concurrency))
-    per = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    start_at = time.time() + 3.0  # time for the spawned interpreters to import
-    procs = [
-        ctx.Process(target=_worker, args=(url, model, inputs, n, start_at, warmup_s, duration_s, queue)) for n in per
-    ]
-    for p in procs:
-        p.start()
+    queue, procs = spawn_clients(_worker, url, model, inputs, concurrency, processes, warmup_s, duration_s)
     lat: list[float] = []
     errors: list[str] = []
     for _ in procs:

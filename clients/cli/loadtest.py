@@ -13,23 +13,14 @@ from megaclass.clients.cli.common import Subparsers, add_perf_analyzer_args, int
 def _perf_input_data(model: str, url: str, protocol: str, out_dir: Path) -> Path:
     """Real inputs for perf_analyzer (its random FP32 data holds NaN/Inf): glyph-like images for
     `classify`/`encoder`, unit vectors for the retriever, shaped from the served model's config."""
-    import numpy as np
 
     from megaclass.clients.client import Client
     from megaclass.loadtest.perf import write_input_data
+    from megaclass.loadtest.saturate import model_inputs
 
     with Client(url, protocol, retries=1) as client:
         info = client.model(model)
-    rng = np.random.default_rng(0)
-    samples = []
-    for _ in range(8):
-        sample = {}
-        for name, dims in info.inputs.items():
-            if name in ("TOP_K", "THRESHOLD"):
-                continue
-            x = rng.random(dims).astype(np.float32)
-            sample[name] = x / np.linalg.norm(x) if name == "EMBEDDING" else (x > 0.7).astype(np.float32)
-        samples.append(sample)
+    samples = [{k: v[0] for k, v in model_inputs(info.inputs, 1, seed=i).items()} for i in range(8)]
     return write_input_data(out_dir / f"perf_input_{model}.json", samples)
 
 
@@ -214,12 +205,96 @@ def _register_soak(lt: Subparsers) -> None:
     p.set_defaults(func=cmd_soak)
 
 
+def cmd_saturate(args: argparse.Namespace) -> int:
+    from megaclass.clients.client import Client
+    from megaclass.loadtest.reporting import markdown_table, write_csv
+    from megaclass.loadtest.saturate import best_point, model_inputs, saturate
+
+    with Client(args.url, "grpc", retries=1) as client:
+        inputs = model_inputs(client.model(args.model).inputs, args.batch)
+    points = saturate(args.url, args.model, inputs, ints(args.concurrency), args.seconds, args.warmup, args.processes)
+    if args.out:
+        write_csv(points, Path(args.out))
+    header = ["concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures"]
+    table = [[str(p.concurrency), f"{p.rps:,.0f}", f"{p.p50_ms:.2f}", f"{p.p95_ms:.2f}", f"{p.p99_ms:.2f}", str(p.failures)]
+             for p in points]  # fmt: skip
+    print(markdown_table(header, table))
+    best = best_point(points, args.p99_limit_ms)
+    print(f"best: {best.rps:,.0f} req/s at concurrency {best.concurrency}" if best else "no point without failures")
+    return 0 if best else 1
+
+
+def _register_saturate(lt: Subparsers) -> None:
+    p = lt.add_parser("saturate", help="many asyncio gRPC clients on several processes: req/s, exact p50/p95/p99")
+    p.add_argument("--url", default="127.0.0.1:8001", help="Triton gRPC address (default: 127.0.0.1:8001)")
+    p.add_argument("--model", default="classify", help="model to drive (default: classify)")
+    p.add_argument("--batch", type=int, default=1, help="rows per request (default: 1)")
+    p.add_argument(
+        "--concurrency",
+        default="1,8,32,64,128,256,512",
+        help="in-flight requests, increasing; stops once req/s stops growing (default: 1,8,32,64,128,256,512)",
+    )
+    p.add_argument("--processes", type=int, default=4, help="client processes (default: 4)")
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per level (default: 8.0)")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default: 2.0)")
+    p.add_argument("--p99-limit-ms", type=float, default=None, help="best point must meet this p99 (default: none)")
+    p.add_argument("--out", default=None, help="CSV of the points (default: none)")
+    p.set_defaults(func=cmd_saturate)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from megaclass.export.config import load_config
+    from megaclass.loadtest.batching_sweep import SweepGrid, repository_builder, sweep_batching, write_serving_sections
+    from megaclass.loadtest.reporting import write_csv
+    from megaclass.loadtest.saturate import model_inputs
+
+    cfg = load_config(args.config)
+    build, item = repository_builder(Path(args.repository), cfg.export)
+    grid = SweepGrid(tuple(ints(args.max_batch_sizes)), tuple(ints(args.queue_delays_us)), tuple(ints(args.instances)))
+    inputs = model_inputs({cfg.export.input_name: list(item)})
+    chosen, points = sweep_batching(
+        build, cfg.serving, grid, Path(args.work), inputs, ints(args.concurrency), args.seconds, args.p99_limit_ms
+    )
+    write_csv(points, Path(args.work) / "sweep.csv")
+    enc = chosen.encoder
+    print(
+        f"chosen: max batch {enc.max_batch_size}, queue delay {enc.max_queue_delay_us} us, {enc.instances} encoder instances"
+    )
+    if args.config and args.write:
+        write_serving_sections(
+            Path(args.config), chosen, note=f"chosen by `megaclass loadtest sweep` ({args.work}/sweep.csv)"
+        )
+        print(f"written to {args.config}")
+    return 0
+
+
+def _register_sweep(lt: Subparsers) -> None:
+    p = lt.add_parser("sweep", help="choose batch size, queue delay and instances by measurement; write them")
+    p.add_argument(
+        "--repository", required=True, help="a model repository: its newest encoder and index are served (required)"
+    )
+    p.add_argument("--config", default=None, help="TOML configuration read (and written with --write) (default: none)")
+    p.add_argument("--write", action="store_true", help="write the chosen values into --config (default: off)")
+    p.add_argument("--max-batch-sizes", default="64,256,1024", help="maximum batch sizes tried (default: 64,256,1024)")
+    p.add_argument("--queue-delays-us", default="100,500,2000", help="queue delays tried, us (default: 100,500,2000)")
+    p.add_argument("--instances", default="1,2,4", help="encoder instance counts tried (default: 1,2,4)")
+    p.add_argument("--concurrency", default="64,256,512", help="load levels per setting (default: 64,256,512)")
+    p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per level (default: 4.0)")
+    p.add_argument(
+        "--p99-limit-ms", type=float, default=None, help="a chosen setting must meet this p99 (default: none)"
+    )
+    p.add_argument("--work", default="runs/sweep", help="repositories and sweep.csv (default: runs/sweep)")
+    p.set_defaults(func=cmd_sweep)
+
+
 def register(sub: Subparsers) -> None:
     """`megaclass loadtest perf | locust | soak` and `megaclass report`."""
     lt = sub.add_parser("loadtest", help="load tests").add_subparsers(dest="loadtest", required=True)
     _register_perf(lt)
     _register_locust(lt)
     _register_soak(lt)
+    _register_saturate(lt)
+    _register_sweep(lt)
 
     p = sub.add_parser("report", help="Locust and perf_analyzer CSVs -> Markdown + HTML report with plots")
     p.add_argument(

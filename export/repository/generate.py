@@ -104,6 +104,10 @@ def encoder_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSh
         c.parameters["runtime"].string_value = "torch"
         c.parameters["weights_file"].string_value = encoder_file_name(target)
         c.parameters["fp16"].string_value = "true" if serving.trt_fp16 else "false"
+        if serving.encoder_cuda_graphs:  # one CUDA graph per preferred batch size and the maximum
+            enc = serving.encoder
+            sizes = sorted({*(b for b in enc.preferred_batch_sizes if b <= enc.max_batch_size), enc.max_batch_size})
+            c.parameters["cuda_graph_batch_sizes"].string_value = ",".join(map(str, sizes))
     else:
         raise ValueError(f"unknown serving target {target!r}")
     _batching(c, serving.encoder, gpu=target != "cpu")
@@ -125,6 +129,10 @@ def retriever_config(serving: ServingConfig, shapes: ModelShapes) -> mc.ModelCon
     if gpu:  # let the encoder's output arrive on the GPU (DLPack, no host copy); search there
         c.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
         c.parameters["device"].string_value = "cuda"
+        gpu_cfg = serving.gpu_retrieval  # exact or routed on the GPU, chosen at load (index/gpu_retrieval.py)
+        c.parameters["search"].string_value = gpu_cfg.search
+        c.parameters["gpu_memory_budget_mb"].string_value = str(gpu_cfg.memory_budget_mb)
+        c.parameters["gpu_fp16"].string_value = "true" if gpu_cfg.fp16 else "false"
     _tensor(c.input, "EMBEDDING", mc.TYPE_FP32, [shapes.embedding_dim])
     _tensor(c.input, "TOP_K", mc.TYPE_INT32, [1], optional=True)
     _tensor(c.input, "THRESHOLD", mc.TYPE_FP32, [1], optional=True)

@@ -41,6 +41,19 @@ class ModelServingConfig:
 
 
 @dataclass(frozen=True)
+class GpuRetrievalConfig:
+    """How a retriever instance on a GPU searches, decided at load (index/gpu_retrieval.py)."""
+
+    # "auto": exact when the live prototypes (at `fp16` precision) fit `memory_budget_mb` of this
+    # instance's GPU, else the routed index scanned on the GPU; "exact"/"routed" force one;
+    # "index": the RoutedIndex's own backend (the CPU path).
+    search: Literal["auto", "exact", "routed", "index"] = "auto"
+    # 8 GiB: 32M prototypes x 128 dims in FP16; at 1M x 128 (256 MiB) exact search is one GEMM per batch.
+    memory_budget_mb: int = 8192
+    fp16: bool = True  # prototypes in FP16 on the GPU, scores accumulated and re-scored in FP32
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """The Triton model repository and server."""
 
@@ -54,8 +67,11 @@ class ServingConfig:
     # (CPU server), Triton's ONNX Runtime backend with the TensorRT accelerator, a TensorRT plan, or
     # the Python backend running the PyTorch encoder on the GPU (a server with only the Python backend).
     target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"] = "cpu"
+    # gpu-torch: the encoder's preferred batch sizes (and its maximum) captured as CUDA graphs at load.
+    encoder_cuda_graphs: bool = True
     trt_fp16: bool = True  # FP16 encoder on the GPU (TensorRT precision; torch half for gpu-torch)
     trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
+    gpu_retrieval: GpuRetrievalConfig = field(default_factory=GpuRetrievalConfig)
     default_top_k: int = 5
     max_top_k: int = 100
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server; an explicit choice

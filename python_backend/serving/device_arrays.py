@@ -18,14 +18,22 @@ def is_torch_tensor(x: Any) -> bool:
 
 
 def concat_rows(arrays: Sequence[Any]) -> Any:
-    """Concatenate along the first axis, in torch when the first one is a tensor."""
+    """Concatenate along the first axis. When any input is a torch tensor, every input is moved to one
+    device (the first GPU one, else the first tensor's) and joined in torch: a dynamic batch may mix
+    `classify` requests (embeddings on the GPU, through DLPack) with direct retriever calls (numpy)."""
     if len(arrays) == 1:
         return arrays[0]
-    if is_torch_tensor(arrays[0]):
-        import torch
+    tensors = [a for a in arrays if is_torch_tensor(a)]
+    if not tensors:
+        return np.concatenate(arrays)
+    import torch
 
-        return torch.cat([a.to(arrays[0].device) for a in arrays])
-    return np.concatenate(arrays)
+    dev = next((t.device for t in tensors if t.device.type != "cpu"), tensors[0].device)
+    moved = [
+        a.to(dev, non_blocking=True) if is_torch_tensor(a) else torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+        for a in arrays
+    ]
+    return torch.cat(moved)
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -118,3 +118,46 @@ def test_closed_loop_generator_counts_answers_and_errors(tiny_stack):
     wrong = np.zeros((1, 1, 8, 8), np.float32)  # the wrong image size
     bad = run_closed_loop(tiny_stack.server.grpc_url, "classify", {"IMAGE": wrong}, 1, duration_s=0.5, warmup_s=0.1, processes=1)  # fmt: skip
     assert bad.requests == 0 and bad.failures > 0 and "IMAGE" in bad.first_error
+
+
+def test_saturate_drives_the_server_from_several_processes(tiny_stack, tmp_path, capsys):
+    """`megaclass loadtest saturate`: asyncio gRPC clients on two processes, exact merged percentiles."""
+    from megaclass.clients.cli.main import main
+    from megaclass.loadtest.saturate import best_point, model_inputs, run_saturating
+
+    url = tiny_stack.server.grpc_url
+    inputs = model_inputs({"IMAGE": [1, tiny_stack.images.shape[1], tiny_stack.images.shape[2]]})
+    p = run_saturating(url, "classify", inputs, concurrency=6, duration_s=2, warmup_s=0.5, processes=2)
+    assert p.failures == 0 and p.first_error == "", p
+    assert 20 <= p.requests and p.rps == pytest.approx(p.requests / 2)
+    assert 0 < p.p50_ms <= p.p95_ms <= p.p99_ms < 2000
+    bad = run_saturating(url, "no_such_model", inputs, concurrency=2, duration_s=1, warmup_s=0, processes=1)
+    assert bad.requests == 0 and bad.failures > 0 and "no_such_model" in bad.first_error
+    assert best_point([bad]) is None
+
+    out = tmp_path / "points.csv"
+    argv = ["loadtest", "saturate", "--url", url, "--model", "retriever", "--concurrency", "2,4",
+            "--processes", "2", "--seconds", "1", "--warmup", "0.5", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "best:" in printed and "req/s at concurrency" in printed
+    assert out.read_text().splitlines()[0].startswith("concurrency,requests,failures,rps")
+
+
+def test_sweep_serves_each_setting_and_writes_the_chosen_one(tiny_stack, tmp_path, capsys):
+    """`megaclass loadtest sweep` on the tiny repository: two settings, the better one in the config file."""
+    from megaclass.clients.cli.main import main
+    from megaclass.export.config import load_config
+
+    config = tmp_path / "megaclass.toml"
+    config.write_text("[train]\nepochs = 2\n")
+    argv = ["loadtest", "sweep", "--repository", str(tiny_stack.repo), "--config", str(config), "--write",
+            "--max-batch-sizes", "4,16", "--queue-delays-us", "500", "--instances", "1", "--concurrency", "8",
+            "--seconds", "1", "--work", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    assert "chosen: max batch" in capsys.readouterr().out
+    rows = (tmp_path / "work" / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("max_batch_size,max_queue_delay_us")
+    assert all(",0" == r[r.rindex(",") :] for r in rows[1:])  # no failures
+    cfg = load_config(config)
+    assert cfg.train.epochs == 2 and cfg.serving.encoder.max_batch_size in (4, 16)

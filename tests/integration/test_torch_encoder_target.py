@@ -1,6 +1,7 @@
 """The `gpu-torch` serving target in a real Triton server: the Python-backend PyTorch encoder feeding
-the torch-backend retriever. On a CPU-only machine its instances are turned into CPU ones (the same
-model code, outputs handed over through DLPack on the host); with a GPU the target runs as generated
+the retriever, which searches on the GPU (exact or routed, chosen by size). On a CPU-only machine its
+instances are turned into CPU ones (the same model code, outputs handed over through DLPack on the
+host); with a GPU the target runs as generated
 (encoder output stays on the GPU and reaches the retriever through DLPack)."""
 
 from __future__ import annotations
@@ -55,11 +56,38 @@ def _serve_and_compare(tmp_path, on_gpu: bool) -> None:
     try:
         got_ids, got_scores = _classify(server.grpc_url, x)
         bad = _classify_error(server.grpc_url, np.full_like(x[:2], np.nan))
+        direct = _mixed_load(server.grpc_url, x, want_emb)
     finally:
         server.stop()
     np.testing.assert_allclose(got_scores, want.scores, atol=2e-3 if on_gpu else 1e-4)
     assert np.mean(got_ids[:, 0] == want.class_ids[:, 0]) >= (0.9 if on_gpu else 1.0)
     assert "NaN" in bad
+    for ids_, scores_ in direct:  # direct calls (host embeddings) batched with classify's (GPU ones on a GPU)
+        np.testing.assert_array_equal(ids_, want.class_ids[:4])
+        np.testing.assert_allclose(scores_, want.scores[:4], atol=2e-3 if on_gpu else 1e-4)
+
+
+def _mixed_load(url: str, x: np.ndarray, emb: np.ndarray, rounds: int = 12) -> list:
+    """`classify` and direct `retriever` requests at once, so the retriever's dynamic batches mix
+    embeddings from the encoder (on the GPU on a GPU server) with embeddings from the client (host)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def direct() -> list:
+        out = []
+        with grpcclient.InferenceServerClient(url) as client:
+            for _ in range(rounds):
+                inp = grpcclient.InferInput("EMBEDDING", [4, emb.shape[1]], "FP32")
+                inp.set_data_from_numpy(np.ascontiguousarray(emb[:4]))
+                res = client.infer("retriever", [inp], parameters={"top_k": 3})
+                out.append((res.as_numpy("CLASS_IDS"), res.as_numpy("SCORES")))
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        classify = [pool.submit(lambda: [_classify(url, x) for _ in range(rounds)]) for _ in range(4)]
+        directs = [pool.submit(direct) for _ in range(4)]
+        for f in classify:
+            f.result()  # raises on any failed request
+        return [answer for f in directs for answer in f.result()]
 
 
 def _classify_error(url: str, x: np.ndarray) -> str:

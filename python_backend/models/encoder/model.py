@@ -37,7 +37,8 @@ class TritonPythonModel:
             gpu = args.get("model_instance_kind") == "GPU"
             device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
             fp16 = params.get("fp16", "false") == "true"
-            self.encoder = TorchEncoder(version_dir / params.get("weights_file", "encoder.pt"), device, fp16)
+            graphs = tuple(int(b) for b in params.get("cuda_graph_batch_sizes", "").split(",") if b)
+            self.encoder = TorchEncoder(version_dir / params.get("weights_file", "encoder.pt"), device, fp16, graphs)
         else:
             self.encoder = OnnxEncoder(
                 version_dir / params.get("onnx_file", "encoder.onnx"), cpu_threads_per_instance(instances)
@@ -46,6 +47,8 @@ class TritonPythonModel:
         self.spec = TensorSpec(inp["name"], np.float32, tuple(int(d) for d in inp["dims"]))
         self.output_name = out["name"]
         self.max_rows = int(config.get("max_batch_size", 0)) or None
+        if hasattr(self.encoder, "warm_up"):  # READY means warm: kernels chosen, CUDA graphs captured
+            self.encoder.warm_up(self.spec.item_shape)
 
     def execute(self, requests):
         inputs = []

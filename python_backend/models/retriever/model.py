@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from megaclass.python_backend.index.gpu_retrieval import load_retriever
 from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.serving.config import GpuRetrievalConfig
 from megaclass.python_backend.serving.error_reporting import error_message, use_triton_log
 from megaclass.python_backend.serving.request_batching import TensorSpec, check_input
 from megaclass.python_backend.serving.retriever_service import (
@@ -58,8 +60,18 @@ class TritonPythonModel:
         if device == "cuda":  # this instance's GPU, never a hard-wired 0
             import torch
 
-            torch.cuda.set_device(int(args.get("model_instance_device_id", 0)))
-        self.index = RoutedIndex.load(index_dir, backend="torch" if device == "cuda" else None)
+            device = f"cuda:{int(args.get('model_instance_device_id', 0))}"
+            torch.cuda.set_device(device)
+        self.index = RoutedIndex.load(index_dir)
+        # Exact on the GPU when the prototypes fit the budget, else routed on the GPU (the plan is in
+        # the manifest, the log and the megaclass_retriever_search_info metric).
+        gpu_cfg = GpuRetrievalConfig(
+            search=params.get("search", "auto"),
+            memory_budget_mb=int(params.get("gpu_memory_budget_mb", GpuRetrievalConfig.memory_budget_mb)),
+            fp16=params.get("gpu_fp16", "true") == "true",
+        )
+        self.index, self.plan = load_retriever(self.index, device, gpu_cfg)
+        pb_utils.Logger.log_info(f"retriever: {self.plan.mode} search on {device}: {self.plan.reason}")
         check_index_matches_config(self.index.dim, config, index_dir)
         fingerprint = index_fingerprint(self.index.manifest)
         self.version = f"{args['model_version']}:{fingerprint}".encode()
@@ -80,8 +92,16 @@ class TritonPythonModel:
             ),
             "nprobe": pb_utils.MetricFamily("megaclass_retriever_nprobe", "Clusters probed per query", gauge),
             "index": pb_utils.MetricFamily("megaclass_retriever_index_info", "Loaded index (value: classes)", gauge),
+            "search": pb_utils.MetricFamily(
+                "megaclass_retriever_search_info", "Search chosen at load (value: prototype bytes)", gauge
+            ),
         }
-        self.metrics = {k: f.Metric(labels=labels) for k, f in self.metric_families.items() if k != "index"}
+        self.metrics = {
+            k: f.Metric(labels=labels) for k, f in self.metric_families.items() if k not in ("index", "search")
+        }
+        plan = {"mode": self.plan.mode, "device": self.plan.device}
+        self.metrics["search"] = self.metric_families["search"].Metric(labels={**labels, **plan})
+        self.metrics["search"].set(self.plan.prototype_bytes)
         self.metrics["index"] = self.metric_families["index"].Metric(labels={**labels, "index": fingerprint})
         self.metrics["index"].set(self.index.num_classes)
         self.tally = SearchTally()

@@ -137,8 +137,13 @@ def test_gpu_torch_target_is_a_python_encoder_on_the_gpu(tmp_path):
     assert enc.parameters["runtime"].string_value == "torch"
     assert enc.parameters["weights_file"].string_value == "encoder.pt"
     assert enc.parameters["fp16"].string_value == "true"
+    assert enc.parameters["cuda_graph_batch_sizes"].string_value == "16,32,64"  # preferred sizes and the max
     ret = retriever_config(serving, SHAPES)
     assert ret.parameters["device"].string_value == "cuda"
+    assert ret.parameters["search"].string_value == "auto"  # exact or routed on the GPU, chosen at load
+    assert ret.parameters["gpu_memory_budget_mb"].string_value == str(serving.gpu_retrieval.memory_budget_mb)
+    no_graphs = encoder_config(ServingConfig(target="gpu-torch", encoder_cuda_graphs=False), ExportConfig(), SHAPES)
+    assert "cuda_graph_batch_sizes" not in no_graphs.parameters
     write_config(tmp_path / "encoder", enc)
     assert parse_config((tmp_path / "encoder" / "config.pbtxt").read_text()) == enc
 

@@ -66,3 +66,54 @@ def test_search_takes_a_tensor_and_answers_as_with_numpy(backend):
         index.search(bad, 5)
     with pytest.raises(ValueError, match="dimension"):
         index.search(torch.zeros(2, 3), 5)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none present)"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_concat_rows_joins_numpy_and_tensors_on_one_device(device):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = torch.full((1, 3), 7.0, device=device)
+    for parts in ([a, t], [t, a], [a, t, a]):
+        out = concat_rows(parts)
+        assert is_torch_tensor(out) and out.device.type == device
+        want = np.concatenate([p if isinstance(p, np.ndarray) else p.cpu().numpy() for p in parts])
+        np.testing.assert_array_equal(out.cpu().numpy(), want)
+    if device == "cuda":  # a CPU tensor joins the GPU one wherever it stands in the batch
+        assert concat_rows([torch.ones(1, 3), t]).device.type == "cuda"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_a_mixed_batch_of_tensors_and_arrays_is_searched_as_one(device, backend):
+    """`classify` requests bring GPU tensors, direct retriever calls numpy: one batch, one search."""
+    from megaclass.python_backend.serving.retriever_service import RetrieverRequest, answer_requests
+
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((400, 16)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    cfg = IndexConfig(nlist=8, kmeans_iters=4, backend=backend, device=device)
+    index = RoutedIndex.build(xb, np.arange(400), {i: str(i) for i in range(400)}, cfg)
+    xq = xb[:9] + np.float32(0.02)
+    requests = [
+        RetrieverRequest(torch.from_numpy(xq[:4]).to(device), 3, None),
+        RetrieverRequest(xq[4:6], 5, None),
+        InputError("bad request"),
+        RetrieverRequest(torch.from_numpy(xq[6:]).to(device), 2, None),
+    ]
+    answers, stats = answer_requests(index, requests)
+    assert stats["queries"] == 9 and isinstance(answers[2], InputError)
+    want = index.search(xq, 5)
+    for answer, rows, k in [(answers[0], slice(0, 4), 3), (answers[1], slice(4, 6), 5), (answers[3], slice(6, 9), 2)]:
+        np.testing.assert_array_equal(answer.class_ids, want.class_ids[rows, :k])
+        np.testing.assert_allclose(answer.scores, want.scores[rows, :k], atol=1e-5)
