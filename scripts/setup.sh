@@ -41,7 +41,7 @@ fi
   echo "setup: Python 3.10-3.12 is needed (the Triton Python-backend stubs exist for those); found $($PY --version)" >&2; exit 1; }
 
 stamp=.venv/.megaclass-setup
-want=$(cat requirements.lock pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat requirements.lock requirements-bench.txt pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/megaclass ]; then
   exit 0
 fi
@@ -49,6 +49,10 @@ fi
 echo "setup: installing pinned Python dependencies into .venv (a few minutes the first time)"
 .venv/bin/python -m pip install -q --upgrade pip "setuptools>=68"
 .venv/bin/python -m pip install -q -r requirements.lock
+# The benchmark's peer ANN libraries (requirements-bench.txt): hnswlib compiles, portably; scann without
+# its declared tensorflow, which its pybind search does not use.
+HNSWLIB_NO_NATIVE=1 .venv/bin/python -m pip install -q -c requirements.lock -r requirements-bench.txt
+.venv/bin/python -m pip install -q --no-deps scann==1.3.5
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "setup: done ($(.venv/bin/python --version), .venv ready)"

@@ -114,6 +114,11 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         out = Path(args.glyph_out) if args.glyph_out else GLYPH_CACHE / f"glyph-emb-{sha256_file(encoder)[:12]}"
         files = list(glyph_embedding_files(encoder, out))
         name = "glyphs"  # its docs section: "index-glyphs"
+    elif args.text_set:  # 384-d all-MiniLM-L6-v2 embeddings of Debian documentation sentences
+        from megaclass.loadtest.benchmarks.text_set import TEXT_CACHE, text_embedding_files
+
+        files = list(text_embedding_files(args.text_set, TEXT_CACHE / f"files-{args.text_set}"))
+        name = f"text-{args.text_set}"
     bench_index(
         prototypes=files[0],
         labels=files[1],
@@ -217,6 +222,13 @@ def _register_index(bench: Subparsers) -> None:
         default=None,
         help="an exported encoder (ONNX): benchmark on the glyph set's embeddings (4 prototypes per class; "
         "queries from the held-out fonts) instead of files or the synthetic set (default: none)",
+    )
+    p.add_argument(
+        "--text-set",
+        type=int,
+        default=None,
+        help="benchmark on the 384-d real-text set with this many classes, one sentence each; 4096 held-out "
+        "queries; downloads Debian doc packages with apt-get the first time (default: none)",
     )
     p.add_argument(
         "--glyph-out", default=None, help=f"where those files go (default: {GLYPH_CACHE}/glyph-emb-<encoder hash>)"

@@ -18,7 +18,7 @@ def _index_config(args: argparse.Namespace):
     from megaclass.export.config import IndexConfig
 
     keys = ("nlist", "nprobe", "storage", "spill", "backend", "pq_m", "pq_residual")
-    changes = {k: getattr(args, k) for k in keys if getattr(args, k)}
+    changes = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     return dataclasses.replace(IndexConfig(), **changes)
 
 
@@ -39,14 +39,25 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from megaclass.python_backend.index.file_ops import tune_index
 
-    result = tune_index(Path(args.index), Path(args.queries), target_recall=args.target_recall, top_k=args.top_k)
+    result = tune_index(
+        Path(args.index),
+        Path(args.queries),
+        target_recall=args.target_recall,
+        top_k=args.top_k,
+        batch=args.batch,
+        search_space=args.search_space,
+        budget_s=args.budget,
+    )
     print(json.dumps(dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result, default=str))
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import time
+
     from megaclass.python_backend.index.file_ops import search_index
 
+    t0 = time.perf_counter()
     out = search_index(
         Path(args.index),
         Path(args.queries),
@@ -54,8 +65,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         nprobe=args.nprobe,
         probe_margin=args.probe_margin,
+        batch=args.batch,
     )
-    print(f"results written to {out}")
+    seconds = time.perf_counter() - t0
+    print(f"results written to {out} ({seconds:.2f} s including loading the index and queries)")
     return 0
 
 
@@ -64,6 +77,12 @@ def register(sub: Subparsers) -> None:
     ix = sub.add_parser("index", help="the routed index from your own embeddings").add_subparsers(
         dest="index", required=True
     )
+    _register_build(ix)
+    _register_tune(ix)
+    _register_search(ix)
+
+
+def _register_build(ix: Subparsers) -> None:
     p = ix.add_parser("build", help="build from P.npy (float32 rows) and L.txt (one class label per row)")
     p.add_argument("--prototypes", required=True, help="P.npy: float32 [N, D] prototype embeddings (required)")
     p.add_argument("--labels", required=True, help="L.txt: the class label of each row of P.npy (required)")
@@ -74,21 +93,22 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--nprobe", type=int, default=None, help="clusters searched per query (default: index.nprobe, 8)")
     p.add_argument(
         "--storage",
-        choices=["flat", "fp16", "sq8", "pq"],
+        choices=["auto", "flat", "fp16", "sq8", "pq"],
         default=None,
-        help="how prototypes are stored (default: index.storage, flat)",
+        help="how prototypes are stored (default: auto = 4-bit PQ with the native kernel, flat without it "
+        "or under 1000 prototypes)",
     )
     p.add_argument(
         "--spill",
         type=int,
         default=None,
-        help="extra clusters each prototype is also assigned to (default: index.spill, 0)",
+        help="extra clusters each prototype is also assigned to, SOAR (default: 1 with the native kernel, else 0)",
     )
     p.add_argument(
         "--backend",
-        choices=["faiss", "numpy", "torch", "native"],
+        choices=["auto", "faiss", "numpy", "torch", "native"],
         default=None,
-        help="search kernels (default: index.backend, faiss)",
+        help="search kernels (default: auto = the native C++ kernel where it compiles, else faiss)",
     )
     p.add_argument(
         "--pq-m",
@@ -100,10 +120,15 @@ def register(sub: Subparsers) -> None:
     p.add_argument(
         "--pq-residual",
         dest="pq_residual",
-        action="store_true",
-        help="PQ codes of x - centroid (native backend; far smaller errors on clustered data) (default: off)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="PQ codes of x - centroid (native backend; far smaller errors on clustered data) "
+        "(default: on with the native backend)",
     )
     p.set_defaults(func=cmd_build)
+
+
+def _register_tune(ix: Subparsers) -> None:
     p = ix.add_parser(
         "tune", help="choose nprobe (and probe margin, rerank) for a target search recall on held-out queries"
     )
@@ -116,7 +141,25 @@ def register(sub: Subparsers) -> None:
         help="search recall@k against exact search to reach, 0-1 (default: 0.95)",
     )
     p.add_argument("--top-k", type=int, default=10, help="k of the recall, results per query (default: 10)")
+    p.add_argument("--batch", type=int, default=64, help="queries per search call when timing (default: 64)")
+    p.add_argument(
+        "--search-space",
+        dest="search_space",
+        choices=["settings", "full"],
+        default="settings",
+        help="settings: nprobe, probe margin and rerank of the index as built; full: also its storage form and "
+        "backend, rewriting the index in the fastest form (default: settings)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=300,
+        help="seconds --search-space full may spend; forms not reached are skipped (default: 300)",
+    )
     p.set_defaults(func=cmd_tune)
+
+
+def _register_search(ix: Subparsers) -> None:
     p = ix.add_parser("search", help="search queries, write class labels and scores (.npz)")
     p.add_argument("--index", required=True, help="index folder to search (required)")
     p.add_argument("--queries", required=True, help="Q.npy: float32 [M, D] queries (required)")
@@ -131,6 +174,12 @@ def register(sub: Subparsers) -> None:
         default=None,
         help="adaptive probing: of the nprobe best clusters only those within this route score of the best "
         "(default: the index's own setting)",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=4096,
+        help="queries per search call, e.g. your serving batch size (default: 4096)",
     )
     p.add_argument("--out", required=True, help="the .npz to write: class_ids, labels, scores (required)")
     p.set_defaults(func=cmd_search)

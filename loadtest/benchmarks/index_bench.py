@@ -37,6 +37,7 @@ from megaclass.loadtest.benchmarks.index_methods import (
     routed_nlist,
     routed_run,
 )
+from megaclass.loadtest.benchmarks.index_peers import describe_peers, peer_runs
 from megaclass.loadtest.benchmarks.index_report import markdown_table, plot, write_doc_section
 from megaclass.loadtest.reporting import hardware_description
 from megaclass.python_backend.index.layout import default_nlist
@@ -52,11 +53,12 @@ FINAL_ROUNDS = 5
 # Routed settings the benchmark tries (IndexConfig fields; "nlist_scale": clusters as a multiple of
 # the default 4 sqrt(N), FAISS's IVF then also runs at that count).
 ROUTED_CONFIGS: tuple[dict[str, Any], ...] = (
+    {},  # no options: what `IndexConfig()` and `megaclass index build` give (index/defaults.py)
     {"storage": "pq", "spill": 1, "pq_m": 64, "pq_residual": True, "backend": "native"},
     {"storage": "pq", "spill": 1, "pq_m": 64, "pq_residual": True, "backend": "native", "nlist_scale": 0.5},
-    {"storage": "pq", "spill": 1, "pq_m": 64},
-    {"storage": "sq8", "spill": 1},
-    {"storage": "flat", "spill": 0},
+    {"storage": "pq", "spill": 1, "pq_m": 64, "backend": "faiss", "pq_residual": False},
+    {"storage": "sq8", "spill": 1, "backend": "faiss"},
+    {"storage": "flat", "spill": 0, "backend": "faiss"},
 )
 
 
@@ -167,6 +169,8 @@ def _run(
     print(f"  exact: {runs[-1].timings}", flush=True)
     tune_target = min(1.0, target_recall + TUNE_MARGIN)
     timed = _tuned_methods(w, nlist, routed_configs, hnsw_m if hnsw else None, tune_target, plot_batch)
+    peers, present = peer_runs(w, tune_target, plot_batch, threads, hnsw_m) if hnsw else ([], {})
+    timed += peers
     bandwidth = max(bandwidth, copy_bandwidth_gbs(bw_bytes))  # again: the best of both, less load-dependent
     _final_timings(timed, w.xq, batch_sizes)
     for run, _ in timed:
@@ -188,6 +192,8 @@ def _run(
         "final_rounds": FINAL_ROUNDS,
         "eval_queries": len(w.xq),
         "runs": [dataclasses.asdict(r) for r in runs],
+        "peers": present,
+        "peers_line": describe_peers(present) if present else "peers: not run",
     }
     (out_dir / f"{name}.json").write_text(json.dumps(report, indent=1, default=float))
     table = markdown_table(report)

@@ -22,6 +22,7 @@ import numpy as np
 
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend.index.aggregation import aggregate_classes
+from megaclass.python_backend.index.defaults import resolve as resolve_defaults
 from megaclass.python_backend.index.native import pq4 as pq4
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.index.tuning import (
@@ -143,7 +144,7 @@ def _cached_faiss(path: Path | None, make: Callable[[], Any]) -> tuple[Any, floa
     return index, build_s
 
 
-def _sweep(
+def sweep_param(
     search: Callable[[np.ndarray, int, int], np.ndarray],
     params: Sequence[int],
     w: Workload,
@@ -191,7 +192,7 @@ def ivf_run(w: Workload, nlist: int, target: float, plot_batch: int) -> Timed:
         ivf.nprobe = p
 
     search = faiss_class_search(ivf, w.ids, w.mult, set_nprobe)
-    chosen, recall, curve = _sweep(search, nprobe_grid(nlist), w, target, plot_batch)
+    chosen, recall, curve = sweep_param(search, nprobe_grid(nlist), w, target, plot_batch)
     _, probes = ivf.quantizer.search(w.xq[:256], chosen)  # entries a query scans at this nprobe
     scanned = float(sizes[probes].sum(axis=1).mean())
     return MethodRun(
@@ -218,7 +219,7 @@ def hnsw_run(w: Workload, m: int, target: float, plot_batch: int) -> Timed:
 
     search = faiss_class_search(h, w.ids, w.mult, set_ef)
     efs = [e for e in HNSW_EF_SEARCH if e >= w.top_k * w.mult]
-    chosen, recall, curve = _sweep(search, efs, w, target, plot_batch)
+    chosen, recall, curve = sweep_param(search, efs, w, target, plot_batch)
     faiss.cvar.hnsw_stats.reset()
     search(w.xq[:256], w.top_k, chosen)
     ndis = faiss.cvar.hnsw_stats.ndis / 256
@@ -239,7 +240,7 @@ def routed_nlist(rc: dict[str, Any], default: int) -> int:
     return max(1, int(round(default * float(rc.get("nlist_scale", 1.0)))))
 
 
-def _cached_routed(w: Workload, cfg: IndexConfig, backend: str) -> tuple[RoutedIndex, float]:
+def _cached_routed(w: Workload, cfg: IndexConfig, backend: str | None) -> tuple[RoutedIndex, float]:
     """Build (or load) the routed index; a cached index with the same router only gets a new codec."""
     if w.cache is None:
         t0 = time.perf_counter()
@@ -265,7 +266,7 @@ def _cached_routed(w: Workload, cfg: IndexConfig, backend: str) -> tuple[RoutedI
         index = RoutedIndex.build(w.xb, w.ids, w.labels, cfg)
         build_s = time.perf_counter() - t0
     index.save(path)
-    if backend != index.cfg.backend:
+    if backend is not None and backend != index.cfg.backend:
         index.use_backend(backend)
     return index, build_s
 
@@ -273,10 +274,12 @@ def _cached_routed(w: Workload, cfg: IndexConfig, backend: str) -> tuple[RoutedI
 def routed_run(rc: dict[str, Any], w: Workload, nlist: int, target: float, plot_batch: int) -> Timed:
     """The routed index with config `rc` (IndexConfig fields), tuned on the tuning half."""
     d = w.xb.shape[1]
-    backend = rc.get("backend", "faiss")
+    backend = rc.get("backend")  # None: the "auto" default, made concrete at build
+    options = bool(rc)
     rc = {k: v for k, v in rc.items() if k != "nlist_scale"} | {"nlist": routed_nlist(rc, nlist)}
-    tag = "-".join(f"{k}={v}" for k, v in sorted(rc.items()) if k != "backend")
-    index, build_s = _cached_routed(w, IndexConfig(**rc), backend)
+    tag = "-".join(f"{k}={v}" for k, v in sorted(rc.items()) if k != "backend") if options else "defaults"
+    cfg = resolve_defaults(IndexConfig(**rc), len(w.xb), d)  # concrete, so the cache keys are too
+    index, build_s = _cached_routed(w, cfg, backend)
     t = tune(index, w.xq_tune, target_recall=target, top_k=w.top_k, truth=w.truth_tune, batch=plot_batch, repeats=5)
 
     def search(x: np.ndarray, nprobe: int = t.nprobe, margin: float | None = t.probe_margin) -> Any:
@@ -301,7 +304,7 @@ def routed_run(rc: dict[str, Any], w: Workload, nlist: int, target: float, plot_
     if t.probe_margin is not None:
         setting = f"nprobe≤{t.nprobe} margin={t.probe_margin:.3g} ({res.stats['probes_per_query']:.1f} probed) rerank={t.rerank}"
     return MethodRun(
-        f"routed {tag} ({backend})", setting, recall, build_s,
+        f"routed {tag} ({index.cfg.backend})", setting, recall, build_s,
         sum(mem.values()) / index.num_classes, per_query,
         {}, curve,
     ), search  # fmt: skip

@@ -20,11 +20,13 @@ class IndexConfig:
     # Adaptive probing: of the nprobe best clusters, past the best only those whose route score is within
     # this of the best one's (None: all nprobe). `tune` chooses it.
     probe_margin: float | None = None
-    storage: Literal["flat", "fp16", "sq8", "pq"] = "flat"
-    spill: int = 0  # extra clusters a prototype is also assigned to
+    # "auto" (the default): the fastest form the machine supports, chosen at build (index/defaults.py):
+    # native 4-bit residual PQ with spill 1 where the kernel compiles, else FAISS with flat storage.
+    storage: Literal["auto", "flat", "fp16", "sq8", "pq"] = "auto"
+    spill: int | None = None  # extra clusters a prototype is also assigned to; None: 1 on the native path, else 0
     score_threshold: float | None = None  # below it the answer is "unknown"
     # Scan kernels: "numpy"/"torch" grouped GEMM; "native" fused 4-bit PQ (README, "scan backends").
-    backend: Literal["faiss", "numpy", "torch", "native"] = "faiss"
+    backend: Literal["auto", "faiss", "numpy", "torch", "native"] = "auto"
     seed: int = 0
     # Routed-index details (python_backend/index/).
     rerank: int = 0  # compressed storage: candidates per query re-scored exactly; 0: max(4 * top_k, 40)
@@ -35,7 +37,8 @@ class IndexConfig:
     pq_m: int | None = None  # PQ sub-quantisers; None: dim // 4
     pq_bits: int = 4  # 4: FAISS fast-scan kernels
     opq: bool = False  # PQ after a learnt rotation (OPQ); helps on data whose variance is uneven across dims
-    pq_residual: bool = False  # PQ of x - its cluster's centroid (far smaller errors on clustered data); native backend
+    # PQ of x - its cluster's centroid (far smaller errors on clustered data); native backend. None: on with native
+    pq_residual: bool | None = None
     threads: int = 0  # search threads (FAISS/OpenMP, torch); 0: the libraries' default
     rebuild_imbalance: float = 3.0  # `needs_rebuild` once the largest cluster exceeds this times the mean
     rebuild_drift: float = 1.5  # ... or once entries sit this much farther (mean squared) from their centroids

@@ -8,13 +8,16 @@ and results are written as an `.npz` of plain arrays (labels as fixed-width unic
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from megaclass.python_backend.index.config import IndexConfig
-from megaclass.python_backend.index.persistence import update_manifest_params
+from megaclass.python_backend.index.form_search import choose_form
+from megaclass.python_backend.index.persistence import RESERVED, update_manifest_params
 from megaclass.python_backend.index.result import SearchResult
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.index.tuning import TuneResult, tune
@@ -69,19 +72,45 @@ def tune_index(
     top_k: int = 10,
     batch: int = 64,
     write: bool = True,
+    search_space: str = "settings",
+    budget_s: float = 300.0,
 ) -> TuneResult:
     """Choose nprobe / probe margin / rerank for `target_recall` on held-out `queries`; store them as the
-    index's defaults."""
+    index's defaults. `search_space="full"` also chooses the storage form and backend (form_search.py)
+    within `budget_s` seconds, and rewrites the index in the winning form."""
+    if search_space not in ("settings", "full"):
+        raise ValueError(f"search_space must be 'settings' or 'full', got {search_space!r}")
     index = RoutedIndex.load(Path(index_dir))
     xq = read_vectors(queries, "queries")
-    result = tune(index, xq, target_recall=target_recall, top_k=top_k, batch=batch)
+    tuning: dict[str, Any] = {"target_recall": target_recall, "search_space": search_space}
+    if search_space == "full":
+        choice = choose_form(index, xq, target_recall=target_recall, top_k=top_k, batch=batch, budget_s=budget_s)
+        result, tuning["forms"], tuning["form"] = choice.result, choice.tried, choice.form.name
+        if write and choice.index is not index:
+            _replace_saved(choice.index, Path(index_dir), index.manifest)
+    else:
+        result = tune(index, xq, target_recall=target_recall, top_k=top_k, batch=batch)
     if write:
+        tuning.update(recall=result.recall, qps=result.qps, reached=result.reached)
         update_manifest_params(
             Path(index_dir),
             {"nprobe": result.nprobe, "rerank": result.rerank, "probe_margin": result.probe_margin},
-            {"target_recall": target_recall, "recall": result.recall, "qps": result.qps, "reached": result.reached},
+            tuning,
         )
     return result
+
+
+def _replace_saved(index: RoutedIndex, directory: Path, old_manifest: dict[str, Any]) -> None:
+    """Write `index` in place of the saved one at `directory`: beside it first, then two renames."""
+    keep = {k: v for k, v in old_manifest.items() if k not in RESERVED}
+    fresh = directory.with_name(directory.name + ".tuned")
+    stale = directory.with_name(directory.name + ".replaced")
+    for path in (fresh, stale):
+        shutil.rmtree(path, ignore_errors=True)
+    index.save(fresh, extra_manifest=keep)
+    os.replace(directory, stale)
+    os.replace(fresh, directory)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def search_index(

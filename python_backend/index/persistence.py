@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.mutation import compact
 
 if TYPE_CHECKING:
@@ -204,7 +205,8 @@ def read_index(directory: Path, backend: str | None = None) -> dict[str, Any]:
     labels = np.array(load_json(directory, "labels.json"), dtype=object)
     params = manifest.get("params", {})
     known = {f.name for f in dataclasses.fields(IndexConfig)}
-    cfg = IndexConfig(**{k: v for k, v in params.items() if k in known})
+    # A saved index is concrete: fields its manifest lacks take the values they had before "auto" existed.
+    cfg = IndexConfig(**{**FAISS_FLAT, **{k: v for k, v in params.items() if k in known}})
     if backend is not None:
         cfg = dataclasses.replace(cfg, backend=backend)
     _check_consistent(directory, manifest, arrays, labels)

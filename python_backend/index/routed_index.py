@@ -26,6 +26,7 @@ from megaclass.python_backend.index import mutation
 from megaclass.python_backend.index import storage as storage_mod
 from megaclass.python_backend.index.aggregation import aggregate_classes
 from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.index.defaults import resolve as resolve_defaults
 from megaclass.python_backend.index.layout import default_nlist, mean_residual, route_rows, train_codec
 from megaclass.python_backend.index.locking import RWLock
 from megaclass.python_backend.index.native import pq4 as pq4
@@ -153,6 +154,7 @@ class RoutedIndex:
         """Cluster `prototypes` (float32 [P, D], L2-normalised) and store them; `class_ids` int64 [P]."""
         t0 = time.perf_counter()
         xb, ids = check_prototypes(prototypes, class_ids)
+        cfg = resolve_defaults(cfg, len(xb), xb.shape[1])
         classes = np.unique(ids)
         label_arr = labels_for(classes, labels)
         if cfg.threads > 0:
@@ -322,15 +324,25 @@ class RoutedIndex:
             self.cfg = new_cfg
         return self
 
-    def with_storage(self, storage: str, *, pq_m: int | None = None, pq_bits: int | None = None) -> RoutedIndex:
+    def with_storage(
+        self,
+        storage: str,
+        *,
+        pq_m: int | None = None,
+        pq_bits: int | None = None,
+        pq_residual: bool | None = None,
+        backend: str | None = None,
+    ) -> RoutedIndex:
         """A new index with the same router and entries but another storage form (codec re-trained)."""
         with self._lock.read():
+            residual = self.cfg.pq_residual if pq_residual is None else pq_residual
             cfg = dataclasses.replace(
                 self.cfg,
                 storage=storage,
                 pq_m=pq_m if pq_m is not None else self.cfg.pq_m,
                 pq_bits=pq_bits if pq_bits is not None else self.cfg.pq_bits,
-                backend=backend_for(storage, self.cfg.backend, self.cfg.pq_residual),
+                pq_residual=residual,
+                backend=backend_for(storage, backend or self.cfg.backend, residual),
             )
             codec = train_codec(self._vectors, cfg, self.centroids, self._entry_row, self._entry_list)
             manifest = {k: v for k, v in self.manifest.items() if k in ("router", "build_seconds")}

@@ -20,7 +20,11 @@ def test_head_to_head_smoke(tiny_stack, tmp_path):
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=1000)
     cfg = replace(cfg, serving=ServingConfig(encoder=small, retriever=small))
     bench = HeadToHeadConfig(
-        concurrency=(1, 4), duration_s=1.5, warmup_s=0.5, targets=("triton-grpc", "baseline"), image_count=16
+        concurrency=(1, 4),
+        duration_s=3.0,
+        warmup_s=2.0,  # long enough on a loaded 2-core CI machine
+        targets=("triton-grpc", "baseline"),
+        image_count=16,
     )
     run = run_head_to_head(tmp_path / "out", bench, cfg, repository=tiny_stack.repo, log=lambda *_: None)
     assert [(p.target, p.concurrency) for p in run.points] == [

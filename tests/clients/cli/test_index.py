@@ -37,6 +37,26 @@ def test_build_tune_search_round_trip(tmp_path, capsys):
                      "--out", str(tmp_path / "M.npz"), "--nprobe", "8", "--probe-margin", margin]) == 0  # fmt: skip
         m = np.load(tmp_path / "M.npz")
         assert np.array_equal(m["class_ids"], r["class_ids"]) == same
+    # searched as a server would, 7 queries per call: the same answers
+    assert main(["index", "search", "--index", str(idx), "--queries", str(tmp_path / "Q.npy"), "--top-k", "3",
+                 "--out", str(tmp_path / "B.npz"), "--nprobe", "8", "--batch", "7"]) == 0  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "B.npz")["class_ids"], r["class_ids"])
+
+
+def test_build_with_no_options_takes_the_fast_default(tmp_path, capsys):
+    """1,200 prototypes of 16-d, no options: native residual 4-bit PQ with spill 1 (FAISS flat without a compiler)."""
+    from megaclass.python_backend.index.defaults import native_available
+    from megaclass.python_backend.index.routed_index import RoutedIndex
+
+    _write_files(tmp_path, rows=1200, num_labels=1200, queries=30, seed=2)
+    assert main(["index", "build", "--prototypes", str(tmp_path / "P.npy"), "--labels", str(tmp_path / "L.txt"),
+                 "--out", str(tmp_path / "ix")]) == 0  # fmt: skip
+    cfg = RoutedIndex.load(tmp_path / "ix").cfg
+    expected = ("faiss", "flat", 0) if native_available() else ("native", "pq", 1)
+    assert (cfg.backend, cfg.storage, cfg.spill) == expected
+    assert main(["index", "search", "--index", str(tmp_path / "ix"), "--queries", str(tmp_path / "Q.npy"),
+                 "--top-k", "1", "--nprobe", "64", "--out", str(tmp_path / "R.npz")]) == 0  # fmt: skip
+    assert list(np.load(tmp_path / "R.npz")["labels"][:, 0]) == [f"class-{i}" for i in range(30)]
 
 
 def test_build_refuses_mismatched_labels(tmp_path, capsys):

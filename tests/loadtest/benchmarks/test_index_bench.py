@@ -13,13 +13,13 @@ def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     report = bench_index(
         num_classes=3000, dim=16, num_queries=128, batch_sizes=(1, 64), threads=1, target_recall=0.9,
-        routed_configs=({"storage": "flat"}, {"storage": "sq8", "spill": 1},
+        routed_configs=({}, {"storage": "flat", "backend": "faiss"}, {"storage": "sq8", "spill": 1, "backend": "faiss"},
                         {"storage": "pq", "pq_m": 8, "pq_residual": True, "backend": "native", "nlist_scale": 0.5}),
         hnsw=True, out_dir=tmp_path / "out", cache_dir=None, doc=doc, name="tiny",
     )  # fmt: skip
     names = [r["name"] for r in report["runs"]]
     assert names[0].startswith("exact") and any("IVF" in n for n in names) and any("HNSW" in n for n in names)
-    assert sum(n.startswith("routed") for n in names) == 3
+    assert sum(n.startswith("routed") for n in names) == 4 and any(n.startswith("routed defaults (") for n in names)
     half = round(report["nlist"] * 0.5)  # the scaled router, and FAISS's IVF at the same cluster count
     assert any(n.startswith(f"routed nlist={half}-") and n.endswith("(native)") for n in names)
     assert any(n == f"FAISS IndexIVFFlat C={half}" for n in names)

@@ -48,3 +48,30 @@ def test_bad_files_are_refused(files: dict, tmp_path: Path) -> None:
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
     with pytest.raises(ValueError, match="junk.npy"):
         build_index(tmp_path / "junk.npy", d / "L.txt", tmp_path / "z")
+
+
+def test_full_search_space_chooses_a_form_and_rewrites_the_index_in_it(files: dict, tmp_path: Path) -> None:
+    """--search-space full tunes every form on the same router; the saved index is in the winning form."""
+    d = files["dir"]
+    out = tmp_path / "index"
+    build_index(d / "P.npy", d / "L.txt", out, IndexConfig(nlist=30, kmeans_iters=8, backend="faiss", storage="flat"))
+    result = tune_index(out, d / "Q.npy", target_recall=0.9, top_k=5, search_space="full", budget_s=600)
+    tuning = json.loads((out / "manifest.json").read_text())["tuning"]
+    assert tuning["search_space"] == "full" and tuning["forms"][0]["form"] == "faiss/flat"
+    assert {f["form"] for f in tuning["forms"]} >= {"faiss/flat", "faiss/pq", "faiss/sq8"}
+    winner = max((f for f in tuning["forms"] if f["reached"]), key=lambda f: f["qps"])
+    assert tuning["form"] == winner["form"] and result.reached
+    loaded = RoutedIndex.load(out)  # the rewritten folder verifies, in the chosen form, with the chosen settings
+    form = f"{loaded.cfg.backend}/{loaded.cfg.storage}" + ("-residual" if loaded.cfg.pq_residual else "")
+    assert form == tuning["form"] and loaded.cfg.nprobe == result.nprobe
+    assert not list(tmp_path.glob("index.*"))  # no side folders left
+
+
+def test_full_search_space_with_no_budget_keeps_the_built_form(files: dict, tmp_path: Path) -> None:
+    d = files["dir"]
+    out = tmp_path / "index"
+    build_index(d / "P.npy", d / "L.txt", out, IndexConfig(nlist=30, kmeans_iters=8, backend="faiss", storage="sq8"))
+    tune_index(out, d / "Q.npy", target_recall=0.9, top_k=5, search_space="full", budget_s=0)
+    tuning = json.loads((out / "manifest.json").read_text())["tuning"]
+    assert tuning["form"] == "faiss/sq8" and all(f.get("skipped") for f in tuning["forms"][1:])
+    assert RoutedIndex.load(out).cfg.storage == "sq8"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.persistence import IndexIntegrityError
 from megaclass.python_backend.index.result import SearchResult
 from megaclass.python_backend.index.routed_index import RoutedIndex
@@ -45,7 +46,7 @@ def data() -> dict:
     row_class = rng.integers(0, 1200, len(xb)).astype(np.int64)  # ~2.5 prototypes per class
     labels = {int(c): f"class-{c}" for c in np.unique(row_class)}
     xq = _clustered(50, 32, 20, seed=0)
-    cfg = IndexConfig(nlist=24, nprobe=4, seed=0)
+    cfg = IndexConfig(nlist=24, nprobe=4, seed=0, **FAISS_FLAT)
     index = RoutedIndex.build(xb, row_class, labels, cfg)
     return {"xb": xb, "row_class": row_class, "labels": labels, "xq": xq, "index": index, "cfg": cfg}
 
@@ -105,7 +106,7 @@ def test_threshold_marks_weak_answers_unknown(data: dict) -> None:
     np.testing.assert_array_equal(res.scores, plain.scores)  # scores are kept
     # the configured threshold applies when none is passed
     cfg_index = RoutedIndex.build(
-        data["xb"], data["row_class"], data["labels"], IndexConfig(nlist=24, nprobe=4, score_threshold=t)
+        data["xb"], data["row_class"], data["labels"], IndexConfig(nlist=24, nprobe=4, score_threshold=t, **FAISS_FLAT)
     )
     assert (cfg_index.search(data["xq"], top_k=5).class_ids[below] == -1).all()
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.index.tuning import search_recall_at_k
 
@@ -20,7 +21,7 @@ def data() -> dict:
 
 
 def _build(data: dict, **kw: object) -> RoutedIndex:
-    cfg = IndexConfig(**{"nlist": 20, "nprobe": 3, "kmeans_iters": 8, **kw})
+    cfg = IndexConfig(**{"nlist": 20, "nprobe": 3, "kmeans_iters": 8, **FAISS_FLAT, **kw})
     return RoutedIndex.build(data["xb"], data["row_class"], data["labels"], cfg)
 
 

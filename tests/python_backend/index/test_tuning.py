@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from megaclass.python_backend.index.config import IndexConfig
+from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.file_ops import read_label_file
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.index.tuning import nprobe_grid, search_recall_at_k, smallest_reaching, tune
@@ -36,7 +37,7 @@ def test_smallest_reaching_bisects_between_grid_points() -> None:
 
 def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
     ids, names = read_label_file(files["dir"] / "L.txt")
-    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, kmeans_iters=8))
+    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, kmeans_iters=8, **FAISS_FLAT))
     result = tune(index, files["xq"], target_recall=0.9, top_k=5, batch=64, repeats=1)
     assert result.reached and result.recall >= 0.9 and result.qps > 0
     # the fixed-probing points: the first nprobe on the grid that reaches the target; recall never falls
@@ -69,7 +70,12 @@ def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
 
 def test_tune_picks_a_rerank_depth_for_compressed_storage(files: dict) -> None:
     ids, names = read_label_file(files["dir"] / "L.txt")
-    index = RoutedIndex.build(files["xb"], ids, names, IndexConfig(nlist=40, storage="pq", pq_m=4, kmeans_iters=8))
+    index = RoutedIndex.build(
+        files["xb"],
+        ids,
+        names,
+        IndexConfig(**{**FAISS_FLAT, "nlist": 40, "storage": "pq", "pq_m": 4, "kmeans_iters": 8}),
+    )
     result = tune(index, files["xq"], target_recall=0.9, top_k=5, reranks=[10, 40, 160], repeats=1)
     assert result.reached and result.rerank in (10, 40, 160)
     assert {p["rerank"] for p in result.curve} <= {10, 40, 160}

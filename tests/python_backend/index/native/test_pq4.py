@@ -161,7 +161,7 @@ def test_near_ties_between_classes_are_settled_exactly() -> None:
 
 
 def test_residual_codes_find_more_of_the_true_classes(data: dict) -> None:
-    raw, residual = _build(data), _build(data, pq_residual=True)
+    raw, residual = _build(data, pq_residual=False), _build(data, pq_residual=True)
     truth = raw.exact_search(data["xq"], 10).class_ids
     recall = {
         name: search_recall_at_k(ix.search(data["xq"], 10, nprobe=6, rerank=10).class_ids, truth)
