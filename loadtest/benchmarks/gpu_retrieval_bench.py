@@ -35,6 +35,7 @@ def retrieval_at(classes: int, dim: int, budget_mb: int, device: str, save_to: P
 
     from megaclass.export.config import IndexConfig
     from megaclass.loadtest.benchmarks.index_data import synthetic_embeddings
+    from megaclass.python_backend.index.defaults import FAISS_FLAT
     from megaclass.python_backend.index.gpu_retrieval import load_retriever
     from megaclass.python_backend.index.routed_index import RoutedIndex
     from megaclass.python_backend.index.torch_search import ExactTorchSearch, RoutedTorchSearch
@@ -43,7 +44,9 @@ def retrieval_at(classes: int, dim: int, budget_mb: int, device: str, save_to: P
 
     t0 = time.perf_counter()
     xb, ids, xq = synthetic_embeddings(classes, dim, num_queries=4096, seed=0)
-    index = RoutedIndex.build(xb, ids, {int(c): f"c{int(c)}" for c in np.unique(ids)}, IndexConfig(kmeans_iters=8))
+    index = RoutedIndex.build(
+        xb, ids, {int(c): f"c{int(c)}" for c in np.unique(ids)}, IndexConfig(kmeans_iters=8, **FAISS_FLAT)
+    )
     build_s = time.perf_counter() - t0
     log(f"retrieval {classes:,}: nlist {index.nlist}, built in {build_s:.0f} s")
     xq_dev = torch.from_numpy(xq).to(device)

@@ -109,7 +109,8 @@ def usearch_run(w: Workload, m: int, target: float, plot_batch: int, threads: in
         found = index.search(xq, k, threads=threads)
         keys = np.asarray(found.keys).astype(np.int64).reshape(len(xq), -1)
         dist = np.asarray(found.distances, dtype=np.float32).reshape(len(xq), -1)
-        counts = np.asarray(found.counts).reshape(-1, 1)
+        # one query gives a Matches (no counts), several a BatchMatches
+        counts = np.asarray(getattr(found, "counts", [keys.shape[1]])).reshape(-1, 1)
         valid = np.arange(keys.shape[1])[None, :] < counts
         return np.where(valid, 1.0 - dist, -np.inf), np.where(valid, keys, -1)
 

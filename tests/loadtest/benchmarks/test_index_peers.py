@@ -41,5 +41,5 @@ def test_peer_reaches_the_target_on_held_out_queries_and_names_its_setting(workl
     run, search = make(*args)
     assert run.recall >= 0.85 and "=" in run.setting and run.build_s > 0 and run.bytes_per_class > 0
     found = search(workload.xq)
-    assert found.shape == (128, 10)
+    assert found.shape == (128, 10) and search(workload.xq[:1]).shape == (1, 10)  # batch 1 too
     assert np.mean(found[:, 0] == workload.truth[:, 0]) >= 0.85  # top-1 class agrees with exact search

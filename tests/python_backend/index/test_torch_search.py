@@ -8,6 +8,7 @@ import torch
 
 from megaclass.export.config import IndexConfig
 from megaclass.python_backend.index.aggregation import aggregate_classes
+from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.index.torch_search import (
     ExactTorchSearch,
@@ -26,7 +27,7 @@ def _index(n=1200, d=24, per_class=2, seed=0, **cfg):
     xb = rng.standard_normal((n, d)).astype(np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
     ids = np.arange(n) // per_class
-    cfg = IndexConfig(**{"nlist": 16, "kmeans_iters": 4, **cfg})
+    cfg = IndexConfig(**{"nlist": 16, "kmeans_iters": 4, **FAISS_FLAT, **cfg})
     index = RoutedIndex.build(xb, ids, {int(i): f"c{i}" for i in np.unique(ids)}, cfg)
     xq = xb[rng.choice(n, 50, replace=False)] + 0.05 * rng.standard_normal((50, d)).astype(np.float32)
     return index, xq / np.linalg.norm(xq, axis=1, keepdims=True)
