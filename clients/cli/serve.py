@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from megaclass.clients.cli.common import Subparsers, add_server_args, serving_overrides
+from megaclass.python_backend.server.guard.launch import add_guard_arg
 from megaclass.python_backend.server.security import add_security_args
 
 
@@ -14,6 +15,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from megaclass.python_backend.server.__main__ import serve_until_stopped
 
     overrides = serving_overrides(args) | ({"admin_key_file": args.admin_key_file} if args.admin_key_file else {})
+    overrides |= {"guard": False} if args.no_guard else {}
     serving = load_config(args.config, {"serving": overrides}).serving
     return serve_until_stopped(Path(args.repository), serving, explicit=args.explicit, insecure=args.insecure)
 
@@ -30,5 +32,6 @@ def register(sub: Subparsers) -> None:
         help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
     )
     add_server_args(p)
+    add_guard_arg(p)
     add_security_args(p)
     p.set_defaults(func=cmd_serve)

@@ -13,8 +13,10 @@ import logging
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
+from megaclass.python_backend.server.guard.launch import add_guard_arg, start_guarded_server
 from megaclass.python_backend.server.security import SecurityError, add_security_args, resolve_admin_key
 from megaclass.python_backend.server.triton_server import TritonError, start_server
 from megaclass.python_backend.serving.config import ServingConfig
@@ -45,7 +47,8 @@ def serve_until_stopped(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         admin_key = resolve_admin_key(serving.admin_key_file)
-        server = start_server(
+        start = partial(start_guarded_server, limits=serving.limits) if serving.guard else start_server
+        server = start(
             Path(repository),
             host=serving.host,
             http_port=serving.http_port,
@@ -60,7 +63,8 @@ def serve_until_stopped(
     except (TritonError, SecurityError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
-    print(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}")
+    front = " (behind the validating front; Triton itself on 127.0.0.1)" if serving.guard else ""
+    print(f"Triton is ready: HTTP {server.http_url}  gRPC {server.grpc_url}  metrics {server.metrics_url}{front}")
     print(f"server log: {server.log_path}   (Ctrl-C or SIGTERM stops it)")
     wait_for_signal()
     code = server.stop()
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
     )
     add_security_args(p)
+    add_guard_arg(p)
     p.add_argument("--host", default=s.host, help=f"address to bind; 0.0.0.0 exposes the server (default: {s.host})")
     p.add_argument("--http-port", type=int, default=s.http_port, help=f"HTTP port (default: {s.http_port})")
     p.add_argument("--grpc-port", type=int, default=s.grpc_port, help=f"gRPC port (default: {s.grpc_port})")
@@ -89,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     ports = {"http_port": args.http_port, "grpc_port": args.grpc_port, "metrics_port": args.metrics_port}
-    serving = dataclasses.replace(s, host=args.host, admin_key_file=args.admin_key_file, **ports)
+    serving = dataclasses.replace(
+        s, host=args.host, admin_key_file=args.admin_key_file, guard=not args.no_guard, **ports
+    )
     return serve_until_stopped(
         Path(args.repository), serving, explicit=args.explicit, name=prog, insecure=args.insecure
     )

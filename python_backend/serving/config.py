@@ -54,6 +54,22 @@ class GpuRetrievalConfig:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one inference request may declare, checked by the validating front (server/guard/) before
+    tritonserver parses it: Triton 2.51's HTTP/JSON parser allocates what a shape declares before it
+    checks it, so one small request could abort the server (docs/reliability.md, "Hostile requests").
+    The batch limit is each model's own `max_batch_size`; top-k (`ServingConfig.max_top_k`) and image
+    bytes and pixels (the decode model's limits) are enforced by the models themselves."""
+
+    max_request_bytes: int = 16 * 1024 * 1024  # whole HTTP body or gRPC message
+    max_elements_per_input: int = 1 << 24  # product of an input's declared shape
+    max_bytes_element: int = 8 * 1024 * 1024  # one BYTES element (an encoded image)
+    max_json_depth: int = 8  # nesting of the JSON request (Triton's parser recurses per level)
+    max_parameters: int = 32  # request, input and output parameters, each
+    config_ttl_s: float = 5.0  # how long the front trusts a model's config before asking Triton again
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """The Triton model repository and server."""
 
@@ -84,3 +100,6 @@ class ServingConfig:
     metrics_port: int = 8002
     ready_timeout_s: float = 180.0
     shm_default_byte_size: int = 16 * 1024 * 1024
+    # The validating front on the public ports, tritonserver behind it on loopback (server/guard/).
+    guard: bool = True
+    limits: RequestLimits = field(default_factory=RequestLimits)

@@ -1,0 +1,200 @@
+"""What an inference request may declare, checked against the served model's own config.
+
+Triton 2.51's HTTP/JSON parser allocates `product(shape) × dtype size` before it checks the shape
+against the model (a 300-byte request aborts the server), recurses once per JSON nesting level, and
+both protocols take the batch dimension modulo 2**32; the classification extension on a BYTES output
+and shared-memory parameters crash or reach the host (docs/reliability.md, "Hostile requests"). So
+every input's name, datatype, rank, dims (1 ≤ batch ≤ max_batch_size, the rest as configured) and
+element count, the data's length against the shape, the parameters and the nesting are checked here.
+Pure functions: `Invalid` carries a one-line reason for the client (HTTP 400 / INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from megaclass.python_backend.serving.config import RequestLimits
+
+DTYPE_SIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
+              "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8, "BYTES": None}  # fmt: skip
+FORBIDDEN_PARAMETERS = frozenset(
+    {"shared_memory_region", "shared_memory_offset", "shared_memory_byte_size", "classification"}
+)
+
+
+class Invalid(ValueError):
+    """A request the front refuses; the message is for the client."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    datatype: str  # KServe name: FP32, BYTES, ...
+    dims: tuple[int, ...]  # without the batch dimension; -1: any size
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The part of a model's config a request is checked against."""
+
+    name: str
+    max_batch_size: int  # 0: the model takes no batch dimension
+    inputs: dict[str, InputSpec]
+
+    @classmethod
+    def from_triton_config(cls, config: dict[str, Any]) -> ModelSpec:
+        """From the JSON of `GET /v2/models/<name>/config` (data_type "TYPE_FP32" -> "FP32")."""
+        inputs = {
+            i["name"]: InputSpec(i["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
+                                 tuple(int(d) for d in i.get("dims", ())))
+            for i in config.get("input", [])
+        }  # fmt: skip
+        return cls(config["name"], int(config.get("max_batch_size", 0)), inputs)
+
+
+def check_shape(spec: ModelSpec, name: Any, datatype: Any, shape: Any, limits: RequestLimits) -> tuple[int, int | None]:
+    """(element count, bytes per element or None for BYTES) of a declared input, or Invalid."""
+    want = spec.inputs.get(name) if isinstance(name, str) else None
+    if want is None:
+        raise Invalid(f"model '{spec.name}' has no input {str(name)[:64]!r}; it takes {sorted(spec.inputs)}")
+    if datatype != want.datatype:
+        raise Invalid(f"input '{name}' must be {want.datatype}, got {str(datatype)[:32]!r}")
+    batched = spec.max_batch_size > 0
+    form = ("[batch, " if batched else "[") + ", ".join(str(d) for d in want.dims) + "]"
+    rank = len(want.dims) + batched
+    if not isinstance(shape, list | tuple) or len(shape) != rank or not all(type(d) is int for d in shape):
+        raise Invalid(f"input '{name}' must have shape {form}, got {str(shape)[:80]}")
+    if batched and not 1 <= shape[0] <= spec.max_batch_size:
+        raise Invalid(f"input '{name}': the batch must be 1 to {spec.max_batch_size}, got {shape[0]}")
+    for got, dim in zip(shape[batched:], want.dims, strict=True):
+        if (dim >= 0 and got != dim) or got < 0 or (dim < 0 and got < 1):
+            raise Invalid(f"input '{name}' must have shape {form}, got {list(shape)}")
+    count = math.prod(shape)
+    if count > limits.max_elements_per_input:
+        raise Invalid(f"input '{name}' declares {count} elements; the limit is {limits.max_elements_per_input}")
+    return count, DTYPE_SIZE[want.datatype]
+
+
+def check_parameters(params: Any, limits: RequestLimits, where: str = "request") -> None:
+    """At most `max_parameters` scalar parameters, none of the forbidden ones."""
+    if params is None:
+        return
+    if not isinstance(params, dict) or len(params) > limits.max_parameters:
+        raise Invalid(f"{where} parameters must be an object of at most {limits.max_parameters} entries")
+    for key, value in params.items():
+        if key in FORBIDDEN_PARAMETERS:
+            raise Invalid(f"parameter '{key}' is not accepted on this port")
+        if not isinstance(value, bool | int | float | str) or (isinstance(value, str) and len(value) > 4096):
+            raise Invalid(f"parameter '{str(key)[:64]}' must be a bool, a number or a string of up to 4096 characters")
+
+
+def nesting_within(obj: Any, limit: int) -> bool:
+    """True when `obj` (parsed JSON) nests at most `limit` levels (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, list | dict))
+    return True
+
+
+def _flat_count(data: list) -> int:
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        else:
+            count += 1
+    return count
+
+
+def parse_json(text: bytes, limits: RequestLimits) -> dict[str, Any]:
+    """The request's JSON object; depth is bounded before Python parses it (the brackets are counted)."""
+    depth = 0
+    for byte in text:  # a cheap upper bound: brackets inside strings only make it stricter
+        if byte in b"[{":
+            depth += 1
+            if depth > 4 * limits.max_json_depth:
+                raise Invalid(f"the request nests deeper than {limits.max_json_depth} levels")
+        elif byte in b"]}":
+            depth -= 1
+    try:
+        request = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise Invalid(f"the request is not valid JSON: {str(exc)[:100]}") from None
+    if not isinstance(request, dict) or not nesting_within(request, limits.max_json_depth):
+        raise Invalid(f"the request must be a JSON object nested at most {limits.max_json_depth} levels")
+    return request
+
+
+def check_http_infer(spec: ModelSpec, body: bytes, header_length: int | None, limits: RequestLimits) -> None:
+    """An HTTP/JSON infer body (binary-data extension when `header_length` is given), or Invalid."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise Invalid("Inference-Header-Content-Length must be between 1 and the body's length")
+    request = parse_json(body if header_length is None else body[:header_length], limits)
+    check_parameters(request.get("parameters"), limits)
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not 0 < len(inputs) <= len(spec.inputs):
+        raise Invalid(f"'inputs' must be a list of 1 to {len(spec.inputs)} of the model's inputs")
+    binary_total, seen = 0, set()
+    for item in inputs:
+        if not isinstance(item, dict):
+            raise Invalid("each input must be an object with name, datatype, shape and data")
+        name = item.get("name")
+        if name in seen:
+            raise Invalid(f"input '{name}' is given twice")
+        seen.add(name)
+        count, size = check_shape(spec, name, item.get("datatype"), item.get("shape"), limits)
+        params = item.get("parameters") or {}
+        check_parameters(params, limits, f"input '{name}'")
+        if "binary_data_size" in params:
+            binary_total += _binary_size(name, params["binary_data_size"], "data" in item, count, size, limits)
+        elif not isinstance(item.get("data"), list) or _flat_count(item["data"]) != count:
+            raise Invalid(f"input '{name}': 'data' must hold exactly {count} values for shape {item['shape']}")
+    outputs = request.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise Invalid("'outputs' must be a list of objects")
+    for out in outputs:
+        check_parameters(out.get("parameters"), limits, "output")
+    if header_length is not None and binary_total != len(body) - header_length:
+        raise Invalid("the inputs' binary_data_size values do not add up to the binary part of the body")
+
+
+def _binary_size(name: str, size: Any, has_data: bool, count: int, element: int | None, limits: RequestLimits) -> int:
+    if type(size) is not int or size < 0 or has_data:
+        raise Invalid(f"input '{name}': binary_data_size must be a byte count, without 'data'")
+    if element is not None and size != count * element:
+        raise Invalid(f"input '{name}': binary_data_size {size} is not {count} elements x {element} bytes")
+    if element is None and size > count * (limits.max_bytes_element + 4):
+        raise Invalid(f"input '{name}': {size} bytes is over {limits.max_bytes_element} bytes per element")
+    return size
+
+
+def check_grpc_infer(spec: ModelSpec, request: Any, limits: RequestLimits) -> None:
+    """A parsed `ModelInferRequest`, or Invalid."""
+    check_parameters(dict.fromkeys(request.parameters, 0), limits)
+    if not 0 < len(request.inputs) <= len(spec.inputs):
+        raise Invalid(f"inputs must be 1 to {len(spec.inputs)} of the model's inputs")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise Invalid("raw_input_contents must hold one entry per input")
+    seen = set()
+    for i, tensor in enumerate(request.inputs):
+        if tensor.name in seen:
+            raise Invalid(f"input '{tensor.name}' is given twice")
+        seen.add(tensor.name)
+        check_parameters(dict.fromkeys(tensor.parameters, 0), limits, f"input '{tensor.name}'")
+        count, size = check_shape(spec, tensor.name, tensor.datatype, list(tensor.shape), limits)
+        if raw and size is not None and len(raw[i]) != count * size:
+            raise Invalid(f"input '{tensor.name}': {len(raw[i])} bytes for {count} elements x {size} bytes")
+        if raw and size is None and len(raw[i]) > count * (limits.max_bytes_element + 4):
+            raise Invalid(f"input '{tensor.name}': over {limits.max_bytes_element} bytes per element")
+    for out in request.outputs:
+        check_parameters(dict.fromkeys(out.parameters, 0), limits, "output")

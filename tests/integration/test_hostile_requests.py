@@ -1,0 +1,185 @@
+"""Hostile hand-written requests against the real server behind the validating front (server/guard/).
+
+Each request below crashes or wedges tritonserver 2.51 when sent to it directly (docs/reliability.md,
+"Hostile requests"); through the front each gets a 4xx / INVALID_ARGUMENT with a reason, the server's
+PID stays the same, and good requests sent meanwhile are answered correctly. A bounded hypothesis
+fuzz of the JSON and protobuf wire formats ends the module.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.grpc import service_pb2
+
+from megaclass.export.repository.tiny import EMBEDDING_DIM
+from megaclass.python_backend.server.guard.launch import start_guarded_server
+from megaclass.python_backend.server.triton_server import free_port
+
+pytestmark = pytest.mark.integration
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_stack, tmp_path_factory):
+    server = start_guarded_server(
+        tiny_stack.repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        work_dir=tmp_path_factory.mktemp("guarded"),
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _post(guarded, path: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.http_port, timeout=20)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        reply = conn.getresponse()
+        return reply.status, reply.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def _embedding_body(shape, count: int) -> bytes:
+    inputs = [{"name": "EMBEDDING", "shape": shape, "datatype": "FP32", "data": [0.0] * count}]
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def _good_answer(guarded, rows: np.ndarray) -> np.ndarray:
+    client = httpclient.InferenceServerClient(guarded.http_url)
+    inp = httpclient.InferInput("EMBEDDING", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    return client.infer("retriever", [inp]).as_numpy("CLASS_IDS")
+
+
+HTTP_CASES = {
+    "issue: shape [1e8, dim] with one row of data (SIGABRT)": ("/v2/models/retriever/infer", _embedding_body([100000000, EMBEDDING_DIM], EMBEDDING_DIM), {}),
+    "2**64-1 batch (length_error abort)": ("/v2/models/retriever/infer", _embedding_body([18446744073709551615, EMBEDDING_DIM], EMBEDDING_DIM), {}),
+    "2**58+1 batch, byte size wraps (heap overflow)": ("/v2/models/retriever/infer", _embedding_body([288230376151711745, EMBEDDING_DIM], 4096), {}),
+    "batch 2**32+1 taken mod 2**32": ("/v2/models/retriever/infer", _embedding_body([4294967297, EMBEDDING_DIM], EMBEDDING_DIM), {}),
+    "classify [1e8, 1, 16, 16]": ("/v2/models/classify/infer", json.dumps({"inputs": [{"name": "IMAGE", "shape": [100000000, 1, 16, 16], "datatype": "FP32", "data": [0.0] * 256}]}).encode(), {}),
+    "data nested 100000 deep (SIGSEGV)": ("/v2/models/retriever/infer", b'{"inputs":[{"name":"EMBEDDING","shape":[1,16],"datatype":"FP32","data":' + b"[" * 100000 + b"0.0" + b"]" * 100000 + b"}]}", {}),
+    "classification on a BYTES output (SIGFPE)": ("/v2/models/retriever/infer", json.dumps({"inputs": json.loads(_embedding_body([1, EMBEDDING_DIM], EMBEDDING_DIM))["inputs"], "outputs": [{"name": "LABELS", "parameters": {"classification": 3}}]}).encode(), {}),
+    "gzip bomb": ("/v2/models/retriever/infer", gzip.compress(b" " * (8 << 20)), {"Content-Encoding": "gzip"}),
+    "shared-memory register": ("/v2/systemsharedmemory/region/r/register", json.dumps({"key": "/x", "offset": 0, "byte_size": 64}).encode(), {}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(HTTP_CASES))
+def test_each_crashing_http_request_is_refused_and_the_server_lives(guarded, tiny_stack, case) -> None:
+    pid = guarded.server.process.pid
+    path, body, headers = HTTP_CASES[case]
+    status, text = _post(guarded, path, body, headers)
+    assert 400 <= status < 500, (case, status, text)
+    assert "error" in text
+    assert guarded.server.process.pid == pid and guarded.server.is_running()
+    rows = tiny_stack.index._vectors[:2].astype(np.float32)
+    assert list(_good_answer(guarded, rows)[:, 0]) == list(tiny_stack.index.search(rows, 1).class_ids[:, 0])
+
+
+def test_crashing_grpc_requests_are_refused_and_good_ones_answered(guarded, tiny_stack) -> None:
+    channel = grpc.insecure_channel(guarded.grpc_url)
+    call = channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
+    bad = []
+    classification = service_pb2.ModelInferRequest(model_name="retriever")
+    classification.inputs.add(name="EMBEDDING", datatype="FP32", shape=[1, EMBEDDING_DIM])
+    classification.raw_input_contents.append(bytes(4 * EMBEDDING_DIM))
+    classification.outputs.add(name="LABELS").parameters["classification"].int64_param = 3
+    bad.append(classification)
+    wrapped = service_pb2.ModelInferRequest(model_name="retriever")
+    wrapped.inputs.add(name="EMBEDDING", datatype="FP32", shape=[2**32 + 1, EMBEDDING_DIM])
+    wrapped.raw_input_contents.append(bytes(4 * EMBEDDING_DIM))
+    bad.append(wrapped)
+    for request in [*bad, b"\xff\xff not protobuf"]:
+        raw = request if isinstance(request, bytes) else request.SerializeToString()
+        with pytest.raises(grpc.RpcError) as info:
+            call(raw, timeout=20)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    client = grpcclient.InferenceServerClient(guarded.grpc_url)
+    rows = tiny_stack.index._vectors[:3].astype(np.float32)
+    inp = grpcclient.InferInput("EMBEDDING", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    found = client.infer("retriever", [inp]).as_numpy("CLASS_IDS")
+    assert list(found[:, 0]) == list(tiny_stack.index.search(rows, 1).class_ids[:, 0])
+    assert guarded.server.is_running()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30,
+)
+DIMS = st.lists(
+    st.one_of(st.integers(-2, 20), st.sampled_from([2**31, 2**32 + 1, 2**58 + 1, 2**63 - 1, 2**64 - 1])), max_size=4
+)
+HOSTILE_JSON = st.fixed_dictionaries(
+    {"inputs": st.lists(st.fixed_dictionaries({
+        "name": st.sampled_from(["EMBEDDING", "TOP_K", "IMAGE", "X"]),
+        "shape": DIMS,
+        "datatype": st.sampled_from(["FP32", "INT32", "BYTES", "FP16", "BOOL"]),
+        "data": st.lists(st.floats(allow_nan=False, width=32), max_size=64) | JSON_VALUES,
+    }, optional={"parameters": st.dictionaries(st.sampled_from(["binary_data_size", "classification", "x"]), JSON_VALUES, max_size=2)}),
+        max_size=3)},
+    optional={"outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["LABELS", "SCORES", "CLASS_IDS"])},
+                                                        optional={"parameters": st.dictionaries(st.sampled_from(["classification", "binary_data"]), JSON_VALUES, max_size=2)}), max_size=2),
+              "parameters": st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4)},
+)  # fmt: skip
+
+
+def test_fuzzed_wire_requests_never_crash_or_hang_the_server(guarded, tiny_stack) -> None:
+    """Hypothesis-made JSON and protobuf requests to every model, with good requests flowing meanwhile."""
+    pid = guarded.server.process.pid
+    rows = tiny_stack.index._vectors[:2].astype(np.float32)
+    expected = list(tiny_stack.index.search(rows, 1).class_ids[:, 0])
+    stop, failures, answered = threading.Event(), [], [0]
+
+    def good_traffic() -> None:
+        while not stop.is_set():
+            try:
+                assert list(_good_answer(guarded, rows)[:, 0]) == expected
+                answered[0] += 1
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(repr(exc))
+
+    traffic = threading.Thread(target=good_traffic, daemon=True)
+    traffic.start()
+    channel = grpc.insecure_channel(guarded.grpc_url)
+    call = channel.unary_unary(INFER, request_serializer=None, response_deserializer=None)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(body=HOSTILE_JSON, model=st.sampled_from(["classify", "classify_encoded", "decode", "encoder", "retriever"]),
+           raw=st.binary(max_size=200))  # fmt: skip
+    def fuzz(body, model, raw) -> None:
+        status, _ = _post(guarded, f"/v2/models/{model}/infer", json.dumps(body).encode())
+        assert status < 500 or status == 502, status  # a refusal or Triton's own 4xx, never a crash
+        request = service_pb2.ModelInferRequest(model_name=model)
+        for item in body["inputs"]:
+            dims = [d for d in item["shape"] if -(2**63) <= d < 2**63]
+            request.inputs.add(name=item["name"], datatype=item["datatype"], shape=dims)
+        request.raw_input_contents.extend([raw] * len(body["inputs"]))
+        for payload in (request.SerializeToString(), raw):
+            try:
+                call(payload, timeout=20)
+            except grpc.RpcError as exc:
+                assert exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), exc
+
+    try:
+        fuzz()
+    finally:
+        stop.set()
+        traffic.join(timeout=30)
+    assert not failures, failures[:3]
+    assert answered[0] > 0
+    assert guarded.server.process.pid == pid and guarded.server.is_running()

@@ -1,0 +1,129 @@
+"""The front's checks on declared requests (no server): each hostile class refused with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tritonclient.grpc import service_pb2
+
+from megaclass.python_backend.server.guard.rules import (
+    Invalid,
+    ModelSpec,
+    check_grpc_infer,
+    check_http_infer,
+    parse_json,
+)
+from megaclass.python_backend.serving.config import RequestLimits
+
+LIMITS = RequestLimits()
+RETRIEVER = ModelSpec.from_triton_config(
+    {"name": "retriever", "max_batch_size": 16,
+     "input": [{"name": "EMBEDDING", "data_type": "TYPE_FP32", "dims": [16]},
+               {"name": "TOP_K", "data_type": "TYPE_INT32", "dims": [1]}]}
+)  # fmt: skip
+DECODE = ModelSpec.from_triton_config(
+    {
+        "name": "decode",
+        "max_batch_size": 16,
+        "input": [{"name": "IMAGE_BYTES", "data_type": "TYPE_STRING", "dims": [1]}],
+    }
+)
+
+
+def _body(shape, data, **extra) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "EMBEDDING", "shape": shape, "datatype": "FP32", "data": data, **extra}]}
+    ).encode()
+
+
+def test_a_good_request_passes_and_the_spec_reads_tritons_config() -> None:
+    check_http_infer(RETRIEVER, _body([2, 16], [0.0] * 32), None, LIMITS)
+    assert DECODE.inputs["IMAGE_BYTES"].datatype == "BYTES" and RETRIEVER.inputs["EMBEDDING"].dims == (16,)
+
+
+@pytest.mark.parametrize(
+    ("shape", "data", "reason"),
+    [
+        ([100000000, 16], [0.0] * 16, "batch must be 1 to 16"),  # the issue's request: SIGABRT in Triton 2.51
+        ([18446744073709551615, 16], [0.0] * 16, "batch must be 1 to 16"),  # 2**64-1: length_error abort
+        ([288230376151711745, 16], [0.0] * 4096, "batch must be 1 to 16"),  # wraps: heap overflow
+        ([4294967297, 16], [0.0] * 16, "batch must be 1 to 16"),  # batch mod 2**32 bypass
+        ([0, 16], [], "batch must be 1 to 16"),
+        ([1, 17], [0.0] * 17, "must have shape [batch, 16]"),
+        ([1, 16, 1], [0.0] * 16, "must have shape"),
+        ([1, "16"], [0.0] * 16, "must have shape"),
+        ([2, 16], [0.0] * 16, "exactly 32 values"),
+        ([1, 16], None, "exactly 16 values"),
+    ],
+)
+def test_declared_shapes_are_checked_before_triton_sees_them(shape, data, reason) -> None:
+    with pytest.raises(Invalid, match=reason.replace("[", r"\[")):
+        check_http_infer(RETRIEVER, _body(shape, data), None, LIMITS)
+
+
+def test_deep_nesting_is_refused_without_recursing() -> None:
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(Invalid, match="nests deeper"):
+        parse_json(deep, LIMITS)
+    with pytest.raises(Invalid, match="nested at most"):
+        check_http_infer(RETRIEVER, json.dumps({"inputs": [], "x": [[[[[[[[[[1]]]]]]]]]]}).encode(), None, LIMITS)
+
+
+def test_classification_and_shared_memory_parameters_are_refused() -> None:
+    body = json.loads(_body([1, 16], [0.0] * 16))
+    body["outputs"] = [{"name": "LABELS", "parameters": {"classification": 3}}]
+    with pytest.raises(Invalid, match="classification"):
+        check_http_infer(RETRIEVER, json.dumps(body).encode(), None, LIMITS)
+    with pytest.raises(Invalid, match="shared_memory_region"):
+        check_http_infer(RETRIEVER, _body([1, 16], [0.0] * 16, parameters={"shared_memory_region": "r"}), None, LIMITS)
+
+
+def test_binary_sizes_must_match_the_shape_and_the_body() -> None:
+    header = json.dumps({"inputs": [{"name": "EMBEDDING", "shape": [1, 16], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 64}}]}).encode()  # fmt: skip
+    check_http_infer(RETRIEVER, header + bytes(64), len(header), LIMITS)
+    with pytest.raises(Invalid, match="do not add up"):
+        check_http_infer(RETRIEVER, header + bytes(60), len(header), LIMITS)
+    with pytest.raises(Invalid, match="Inference-Header-Content-Length"):
+        check_http_infer(RETRIEVER, header, len(header) + 5, LIMITS)
+
+
+def test_too_many_parameters_and_unknown_inputs_are_refused() -> None:
+    with pytest.raises(Invalid, match="at most 32 entries"):
+        check_http_infer(
+            RETRIEVER, _body([1, 16], [0.0] * 16, parameters={f"p{i}": 1 for i in range(40)}), None, LIMITS
+        )
+    with pytest.raises(Invalid, match="has no input"):
+        check_http_infer(
+            RETRIEVER,
+            json.dumps({"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode(),
+            None,
+            LIMITS,
+        )
+
+
+def test_grpc_requests_are_checked_like_json_ones() -> None:
+    request = service_pb2.ModelInferRequest(model_name="retriever")
+    tensor = request.inputs.add(name="EMBEDDING", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(bytes(64))
+    check_grpc_infer(RETRIEVER, request, LIMITS)
+    del tensor.shape[:]
+    tensor.shape.extend([2**32 + 1, 16])
+    with pytest.raises(Invalid, match="batch must be 1 to 16"):
+        check_grpc_infer(RETRIEVER, request, LIMITS)
+    del tensor.shape[:]
+    tensor.shape.extend([1, 16])
+    request.raw_input_contents.append(bytes(64))
+    with pytest.raises(Invalid, match="one entry per input"):
+        check_grpc_infer(RETRIEVER, request, LIMITS)
+    request.raw_input_contents.pop()
+    request.outputs.add(name="LABELS").parameters["classification"].int64_param = 3
+    with pytest.raises(Invalid, match="classification"):
+        check_grpc_infer(RETRIEVER, request, LIMITS)
+
+
+def test_the_element_limit_comes_from_the_config() -> None:
+    small = RequestLimits(max_elements_per_input=31)
+    with pytest.raises(Invalid, match="the limit is 31"):
+        check_http_infer(RETRIEVER, _body([2, 16], [0.0] * 32), None, small)
