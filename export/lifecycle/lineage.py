@@ -32,12 +32,21 @@ def find_version(cfg: TrackingConfig, work_dir: str | Path, version: str) -> Any
     return max(found, key=lambda mv: int(mv.version))
 
 
+def _aliases(client: Any, cfg: TrackingConfig, mv: Any) -> list[str]:
+    """The aliases pointing at `mv` (a search result does not carry them)."""
+    try:
+        current = client.get_model_version_by_alias(cfg.registered_model, cfg.serving_alias)
+    except Exception:  # noqa: BLE001 - no alias set yet
+        return []
+    return [cfg.serving_alias] if str(current.version) == str(mv.version) else []
+
+
 def lineage(cfg: TrackingConfig, work_dir: str | Path, version: str) -> list[tuple[str, str]]:
     """The chain as (stage, description) rows: data, training run, encoder, index, published version."""
     mv = find_version(cfg, work_dir, version)
     client = tracking.connect(cfg, work_dir)
     t = mv.tags
-    aliases = [a for a in (mv.aliases or [])]
+    aliases = _aliases(client, cfg, mv)
     train = t.get("train_run_id") or ""
     if train:
         run = client.get_run(train)

@@ -63,20 +63,17 @@ def connect(cfg: TrackingConfig, work_dir: str | Path) -> Any | None:
     try:
         for name in ("alembic", "mlflow.store.db.utils"):  # "Creating initial MLflow database tables..."
             logging.getLogger(name).setLevel(logging.WARNING)
-        import mlflow
         from mlflow import MlflowClient
 
+        # A client on the URI, not the fluent API: mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI,
+        # which would send later runs of this process (another work_dir) to this store.
         uri = tracking_uri(cfg, work_dir)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         client = MlflowClient(uri, uri)
-        exp = client.get_experiment_by_name(cfg.experiment)
-        if exp is None:
+        if client.get_experiment_by_name(cfg.experiment) is None:
             location = None
-            if uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI") and not cfg.tracking_uri:
+            if not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
                 location = (Path(work_dir) / "mlflow" / "artifacts").resolve().as_uri()
             client.create_experiment(cfg.experiment, artifact_location=location)
-        mlflow.set_experiment(cfg.experiment)
         return client
     except Exception as exc:  # noqa: BLE001 - tracking must never break a command
         _warn("connecting to the store", exc)
