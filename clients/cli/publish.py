@@ -23,6 +23,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             done.append(publish_index(Path(args.repository), Path(args.index), keep=args.keep))
         for p in done:
             print(f"published {p.model} version {p.version} in {args.repository}")
+        _record(args, done)
         if args.load:
             load_models(args.url, [p.model for p in done], args.protocol, args.admin_key)
             print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
@@ -30,6 +31,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"megaclass publish: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _record(args: argparse.Namespace, done: list) -> None:
+    """The publish run in MLflow; a published index is registered with the serving alias."""
+    from megaclass.export.config import load_config
+    from megaclass.export.lifecycle.record import record_publish
+
+    cfg = load_config(args.config)
+    index = Path(args.repository) / "retriever" / str(done[-1].version) / "index" if args.index else None
+    record_publish(cfg, Path(args.repository), {p.model: p.version for p in done}, index)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -56,11 +56,16 @@ def _warn(what: str, exc: BaseException) -> None:
     log.warning("MLflow tracking: %s failed (%s: %s); the command goes on untracked", what, type(exc).__name__, exc)
 
 
+# One client per store and experiment in a process: opening a SQL store checks its schema (seconds).
+_CLIENTS: dict[tuple[str, str], Any] = {}
+
+
 def connect(cfg: TrackingConfig, work_dir: str | Path) -> Any | None:
     """An `MlflowClient` on the store with the experiment set, or None (disabled, or MLflow failed)."""
     if not cfg.enabled:
         return None
     try:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline by default: no usage reports
         for name in ("alembic", "mlflow.store.db.utils"):  # "Creating initial MLflow database tables..."
             logging.getLogger(name).setLevel(logging.WARNING)
         from mlflow import MlflowClient
@@ -68,12 +73,15 @@ def connect(cfg: TrackingConfig, work_dir: str | Path) -> Any | None:
         # A client on the URI, not the fluent API: mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI,
         # which would send later runs of this process (another work_dir) to this store.
         uri = tracking_uri(cfg, work_dir)
+        if (uri, cfg.experiment) in _CLIENTS:
+            return _CLIENTS[(uri, cfg.experiment)]
         client = MlflowClient(uri, uri)
         if client.get_experiment_by_name(cfg.experiment) is None:
             location = None
             if not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
                 location = (Path(work_dir) / "mlflow" / "artifacts").resolve().as_uri()
             client.create_experiment(cfg.experiment, artifact_location=location)
+        _CLIENTS[(uri, cfg.experiment)] = client
         return client
     except Exception as exc:  # noqa: BLE001 - tracking must never break a command
         _warn("connecting to the store", exc)
@@ -94,20 +102,35 @@ class Run:
         except Exception as exc:  # noqa: BLE001
             _warn(what, exc)
 
+    def _batch(self, what: str, **kwargs: Any) -> None:
+        """One `log_batch` call: one database transaction, however many values."""
+        self._do(what, lambda rid: self.client.log_batch(rid, **kwargs))
+
     def params(self, values: dict[str, Any]) -> None:
-        for k, v in values.items():
-            self._do(f"logging param {k}", lambda rid, k=k, v=v: self.client.log_param(rid, k, str(v)[:6000]))
+        from mlflow.entities import Param
+
+        if self.client is not None and values:
+            self._batch("logging params", params=[Param(k, str(v)[:6000]) for k, v in values.items()])
 
     def tags(self, values: dict[str, Any]) -> None:
-        for k, v in values.items():
-            self._do(f"setting tag {k}", lambda rid, k=k, v=v: self.client.set_tag(rid, k, str(v)))
+        from mlflow.entities import RunTag
+
+        if self.client is not None and values:
+            self._batch("setting tags", tags=[RunTag(k, str(v)) for k, v in values.items()])
 
     def metrics(self, values: dict[str, Any], step: int | None = None) -> None:
-        for k, v in values.items():
-            if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
-                self._do(
-                    f"logging metric {k}", lambda rid, k=k, v=v: self.client.log_metric(rid, k, float(v), step=step)
-                )
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+        ]
+        if self.client is not None and rows:
+            self._batch("logging metrics", metrics=rows)
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)

@@ -75,3 +75,24 @@ def test_a_retrain_rule_without_a_checkpoint_says_so_and_bad_input_is_a_clear_er
         run_refresh(cfg, RefreshRequest(root / "missing.csv", repo))
     with pytest.raises(RefreshError, match="no published encoder"):
         run_refresh(cfg, RefreshRequest(catalog, tmp_path))
+
+
+def test_a_forced_retrain_warm_starts_from_the_checkpoint_and_rebuilds_the_index(tiny, tmp_path):
+    from megaclass.export.lifecycle import tracking
+    from megaclass.export.repository.tiny import EMBEDDING_DIM, IMAGE_SIZE
+    from megaclass.python_backend.serving.encoder_model import GlyphEncoder, save_encoder
+
+    root, repo, _, catalog = tiny
+    checkpoint = save_encoder(
+        GlyphEncoder(embedding_dim=EMBEDDING_DIM, width=4).eval(), tmp_path / "enc.pt", image_size=IMAGE_SIZE
+    )
+    overrides = {"refresh": {"warm_start_epochs": 2}, "train": {"batch_size": 32, "samples_per_class": 2}}
+    cfg = load_config(None, {"work_dir": str(tmp_path / "work"), **overrides, "augment": {"enabled": False}})
+    out = run_refresh(cfg, RefreshRequest(catalog, repo, checkpoint=checkpoint, force_retrain=True), until="evaluate")
+    enc = out.results["retrain"]
+    assert enc["retrained"] and enc["encoder_changed"] and enc["reasons"] == ["--retrain was given"]
+    assert out.results["index"]["mode"] == "rebuilt" and not out.results["tune"].get("skipped")
+    train = tracking.find_runs(cfg.tracking, cfg.work_dir, "tags.stage = 'train'")
+    assert [r.info.run_id for r in train] == [enc["train_run_id"]]
+    client = tracking.connect(cfg.tracking, cfg.work_dir)
+    assert len(client.get_metric_history(enc["train_run_id"], "loss")) == 2  # one point per epoch
