@@ -68,7 +68,12 @@ def lineage(cfg: TrackingConfig, work_dir: str | Path, version: str) -> list[tup
         ("training run", train_text),
         ("encoder", f"sha256 {t.get('encoder_sha256', '?')[:16]} from {t.get('encoder_source', '?')}"),
         ("index", index_text),
-        ("gate", f"run {t.get('gate_run_id', '?')}: passed"),
+        (
+            "gate",
+            f"run {t['gate_run_id']}: passed"
+            if t.get("gate_run_id")
+            else "none: published by hand (megaclass publish)",
+        ),
         (
             "published version",
             f"INDEX_VERSION {t.get('index_version', '?')}; {mv.name} version {mv.version}"
