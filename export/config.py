@@ -97,6 +97,41 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The quality gate of `megaclass refresh`: a candidate is published only when, on the same held-out
+    queries, each metric is at least the serving version's minus its margin (candidate >= serving - margin)."""
+
+    precision_at_1_margin: float = 0.02  # precision@1: share of queries whose top-1 class is right
+    hit_rate_at_5_margin: float = 0.02  # hit rate@5: share of queries with the right class in the top 5
+    search_recall_margin: float = 0.05  # search recall@5 of the routed index against exact search
+    min_queries: int = 1  # refuse when the catalogue has fewer held-out (split=query) rows than this
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """When `megaclass refresh` retrains, and how it rebuilds, tunes and publishes."""
+
+    retrain_new_class_share: float = 0.5  # retrain when new classes are more than this share of the catalogue
+    retrain_precision_drop: float = 0.05  # ... when serving precision@1 fell by more than this since it was published
+    retrain_drift: float = 2.0  # ... when the serving index's drift (RoutedIndex.drift) exceeds this
+    warm_start_epochs: int = 2  # epochs of the warm-started retraining (from the serving checkpoint)
+    tune_target_recall: float = 0.95  # search recall@top_k the tuned index must reach
+    top_k: int = 5  # classes retrieved per query in the evaluation (hit rate@k, search recall@k)
+    keep_versions: int = 3  # published versions kept per model
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking and model registry; failures only warn, a command never fails because of them."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite in work_dir/mlflow/mlflow.db
+    experiment: str = "megaclass"
+    registered_model: str = "megaclass-classify"  # published versions are versions of this model
+    serving_alias: str = "serving"  # the alias of the registered version that serves
+
+
+@dataclass(frozen=True)
 class MegaclassConfig:
     """Everything, grouped by concern."""
 
@@ -106,6 +141,9 @@ class MegaclassConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     work_dir: str = ".cache/megaclass"
 
 

@@ -41,18 +41,27 @@ fi
   echo "setup: Python 3.10-3.12 is needed (the Triton Python-backend stubs exist for those); found $($PY --version)" >&2; exit 1; }
 
 stamp=.venv/.megaclass-setup
-want=$(cat requirements.lock requirements-bench.txt pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/megaclass ]; then
+want=$(cat requirements.lock requirements-mlops.lock requirements-airflow.lock requirements-bench.txt pyproject.toml \
+  setup.py scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/megaclass ] && [ -x .venv-airflow/bin/airflow ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "setup: installing pinned Python dependencies into .venv (a few minutes the first time)"
 .venv/bin/python -m pip install -q --upgrade pip "setuptools>=68"
-.venv/bin/python -m pip install -q -r requirements.lock
-# The benchmark's peer ANN libraries (requirements-bench.txt): hnswlib compiles, portably; scann without
-# its declared tensorflow, which its pybind search does not use.
-HNSWLIB_NO_NATIVE=1 .venv/bin/python -m pip install -q -c requirements.lock -r requirements-bench.txt
+# MLflow (tracking, registry) and kfp (pipeline compiler) resolve together with the lock: one install.
+.venv/bin/python -m pip install -q -r requirements.lock -r requirements-mlops.lock
+# The benchmark's peer ANN libraries and text encoder (requirements-bench.txt): hnswlib compiles,
+# portably; scann without its declared tensorflow, which its pybind search does not use.
+HNSWLIB_NO_NATIVE=1 .venv/bin/python -m pip install -q -c requirements.lock -c requirements-mlops.lock \
+  -r requirements-bench.txt
 .venv/bin/python -m pip install -q --no-deps scann==1.3.5
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+# Airflow cannot share .venv (it needs protobuf>=5, tritonclient 2.51 needs <5): its own venv, frozen
+# in requirements-airflow.lock. The DAG's tasks run .venv/bin/megaclass as subprocesses.
+echo "setup: installing Airflow into .venv-airflow (runs the generated refresh DAG)"
+[ -x .venv-airflow/bin/python ] || "$PY" -m venv .venv-airflow
+.venv-airflow/bin/python -m pip install -q --upgrade pip
+.venv-airflow/bin/python -m pip install -q -r requirements-airflow.lock
 echo "$want" > "$stamp"
 echo "setup: done ($(.venv/bin/python --version), .venv ready)"

@@ -33,6 +33,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"megaclass index build: {exc}", file=sys.stderr)
         return 1
     print(f"{index.num_classes} classes, {index.num_prototypes} prototypes, {index.nlist} clusters -> {args.out}")
+    from megaclass.export.config import load_config
+    from megaclass.export.lifecycle.record import record_index
+
+    params = {f"index.{k}": v for k, v in dataclasses.asdict(index.cfg).items()}
+    metrics = {"classes": index.num_classes, "prototypes": index.num_prototypes}
+    record_index(load_config(args.config), "index build", Path(args.out), params, metrics)
     return 0
 
 
@@ -49,6 +55,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
         budget_s=args.budget,
     )
     print(json.dumps(dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result, default=str))
+    from megaclass.export.config import load_config
+    from megaclass.export.lifecycle.record import record_index
+
+    params = {
+        "target_recall": args.target_recall,
+        "top_k": args.top_k,
+        "nprobe": result.nprobe,
+        "rerank": result.rerank,
+    }
+    record_index(
+        load_config(args.config),
+        "index tune",
+        Path(args.index),
+        params,
+        {"search_recall": result.recall, "qps": result.qps},
+    )
     return 0
 
 

@@ -25,6 +25,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         for p in done:
             state = "serving pointer moved to it" if promote_it else "not serving: --promote or --load to serve it"
             print(f"published {p.model} version {p.version} in {args.repository} ({state})")
+        _record(args, done)
         if args.load:
             load_models(args.url, [p.model for p in done], args.protocol, _admin_key(args), Path(args.repository))
             print(f"loaded on {args.url}: {', '.join(p.model for p in done)}")
@@ -32,6 +33,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"megaclass publish: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _record(args: argparse.Namespace, done: list) -> None:
+    """The publish run in MLflow; a published index is registered with the serving alias."""
+    from megaclass.export.config import load_config
+    from megaclass.export.lifecycle.record import record_publish
+
+    cfg = load_config(args.config)
+    index = Path(args.repository) / "retriever" / str(done[-1].version) / "index" if args.index else None
+    record_publish(cfg, Path(args.repository), {p.model: p.version for p in done}, index)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

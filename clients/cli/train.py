@@ -74,6 +74,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = memory_summary(cfg, result.checkpoint_path)
     (out / "train_summary.json").write_text(json.dumps({"last_epoch": last, **summary}, indent=2))
     print("peak memory: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    from megaclass.export.lifecycle.record import record_train
+
+    record_train(cfg, spec, out, result.history, result.checkpoint_path)
     return 0
 
 
@@ -167,6 +170,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (ckpt_path.parent if ckpt_path else Path(cfg.work_dir)) / "eval"
     write_report(report, out / "report.json")
     png = plot_prototypes_pca(arrays["prototypes"], arrays["clusters"], out / "prototypes_pca.png")
+    from megaclass.export.lifecycle.record import record_evaluate
+
+    record_evaluate(cfg, ckpt_path, report, out)
     for name, m in report["splits"].items():
         print(f"{name:>17}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
     print(f"report: {out / 'report.json'}  plot: {png}")
@@ -229,6 +235,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             )
     (out / "export_report.json").write_text(json.dumps(report, indent=2))
     print(f"report: {out / 'export_report.json'}")
+    from megaclass.export.lifecycle.record import record_export
+
+    record_export(cfg, ckpt_path, report, out)
     return 0
 
 

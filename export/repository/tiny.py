@@ -52,6 +52,40 @@ def projection_encoder(size: int, dim: int, seed: int = 0):
     return Projection().eval()
 
 
+def tiny_label(class_id: int) -> str:
+    """The label of a tiny-stack class."""
+    return f"class-{int(class_id)}-{chr(0x4E00 + int(class_id))}"
+
+
+def write_tiny_catalog(
+    root: Path, num_classes: int, drop: tuple[int, ...] = (), per_class: int = 4, queries: int = 2
+) -> Path:
+    """An image catalogue (PNG files + catalog.csv) of tiny-stack classes 1000..1000+num_classes-1 without
+    `drop`: `per_class` enrolment samples (split=train, seed 0, as the tiny index) and `queries` held-out
+    ones (split=query, another seed) per class; for refresh tests and the orchestrator runs."""
+    from PIL import Image
+
+    from megaclass.export.data.catalog import write_catalog_csv
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    train = class_patterns(num_classes, per_class, IMAGE_SIZE, seed=0)
+    query = class_patterns(num_classes, queries, IMAGE_SIZE, seed=7)
+    ids, paths, splits = [], [], []
+    for split, (images, cls) in (("train", train), ("query", query)):
+        for i, (img, c) in enumerate(zip(images, cls, strict=True)):
+            if int(c) in drop:
+                continue
+            name = f"images/{split}-{int(c)}-{i}.png"
+            Image.fromarray(img).save(root / name)
+            ids.append(int(c))
+            paths.append(name)
+            splits.append(split)
+    return write_catalog_csv(
+        root / "catalog.csv", np.array(ids), [tiny_label(c) for c in ids], paths=paths, splits=splits
+    )
+
+
 def build_tiny_repository(root: Path, serving: ServingConfig) -> tuple[Path, Path, Path]:
     """Encoder ONNX + index + repository under `root`; returns (repo, onnx, index_dir)."""
     from megaclass.export.convert.onnx_export import export_onnx
@@ -65,7 +99,7 @@ def build_tiny_repository(root: Path, serving: ServingConfig) -> tuple[Path, Pat
     export_onnx(model, onnx_path, ExportConfig(), image_size=IMAGE_SIZE)
     images, ids = class_patterns(NUM_CLASSES, 4, IMAGE_SIZE)
     protos, proto_ids = class_prototypes(embed_images(model, images), ids)
-    labels = {int(c): f"class-{int(c)}-{chr(0x4E00 + int(c))}" for c in np.unique(ids)}
+    labels = {int(c): tiny_label(c) for c in np.unique(ids)}
     index = RoutedIndex.build(protos, proto_ids, labels, IndexConfig(nlist=4, nprobe=4))
     index.save(root / "index")
     repo = root / "repo"

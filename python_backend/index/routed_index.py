@@ -102,6 +102,11 @@ class RoutedIndex:
         return int(len(self._classes))
 
     @property
+    def classes(self) -> np.ndarray:
+        """The live class ids, sorted (a copy)."""
+        return self._classes.copy()
+
+    @property
     def num_entries(self) -> int:
         """Stored entries (prototypes plus spilled copies)."""
         return int(len(self._entry_row))
