@@ -183,3 +183,46 @@ def test_fuzzed_wire_requests_never_crash_or_hang_the_server(guarded, tiny_stack
     assert not failures, failures[:3]
     assert answered[0] > 0
     assert guarded.server.process.pid == pid and guarded.server.is_running()
+
+
+ADMIN_PATHS = st.sampled_from([
+    "/v2/repository/index", "/v2/repository/models/retriever/load", "/v2/repository/models/retriever/unload",
+    "/v2/repository/models/../x/load", "/v2/systemsharedmemory/region/r/register", "/v2/cudasharedmemory/region/r/register",
+    "/v2/systemsharedmemory/unregister", "/v2/trace/setting", "/v2/models/retriever/trace/setting", "/v2/logging",
+])  # fmt: skip
+ADMIN_METHODS = [
+    f"/inference.GRPCInferenceService/{name}"
+    for name in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload", "SystemSharedMemoryRegister",
+                 "CudaSharedMemoryRegister", "TraceSetting", "LogSettings")
+]  # fmt: skip
+
+
+def test_fuzzed_admin_endpoints_never_crash_the_server(guarded, tiny_stack) -> None:
+    """Hostile repository, shared-memory, trace and logging requests: answered (Triton's own status or the
+    front's refusal), never a lost upstream (502), a hang or UNAVAILABLE; every model stays loaded."""
+    pid = guarded.server.process.pid
+    channel = grpc.insecure_channel(guarded.grpc_url)
+    calls = [channel.unary_unary(m, request_serializer=None, response_deserializer=None) for m in ADMIN_METHODS]
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(path=ADMIN_PATHS, body=JSON_VALUES, raw=st.binary(max_size=200), method=st.integers(0, len(calls) - 1))
+    def fuzz(path, body, raw, method) -> None:
+        status, text = _post(guarded, path, json.dumps(body).encode())
+        assert status != 502, (path, text)  # 502: the front lost Triton
+        if "sharedmemory" in path:
+            assert status == 403, (path, status, text)
+        try:
+            calls[method](raw, timeout=20)
+        except grpc.RpcError as exc:  # Triton answers a load/unload under polling with its own UNAVAILABLE
+            lost = exc.code() == grpc.StatusCode.UNAVAILABLE and "is not allowed" not in (exc.details() or "")
+            assert not lost and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED, exc
+
+    fuzz()
+    states = {
+        m["name"]: m.get("state")
+        for m in httpclient.InferenceServerClient(guarded.http_url).get_model_repository_index()
+    }
+    assert set(states.values()) == {"READY"} and len(states) == 5, states
+    rows = tiny_stack.index._vectors[:2].astype(np.float32)
+    assert list(_good_answer(guarded, rows)[:, 0]) == list(tiny_stack.index.search(rows, 1).class_ids[:, 0])
+    assert guarded.server.process.pid == pid and guarded.server.is_running()

@@ -71,13 +71,16 @@ def make_http_app(upstream_http: str, limits: RequestLimits) -> web.Application:
                 return checked
             body = checked
         elif request.method == "POST":  # repository, shared memory, trace, logging: small admin bodies
-            if request.content_length is None or request.content_length > 1 << 20:
-                return _refuse(413, "admin request bodies need a Content-Length of at most 1 MiB")
+            if "chunked" in request.headers.get("Transfer-Encoding", "").lower():  # no length: empty is fine
+                return _refuse(411, "admin request bodies need a Content-Length")
+            if (request.content_length or 0) > 1 << 20:
+                return _refuse(413, "admin request bodies are limited to 1 MiB")
             if request.headers.get("Content-Encoding", "identity").lower() != "identity":
                 return _refuse(415, "compressed request bodies are not accepted")
             body = await request.read()
             try:
-                parse_json(body, limits)
+                if body:  # tritonclient sends repository index/load/unload without a body
+                    parse_json(body, limits)
             except Invalid as exc:
                 return _refuse(400, str(exc))
         elif request.method not in ("GET", "HEAD"):
