@@ -103,6 +103,7 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
 def cmd_bench_index(args: argparse.Namespace) -> int:
     from megaclass.loadtest.benchmarks.index_bench import bench_index
     from megaclass.loadtest.benchmarks.index_data import glyph_embedding_files
+    from megaclass.loadtest.benchmarks.index_methods import HNSW_MS, IVF_SCALES
 
     files = [Path(f) if f else None for f in (args.prototypes, args.labels, args.queries)]
     name = None
@@ -125,7 +126,7 @@ def cmd_bench_index(args: argparse.Namespace) -> int:
         queries=files[2],
         name=name,
         num_classes=args.classes, dim=args.dim, threads=args.threads, target_recall=args.target_recall,
-        doc=Path(args.doc) if args.doc else None,
+        hnsw_ms=tuple(args.hnsw_m or HNSW_MS), ivf_scales=tuple(args.ivf_scales or IVF_SCALES), doc=Path(args.doc) if args.doc else None,
     )  # fmt: skip
     return 0
 
@@ -241,6 +242,21 @@ def _register_index(bench: Subparsers) -> None:
     )
     p.add_argument("--dim", type=int, default=128, help="synthetic set's embedding dimension (default: 128)")
     p.add_argument("--threads", type=int, default=2, help="search threads of every method (default: 2)")
+    p.add_argument(
+        "--hnsw-m",
+        type=int,
+        nargs="+",
+        default=None,
+        help="links per node each HNSW peer (FAISS, USearch, hnswlib) is built with, one build each, "
+        "efConstruction 200 (default: 16 32 48)",
+    )
+    p.add_argument(
+        "--ivf-scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="FAISS IVF-Flat cluster counts, as multiples of sqrt(prototypes), one build each (default: 1 2 4 8 16)",
+    )
     p.add_argument(
         "--target-recall",
         type=float,

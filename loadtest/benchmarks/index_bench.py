@@ -26,6 +26,8 @@ import numpy as np
 
 from megaclass.loadtest.benchmarks.index_data import synthetic_embeddings
 from megaclass.loadtest.benchmarks.index_methods import (
+    HNSW_MS,
+    IVF_SCALES,
     MethodRun,
     Timed,
     Workload,
@@ -111,7 +113,8 @@ def run_index_benchmark(
     target_recall: float = 0.95,
     nlist: int | None = None,
     routed_configs: Sequence[dict[str, Any]] = ROUTED_CONFIGS,
-    hnsw_m: int = 32,
+    hnsw_ms: Sequence[int] = HNSW_MS,
+    ivf_scales: Sequence[float] = IVF_SCALES,
     hnsw: bool = True,
     out_dir: Path = Path(".cache/megaclass/bench/index"),
     cache_dir: Path | None = Path(".cache/megaclass/bench/index-cache"),
@@ -124,7 +127,7 @@ def run_index_benchmark(
         return _run(
             prototypes, class_ids, labels, queries, name=name, top_k=top_k, batch_sizes=batch_sizes,
             threads=threads, target_recall=target_recall, nlist=nlist, routed_configs=routed_configs,
-            hnsw_m=hnsw_m, hnsw=hnsw, out_dir=out_dir, cache_dir=cache_dir, plot_batch=plot_batch,
+            hnsw_ms=hnsw_ms, ivf_scales=ivf_scales, hnsw=hnsw, out_dir=out_dir, cache_dir=cache_dir, plot_batch=plot_batch,
         )  # fmt: skip
     finally:
         restore()
@@ -143,7 +146,8 @@ def _run(
     target_recall: float,
     nlist: int | None,
     routed_configs: Sequence[dict[str, Any]],
-    hnsw_m: int,
+    hnsw_ms: Sequence[int],
+    ivf_scales: Sequence[float],
     hnsw: bool,
     out_dir: Path,
     cache_dir: Path | None,
@@ -168,8 +172,9 @@ def _run(
     runs: list[MethodRun] = [exact_run(w, exact, flat_build, batch_sizes)]
     print(f"  exact: {runs[-1].timings}", flush=True)
     tune_target = min(1.0, target_recall + TUNE_MARGIN)
-    timed = _tuned_methods(w, nlist, routed_configs, hnsw_m if hnsw else None, tune_target, plot_batch)
-    peers, present = peer_runs(w, tune_target, plot_batch, threads, hnsw_m) if hnsw else ([], {})
+    ivf_lists = {max(1, round(f * np.sqrt(n))) for f in ivf_scales} | {nlist}
+    timed = _tuned_methods(w, ivf_lists, nlist, routed_configs, hnsw_ms if hnsw else (), tune_target, plot_batch)
+    peers, present = peer_runs(w, tune_target, plot_batch, threads, hnsw_ms) if hnsw else ([], {})
     timed += peers
     bandwidth = max(bandwidth, copy_bandwidth_gbs(bw_bytes))  # again: the best of both, less load-dependent
     _final_timings(timed, w.xq, batch_sizes)
@@ -228,21 +233,23 @@ def _workload(
 
 def _tuned_methods(
     w: Workload,
+    ivf_counts: set[int],
     nlist: int,
     routed_configs: Sequence[dict[str, Any]],
-    hnsw_m: int | None,
+    hnsw_ms: Sequence[int],
     target: float,
     plot_batch: int,
 ) -> list[Timed]:
-    """Every method but exact search, each tuned to `target`: FAISS IVF-Flat at 4√N clusters and at
-    every cluster count a routed config uses (same C), HNSW (unless `hnsw_m` is None), the routed configs."""
-    ivf_lists = sorted({nlist, *(routed_nlist(rc, nlist) for rc in routed_configs)})
+    """Every method but exact search, each tuned to `target`: FAISS IVF-Flat at each of `ivf_counts`
+    clusters and at every cluster count a routed config uses (same C), FAISS HNSW at each of `hnsw_ms`
+    links, the routed configs."""
+    ivf_lists = sorted(ivf_counts | {routed_nlist(rc, nlist) for rc in routed_configs})
     timed: list[Timed] = []
     for c in ivf_lists:
         timed.append(ivf_run(w, c, target, plot_batch))
         print(f"  {timed[-1][0].name}: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
-    if hnsw_m is not None:
-        timed.append(hnsw_run(w, hnsw_m, target, plot_batch))
+    for m in hnsw_ms:
+        timed.append(hnsw_run(w, m, target, plot_batch))
         print(f"  hnsw: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
     for rc in routed_configs:
         timed.append(routed_run(rc, w, nlist, target, plot_batch))
@@ -274,6 +281,8 @@ def bench_index(
     batch_sizes: Sequence[int] = (1, 64, 1024),
     routed_configs: Sequence[dict[str, Any]] = ROUTED_CONFIGS,
     hnsw: bool = True,
+    hnsw_ms: Sequence[int] = HNSW_MS,
+    ivf_scales: Sequence[float] = IVF_SCALES,
     out_dir: Path = Path(".cache/megaclass/bench/index"),
     cache_dir: Path | None = Path(".cache/megaclass/bench/index-cache"),
     doc: Path | None = None,
@@ -301,8 +310,8 @@ def bench_index(
         source = f"`synthetic_embeddings({num_classes}, {dim}, seed={seed})`, {num_queries} queries"
     report = run_index_benchmark(
         xb, ids, names, xq, name=name, top_k=top_k, batch_sizes=batch_sizes, threads=threads,
-        target_recall=target_recall, routed_configs=routed_configs, hnsw=hnsw, out_dir=out_dir,
-        cache_dir=cache_dir,
+        target_recall=target_recall, routed_configs=routed_configs, hnsw=hnsw, hnsw_ms=hnsw_ms,
+        ivf_scales=ivf_scales, out_dir=out_dir, cache_dir=cache_dir,
     )  # fmt: skip
     if doc is not None:
         write_doc_section(report, Path(doc), Path(out_dir) / f"{name}.png", source)

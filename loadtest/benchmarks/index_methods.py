@@ -35,6 +35,9 @@ from megaclass.python_backend.index.tuning import (
 )
 
 HNSW_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+HNSW_MS = (16, 32, 48)  # every HNSW peer built at each link count; the table keeps each
+HNSW_EF_CONSTRUCTION = 200  # every HNSW build (FAISS's own default is 40)
+IVF_SCALES = (1, 2, 4, 8, 16)  # FAISS IVF-Flat built at these multiples of sqrt(N) clusters
 
 
 @dataclass
@@ -202,17 +205,18 @@ def ivf_run(w: Workload, nlist: int, target: float, plot_batch: int) -> Timed:
 
 
 def hnsw_run(w: Workload, m: int, target: float, plot_batch: int) -> Timed:
-    """FAISS IndexHNSWFlat with `m` links per node, efSearch swept."""
+    """FAISS IndexHNSWFlat with `m` links per node, efConstruction 200, efSearch swept."""
     import faiss
 
     d = w.xb.shape[1]
 
     def make_hnsw() -> Any:
         h = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+        h.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         h.add(w.xb)
         return h
 
-    h, build_s = _cached_faiss(w.cache / f"hnsw{m}.faiss" if w.cache else None, make_hnsw)
+    h, build_s = _cached_faiss(w.cache / f"hnsw{m}-efc{HNSW_EF_CONSTRUCTION}.faiss" if w.cache else None, make_hnsw)
 
     def set_ef(p: int) -> None:
         h.hnsw.efSearch = p

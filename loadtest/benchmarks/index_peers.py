@@ -11,17 +11,23 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from megaclass.loadtest.benchmarks.index_methods import HNSW_EF_SEARCH, MethodRun, Timed, Workload, sweep_param
+from megaclass.loadtest.benchmarks.index_methods import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    MethodRun,
+    Timed,
+    Workload,
+    sweep_param,
+)
 from megaclass.python_backend.index.aggregation import aggregate_classes
 
 PEER_MODULES = {"scann": "scann", "usearch": "usearch.index", "hnswlib": "hnswlib"}
 SCANN_LEAVES_SEARCHED = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-HNSW_EF_CONSTRUCTION = 200
 
 
 def available_peers() -> dict[str, str | None]:
@@ -141,16 +147,18 @@ def hnswlib_run(w: Workload, m: int, target: float, plot_batch: int, threads: in
     return _run(f"hnswlib HNSW M={m}", "ef", w, _class_search(knn, w), efs, target, plot_batch, build_s, nbytes)
 
 
-def peer_runs(w: Workload, target: float, plot_batch: int, threads: int, hnsw_m: int) -> tuple[list[Timed], dict]:
-    """Every installed peer's tuned run, and which peers were present (name -> version or None)."""
+def peer_runs(
+    w: Workload, target: float, plot_batch: int, threads: int, hnsw_ms: Sequence[int]
+) -> tuple[list[Timed], dict]:
+    """Every installed peer's tuned run (the HNSW peers at each link count in `hnsw_ms`), and which
+    peers were present (name -> version or None)."""
     present = available_peers()
-    makers: dict[str, Callable[[], Timed]] = {
-        "scann": lambda: scann_run(w, target, plot_batch, threads),
-        "usearch": lambda: usearch_run(w, hnsw_m, target, plot_batch, threads),
-        "hnswlib": lambda: hnswlib_run(w, hnsw_m, target, plot_batch, threads),
-    }
+    makers: list[tuple[str, Callable[[], Timed]]] = [("scann", lambda: scann_run(w, target, plot_batch, threads))]
+    for m in hnsw_ms:
+        makers.append(("usearch", lambda m=m: usearch_run(w, m, target, plot_batch, threads)))
+        makers.append(("hnswlib", lambda m=m: hnswlib_run(w, m, target, plot_batch, threads)))
     timed: list[Timed] = []
-    for name, make in makers.items():
+    for name, make in makers:
         if present[name] is not None:
             timed.append(make())
             print(f"  {timed[-1][0].name}: {timed[-1][0].setting} recall {timed[-1][0].recall:.3f}", flush=True)
