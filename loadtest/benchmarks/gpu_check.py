@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from megaclass.loadtest.reporting import markdown_table
-from megaclass.python_backend.serving.encoder_runtime import usable_cores
+from megaclass.python_backend.serving.thread_budget import usable_cores
 
 INDEX_HEADER = ["method", "recall@10", "QPS b=1", "QPS b=64", "QPS b=1024", "p99 ms b=64"]
 SERVING_HEADER = ["mode", "concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "failures"]

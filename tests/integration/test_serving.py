@@ -62,6 +62,29 @@ def test_retriever_direct_with_options(tiny_stack, protocol):
     assert (strict.class_ids[below] == -1).all() and (strict.labels[below] == "<unknown>").all()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["retriever", "classify"])
+@pytest.mark.parametrize("subset", [["CLASS_IDS"], ["SCORES", "LABELS"], ["INDEX_VERSION"]])
+def test_requested_output_subsets(tiny_stack, protocol, model, subset):
+    """Only the outputs the caller asked for come back, and they equal the full answer's."""
+    tc = grpcclient if protocol == "grpc" else httpclient
+    url = tiny_stack.server.grpc_url if protocol == "grpc" else tiny_stack.server.http_url
+    if model == "retriever":
+        data, name = tiny_stack.encoder.embed(to_model_input(tiny_stack.images[:3])), "EMBEDDING"
+    else:
+        data, name = to_model_input(tiny_stack.images[:3]), "IMAGE"
+    client = tc.InferenceServerClient(url)
+    x = tc.InferInput(name, list(data.shape), "FP32")
+    x.set_data_from_numpy(data)
+    full = client.infer(model, [x])
+    part = client.infer(model, [x], outputs=[tc.InferRequestedOutput(n) for n in subset])
+    got = {o["name"] for o in part.get_response(as_json=True)["outputs"]} if protocol == "grpc" else {
+        o["name"] for o in part.get_response()["outputs"]}  # fmt: skip
+    assert got == set(subset)
+    for n in subset:
+        np.testing.assert_array_equal(part.as_numpy(n), full.as_numpy(n))
+
+
 def test_top_k_from_request_parameters(tiny_stack):
     emb = tiny_stack.encoder.embed(to_model_input(tiny_stack.images[:4]))
     client = grpcclient.InferenceServerClient(tiny_stack.server.grpc_url)
@@ -182,9 +205,11 @@ def test_perf_analyzer_sweep_runs(tiny_stack):
 
 
 def test_retriever_custom_metrics(tiny_stack):
+    import time
     import urllib.request
 
     emb = tiny_stack.encoder.embed(to_model_input(tiny_stack.images[:3]))
+    time.sleep(0.6)  # sums are sent at most every 0.5 s (SearchTally): a request after a pause sends at once
     with _client(tiny_stack, "grpc") as client:
         client.search(emb)
     text = urllib.request.urlopen(tiny_stack.server.metrics_url, timeout=5).read().decode()

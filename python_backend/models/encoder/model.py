@@ -12,8 +12,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.serving.device_arrays import is_torch_tensor
-from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
+from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder
 from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, is_client_error, run_batched
+from megaclass.python_backend.serving.thread_budget import cpu_threads_per_instance
 
 
 def _error(exc):
