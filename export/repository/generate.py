@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig, classify_form
 
 ENCODER, RETRIEVER, CLASSIFY = "encoder", "retriever", "classify"
 # Optional entry for encoded images: `decode` (PNG/JPEG bytes -> pixels) and the ensemble
@@ -159,6 +159,60 @@ def classify_config(serving: ServingConfig, export: ExportConfig, shapes: ModelS
     return c
 
 
+def one_hop_classify_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
+    """`classify` in one hop: a Python-backend model running the encoder with ONNX Runtime and the
+    index in the same process (cpu target), batched and scaled like the encoder. Its version holds
+    links to the served encoder's ONNX file and retriever's index (`publish_one_hop`)."""
+    if serving.target != "cpu":
+        raise ValueError(f"the one-hop classify runs ONNX Runtime on the CPU (target cpu), not {serving.target!r}")
+    c = mc.ModelConfig(name=CLASSIFY, backend="python")
+    _batching(c, serving.encoder)
+    image_dims = [1, shapes.image_size, shapes.image_size]
+    _tensor(c.input, export.input_name, mc.TYPE_FP32, image_dims)
+    for name, dtype, dims in RETRIEVER_OUTPUTS:
+        _tensor(c.output, name, dtype, dims)
+    c.parameters["onnx_file"].string_value = encoder_file_name(serving.target)
+    c.parameters["index_dir"].string_value = "index"
+    c.parameters["embedding_dim"].string_value = str(shapes.embedding_dim)
+    c.parameters["default_top_k"].string_value = str(serving.default_top_k)
+    c.parameters["max_top_k"].string_value = str(serving.max_top_k)
+    warm = c.model_warmup.add(name="zeros", batch_size=1)
+    warm.inputs[export.input_name].data_type = mc.TYPE_FP32
+    warm.inputs[export.input_name].dims.extend(image_dims)
+    warm.inputs[export.input_name].zero_data = True
+    return c
+
+
+def is_one_hop(repo_dir: Path) -> bool:
+    """Whether the repository's `classify` is the one-hop Python-backend model (not the ensemble)."""
+    path = Path(repo_dir) / CLASSIFY / "config.pbtxt"
+    return path.exists() and parse_config(path.read_text()).backend == "python"
+
+
+def publish_one_hop(repo_dir: Path, keep: int | None = None) -> int:
+    """A new version of the one-hop `classify` from the newest encoder and retriever versions: their
+    files hard-linked (no copy; published versions are never changed), the retriever's version
+    recorded so that answers show the same INDEX_VERSION as the retriever's."""
+    repo_dir = Path(repo_dir)
+    encoder_v, retriever_v = versions(repo_dir / ENCODER)[-1], versions(repo_dir / RETRIEVER)[-1]
+    config = parse_config((repo_dir / CLASSIFY / "config.pbtxt").read_text())
+    onnx_file = config.parameters["onnx_file"].string_value
+    staging = repo_dir / CLASSIFY / f".sources-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        (staging / "sources.json").write_text(f'{{"encoder": {encoder_v}, "retriever": {retriever_v}}}\n')
+        files = {
+            "model.py": model_file(CLASSIFY),
+            onnx_file: repo_dir / ENCODER / str(encoder_v) / onnx_file,
+            "index": repo_dir / RETRIEVER / str(retriever_v) / "index",
+            "sources.json": staging / "sources.json",
+        }
+        return publish_version(repo_dir / CLASSIFY, files, keep=keep, link_dirs=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def decode_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
     """`decode`: Python backend turning PNG/JPEG bytes into the encoder's input (CPU, any target).
 
@@ -218,9 +272,16 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _place(src: Path, dst: Path) -> None:
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # same file system: no copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _place(src: Path, dst: Path, link_dirs: bool = False) -> None:
     if src.is_dir():
-        shutil.copytree(src, dst)
+        shutil.copytree(src, dst, copy_function=_link_or_copy if link_dirs else shutil.copy2)
     else:
         try:
             os.link(src, dst)  # same file system: no copy
@@ -228,12 +289,15 @@ def _place(src: Path, dst: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def publish_version(model_dir: Path, files: Mapping[str, Path], keep: int | None = None) -> int:
+def publish_version(
+    model_dir: Path, files: Mapping[str, Path], keep: int | None = None, link_dirs: bool = False
+) -> int:
     """Write `files` (name in the version dir -> source) as the next version, atomically.
 
     The version is assembled in a hidden sibling directory and renamed into place, so the
     server never sees a half-written version. With `keep`, older versions beyond the last
-    `keep` are removed.
+    `keep` are removed. Files are hard-linked where they can be; with `link_dirs` the files of a
+    directory too (only for sources that never change: another published version).
     """
     model_dir.mkdir(parents=True, exist_ok=True)
     version = (versions(model_dir) or [0])[-1] + 1
@@ -242,7 +306,7 @@ def publish_version(model_dir: Path, files: Mapping[str, Path], keep: int | None
     staging.mkdir()
     try:
         for name, src in files.items():
-            _place(Path(src), staging / name)
+            _place(Path(src), staging / name, link_dirs)
         staging.rename(model_dir / str(version))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -281,15 +345,18 @@ def build_repository(
     keep: int = 3,
     encoded_images: bool = True,
 ) -> dict[str, int]:
-    """Publish encoder, retriever and the classify ensemble into `repo_dir`; returns versions.
+    """Publish encoder, retriever and `classify` (the ensemble or the one-hop model, as
+    `serving.classify_form` says) into `repo_dir`; returns versions.
 
     `onnx_path` is the encoder artifact: ONNX, or a TensorRT plan for the gpu-tensorrt target.
     With `encoded_images`, also `decode` and the `classify_encoded` ensemble (PNG/JPEG bytes in).
     """
     repo_dir = Path(repo_dir)
+    one_hop = classify_form(serving) == "one-hop"
     write_config(repo_dir / ENCODER, encoder_config(serving, export, shapes))
     write_config(repo_dir / RETRIEVER, retriever_config(serving, shapes))
-    write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
+    make_classify = one_hop_classify_config if one_hop else classify_config
+    write_config(repo_dir / CLASSIFY, make_classify(serving, export, shapes))
     encoder_files = {encoder_file_name(serving.target): onnx_path}
     if serving.target in PYTHON_ENCODER_TARGETS:
         encoder_files["model.py"] = model_file(ENCODER)
@@ -299,7 +366,9 @@ def build_repository(
             repo_dir / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": index_dir}, keep=keep
         ),
     }
-    if not versions(repo_dir / CLASSIFY):
+    if one_hop:
+        published[CLASSIFY] = publish_one_hop(repo_dir, keep=keep)
+    elif not versions(repo_dir / CLASSIFY):
         published[CLASSIFY] = publish_version(repo_dir / CLASSIFY, {}, keep=keep)
     if encoded_images:
         write_config(repo_dir / DECODE, decode_config(serving, export, shapes))

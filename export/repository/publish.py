@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaclass.export.repository.generate import (
+    CLASSIFY,
     ENCODER,
     PYTHON_ENCODER_TARGETS,
     RETRIEVER,
     encoder_file_name,
+    is_one_hop,
     model_file,
     parse_config,
+    publish_one_hop,
     publish_version,
     versions,
 )
@@ -104,7 +107,21 @@ def publish_index(repo: Path, index_dir: Path, keep: int = 3) -> Published:
         raise PublishError(
             f"could not write {repo / RETRIEVER}: {_os_error_text(exc)}; the serving version is untouched"
         ) from exc
+    _follow_one_hop(repo, keep)
     return Published(RETRIEVER, v)
+
+
+def _follow_one_hop(repo: Path, keep: int | None) -> None:
+    """A one-hop `classify` holds the encoder and the index itself: publish its next version too
+    (`load_models` loads it after the encoder or retriever)."""
+    if not is_one_hop(repo):
+        return
+    try:
+        publish_one_hop(repo, keep=keep)
+    except OSError as exc:
+        raise PublishError(
+            f"could not write {repo / CLASSIFY}: {_os_error_text(exc)}; its serving version is untouched"
+        ) from exc
 
 
 def _encoder_target(repo: Path) -> str:
@@ -139,6 +156,7 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3) -> Published:
         raise PublishError(
             f"could not write {repo / ENCODER}: {_os_error_text(exc)}; the serving version is untouched"
         ) from exc
+    _follow_one_hop(Path(repo), keep)
     return Published(ENCODER, v)
 
 
@@ -148,7 +166,8 @@ def load_models(
     """Ask a server in explicit model-control mode to (re)load `models`.
 
     Triton loads the newest version beside the one serving and switches when it is ready;
-    a version that fails to load leaves the old one serving and raises here. `admin_key`
+    a version that fails to load leaves the old one serving and raises here. A one-hop `classify`
+    (it holds the encoder and the index itself) is loaded after the encoder or retriever. `admin_key`
     (default: the environment's MEGACLASS_ADMIN_KEY) unlocks a restricted model-control API.
     With `repo` (the server's repository, on this machine), a refused version is also moved
     aside (`.refused-N`) so that a restarted server does not try it again.
@@ -166,6 +185,9 @@ def load_models(
     client = tc.InferenceServerClient(url)
     admin_key = admin_key or os.environ.get("MEGACLASS_ADMIN_KEY")
     headers = admin_headers(admin_key, protocol) if admin_key else None
+    models = list(models)
+    if CLASSIFY not in models and {ENCODER, RETRIEVER} & set(models) and _serves_one_hop(client, protocol, headers):
+        models.append(CLASSIFY)
     for name in models:
         try:
             client.load_model(name, headers=headers)
@@ -188,6 +210,17 @@ def load_models(
                     f"Fix the artifacts and publish again."
                 )
             raise PublishError(message) from exc
+
+
+def _serves_one_hop(client, protocol: str, headers) -> bool:
+    """Whether the server's `classify` is the one-hop Python-backend model."""
+    try:
+        config = client.get_model_config(CLASSIFY, headers=headers)
+    except Exception:  # no classify model loaded: nothing follows
+        return False
+    config = config if protocol == "http" else config.config
+    backend = config.get("backend") if isinstance(config, dict) else config.backend
+    return backend == "python"
 
 
 def _version_states(client, name: str, protocol: str, headers) -> list[tuple[int, str, str]]:
@@ -218,7 +251,9 @@ def retire_version(repo: Path, model: str, version: int, prefix: str = ".retired
 
 
 def rollback(repo: Path, model: str) -> int:
-    """Retire the newest version of `model` (moved aside, kept on disk); returns the version now newest."""
+    """Retire the newest version of `model` (moved aside, kept on disk); returns the version now newest.
+    A one-hop `classify` follows the encoder or retriever it holds: its next version links the now
+    newest ones (`load_models` loads it with them)."""
     model_dir = Path(repo) / model
     vs = versions(model_dir)
     if len(vs) < 2:
@@ -226,4 +261,6 @@ def rollback(repo: Path, model: str) -> int:
     retired = model_dir / f".retired-{vs[-1]}"
     shutil.rmtree(retired, ignore_errors=True)
     (model_dir / str(vs[-1])).rename(retired)
+    if model in (ENCODER, RETRIEVER):
+        _follow_one_hop(Path(repo), keep=None)
     return vs[-2]

@@ -11,6 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from megaclass.clients.client import Client, MegaclassError
+from megaclass.export.repository.generate import is_one_hop
 from megaclass.python_backend.serving.preprocess import to_model_input
 
 pytestmark = pytest.mark.integration
@@ -137,9 +138,10 @@ def test_bad_input_fails_alone_while_good_requests_succeed(tiny_stack, protocol)
 def test_dynamic_batching_merges_concurrent_requests(tiny_stack):
     """Concurrent single-image requests reach the models as batches larger than one."""
     client = grpcclient.InferenceServerClient(tiny_stack.server.grpc_url)
+    model = "classify" if is_one_hop(tiny_stack.repo) else "encoder"  # the model that runs the encoder
 
     def batch_sizes() -> dict[int, int]:
-        stats = client.get_inference_statistics("encoder", as_json=True)["model_stats"][0]
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
 
     before = batch_sizes()
