@@ -69,8 +69,7 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
     from megaclass.loadtest.benchmarks.serving_artifacts import prepare_artifacts
     from megaclass.loadtest.benchmarks.serving_targets import serve_triton
     from megaclass.loadtest.benchmarks.transport_bench import measure_transport, transport_markdown
-    from megaclass.loadtest.reporting import machine_description, update_doc_section
-    from megaclass.loadtest.reporting import write_csv
+    from megaclass.loadtest.reporting import machine_description, update_doc_section, write_csv
 
     out = Path(args.out)
     started, machine = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine_description()
@@ -190,6 +189,30 @@ def _register_serving(bench: Subparsers) -> None:
     p.set_defaults(func=cmd_bench_serving)
 
 
+def cmd_bench_breakdown(args: argparse.Namespace) -> int:
+    from megaclass.loadtest.benchmarks.serving_breakdown import markdown_table, run_breakdown
+
+    rows = run_breakdown(
+        Path(args.repository), args.label, Path(args.out), tuple(ints(args.concurrency)), args.measurement_ms
+    )
+    print(markdown_table(rows))
+    return 0
+
+
+def _register_breakdown(bench: Subparsers) -> None:
+    p = bench.add_parser("breakdown", help="where a classify request's time goes in Triton (per-model statistics)")
+    p.add_argument("--repository", required=True, help="the Triton model repository to serve")
+    p.add_argument("--label", default="run", help="name of this configuration in the table (default: run)")
+    p.add_argument("--concurrency", default="1,32", help="comma-separated levels (default: 1,32)")
+    p.add_argument(
+        "--measurement-ms", type=int, default=4000, help="perf_analyzer window per trial, ms (default: 4000)"
+    )
+    p.add_argument(
+        "--out", default="runs/bench-breakdown", help="where JSON and Markdown go (default: runs/bench-breakdown)"
+    )
+    p.set_defaults(func=cmd_bench_breakdown)
+
+
 def _register_transport(bench: Subparsers) -> None:
     p = bench.add_parser("transport", help="shared-memory transport vs plain gRPC/HTTP, sequential calls")
     _add_head_to_head_args(p, "runs/bench-transport")
@@ -267,5 +290,6 @@ def register(sub: Subparsers) -> None:
     )
     _register_serving(bench)
     _register_transport(bench)
+    _register_breakdown(bench)
     _register_index(bench)
     _register_batching(bench)
