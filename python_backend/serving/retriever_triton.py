@@ -24,7 +24,7 @@ from megaclass.python_backend.serving.retriever_service import (
     index_fingerprint,
     parse_options,
 )
-from megaclass.python_backend.serving.thread_budget import cpu_threads_per_instance, size_index_threads
+from megaclass.python_backend.serving.thread_budget import size_index_threads, stub_thread_budget
 
 OUTPUTS = ("CLASS_IDS", "LABELS", "SCORES", "INDEX_VERSION")
 
@@ -56,7 +56,7 @@ class TritonRetriever:
         params = model_parameters(config)
         self.index = index
         if params.get("device", "cpu") != "cuda":
-            size_index_threads(self.index, cpu_threads_per_instance(int(params.get("instance_count", "1"))))
+            size_index_threads(self.index, stub_thread_budget(int(params.get("instance_count", "1"))))
         check_index_matches_config(self.index.dim, config, index_dir)
         fingerprint = index_fingerprint(self.index.manifest)
         self.labels = EncodedLabels.of_index(self.index)

@@ -9,6 +9,7 @@ from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.serving.thread_budget import (
     cpu_threads_per_instance,
     size_index_threads,
+    stub_thread_budget,
     usable_cores,
 )
 
@@ -19,6 +20,13 @@ def test_threads_per_instance_share_the_cores():
     assert cpu_threads_per_instance(cores) == 1
     assert cpu_threads_per_instance(4 * cores) == 1  # never zero
     assert cpu_threads_per_instance(0) == cores
+
+
+def test_stub_budget_is_capped_by_the_servers_openmp_setting(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert stub_thread_budget(1) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert stub_thread_budget(1) == usable_cores()
 
 
 def test_size_index_threads_sets_every_backend():
