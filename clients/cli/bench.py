@@ -201,7 +201,7 @@ def cmd_bench_breakdown(args: argparse.Namespace) -> int:
 
 def _register_breakdown(bench: Subparsers) -> None:
     p = bench.add_parser("breakdown", help="where a classify request's time goes in Triton (per-model statistics)")
-    p.add_argument("--repository", required=True, help="the Triton model repository to serve")
+    p.add_argument("--repository", required=True, help="the Triton model repository to serve (required)")
     p.add_argument("--label", default="run", help="name of this configuration in the table (default: run)")
     p.add_argument("--concurrency", default="1,32", help="comma-separated levels (default: 1,32)")
     p.add_argument(
