@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
-from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, run_batched
+from megaclass.python_backend.serving.request_batching import TensorSpec, check_inputs, run_batched
 from megaclass.python_backend.serving.retriever_triton import TritonRetriever, model_parameters
 from megaclass.python_backend.serving.thread_budget import cpu_threads_per_instance
 
@@ -37,13 +37,8 @@ class TritonPythonModel:
         self.max_rows = int(config.get("max_batch_size", 0)) or None
 
     def execute(self, requests):
-        images = []
-        for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, self.spec.name)
-            try:
-                images.append(check_input(self.spec, None if tensor is None else tensor.as_numpy(), self.max_rows))
-            except Exception as exc:
-                images.append(exc)
+        tensors = [pb_utils.get_input_tensor_by_name(request, self.spec.name) for request in requests]
+        images = check_inputs(self.spec, [None if t is None else t.as_numpy() for t in tensors], self.max_rows)
         parsed = []
         for request, embedded in zip(requests, run_batched(images, lambda x: [self.encoder.embed(x)]), strict=True):
             try:
