@@ -195,6 +195,30 @@ def _register_serving(bench: Subparsers) -> None:
     p.set_defaults(func=cmd_bench_serving)
 
 
+def cmd_bench_breakdown(args: argparse.Namespace) -> int:
+    from megaclass.loadtest.benchmarks.serving_breakdown import markdown_table, run_breakdown
+
+    rows = run_breakdown(
+        Path(args.repository), args.label, Path(args.out), tuple(ints(args.concurrency)), args.measurement_ms
+    )
+    print(markdown_table(rows))
+    return 0
+
+
+def _register_breakdown(bench: Subparsers) -> None:
+    p = bench.add_parser("breakdown", help="where a classify request's time goes in Triton (per-model statistics)")
+    p.add_argument("--repository", required=True, help="the Triton model repository to serve (required)")
+    p.add_argument("--label", default="run", help="name of this configuration in the table (default: run)")
+    p.add_argument("--concurrency", default="1,32", help="comma-separated levels (default: 1,32)")
+    p.add_argument(
+        "--measurement-ms", type=int, default=4000, help="perf_analyzer window per trial, ms (default: 4000)"
+    )
+    p.add_argument(
+        "--out", default="runs/bench-breakdown", help="where JSON and Markdown go (default: runs/bench-breakdown)"
+    )
+    p.set_defaults(func=cmd_bench_breakdown)
+
+
 def _register_transport(bench: Subparsers) -> None:
     p = bench.add_parser("transport", help="shared-memory transport vs plain gRPC/HTTP, sequential calls")
     _add_head_to_head_args(p, "runs/bench-transport")
@@ -294,5 +318,6 @@ def register(sub: Subparsers) -> None:
     )
     _register_serving(bench)
     _register_transport(bench)
+    _register_breakdown(bench)
     _register_index(bench)
     _register_batching(bench)

@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig, classify_form
 from megaclass.python_backend.serving.version_integrity import make_read_only, make_writable, write_manifest
 
 ENCODER, RETRIEVER, CLASSIFY = "encoder", "retriever", "classify"
@@ -168,6 +168,64 @@ def classify_config(serving: ServingConfig, export: ExportConfig, shapes: ModelS
     return c
 
 
+def one_hop_classify_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
+    """`classify` in one hop: a Python-backend model running the encoder with ONNX Runtime and the
+    index in the same process (cpu target), batched and scaled like the encoder. Its version holds
+    links to the served encoder's ONNX file and retriever's index (`publish_one_hop`)."""
+    if serving.target != "cpu":
+        raise ValueError(f"the one-hop classify runs ONNX Runtime on the CPU (target cpu), not {serving.target!r}")
+    c = mc.ModelConfig(name=CLASSIFY, backend="python")
+    _batching(c, serving.encoder)
+    image_dims = [1, shapes.image_size, shapes.image_size]
+    _tensor(c.input, export.input_name, mc.TYPE_FP32, image_dims)
+    for name, dtype, dims in RETRIEVER_OUTPUTS:
+        _tensor(c.output, name, dtype, dims)
+    c.parameters["onnx_file"].string_value = encoder_file_name(serving.target)
+    c.parameters["index_dir"].string_value = "index"
+    c.parameters["embedding_dim"].string_value = str(shapes.embedding_dim)
+    c.parameters["default_top_k"].string_value = str(serving.default_top_k)
+    c.parameters["max_top_k"].string_value = str(serving.max_top_k)
+    warm = c.model_warmup.add(name="zeros", batch_size=1)
+    warm.inputs[export.input_name].data_type = mc.TYPE_FP32
+    warm.inputs[export.input_name].dims.extend(image_dims)
+    warm.inputs[export.input_name].zero_data = True
+    return c
+
+
+def is_one_hop(repo_dir: Path) -> bool:
+    """Whether the repository's `classify` is the one-hop Python-backend model (not the ensemble)."""
+    path = Path(repo_dir) / CLASSIFY / "config.pbtxt"
+    return path.exists() and parse_config(path.read_text()).backend == "python"
+
+
+def publish_one_hop(repo_dir: Path, keep: int | None = None) -> int:
+    """A new version of the one-hop `classify` from the serving encoder and retriever versions (the
+    newest where no pointer is set): their files hard-linked (no copy; published versions are
+    read-only and never changed), the retriever's version recorded so that answers show the same
+    INDEX_VERSION as the retriever's. The caller promotes it."""
+    from megaclass.export.repository.serving_pointer import serving_version
+
+    repo_dir = Path(repo_dir)
+    encoder_v = serving_version(repo_dir / ENCODER) or versions(repo_dir / ENCODER)[-1]
+    retriever_v = serving_version(repo_dir / RETRIEVER) or versions(repo_dir / RETRIEVER)[-1]
+    config = parse_config((repo_dir / CLASSIFY / "config.pbtxt").read_text())
+    onnx_file = config.parameters["onnx_file"].string_value
+    staging = repo_dir / CLASSIFY / f".sources-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        (staging / "sources.json").write_text(f'{{"encoder": {encoder_v}, "retriever": {retriever_v}}}\n')
+        files = {
+            "model.py": model_file(CLASSIFY),
+            onnx_file: repo_dir / ENCODER / str(encoder_v) / onnx_file,
+            "index": repo_dir / RETRIEVER / str(retriever_v) / "index",
+            "sources.json": staging / "sources.json",
+        }
+        return publish_version(repo_dir / CLASSIFY, files, keep=keep, link_dirs=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def decode_config(serving: ServingConfig, export: ExportConfig, shapes: ModelShapes) -> mc.ModelConfig:
     """`decode`: Python backend turning PNG/JPEG bytes into the encoder's input (CPU, any target).
 
@@ -227,22 +285,33 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def _place(src: Path, dst: Path) -> None:
-    """A copy, never a hard link: a source rewritten in place (a re-export, an edited model.py) must
-    not change a published version."""
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # same file system: no copy
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _place(src: Path, dst: Path, link_dirs: bool = False) -> None:
+    """A copy, never a hard link to a source that may change (a re-export, an edited model.py): with
+    `link_dirs` a directory's files are hard-linked, only for another published (read-only) version."""
     if src.is_dir():
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        copy = _link_or_copy if link_dirs else shutil.copy2
+        shutil.copytree(src, dst, copy_function=copy, ignore=shutil.ignore_patterns("__pycache__"))
     else:
         shutil.copy2(src, dst)
 
 
-def publish_version(model_dir: Path, files: Mapping[str, Path], keep: int | None = None) -> int:
+def publish_version(
+    model_dir: Path, files: Mapping[str, Path], keep: int | None = None, link_dirs: bool = False
+) -> int:
     """Write `files` (name in the version dir -> source) as the next version, atomically.
 
     The version is assembled in a hidden sibling directory (copies, their SHA-256 in `version.json`,
     read-only; see `version_integrity.py`) and renamed into place, so the server never sees a
     half-written version. With `keep`, older versions beyond the last `keep` are removed, except
-    the serving version and the one rollback returns to (`serving_pointer.prune`).
+    the serving version and the one rollback returns to (`serving_pointer.prune`). With `link_dirs`
+    a directory's files are hard-linked (only for sources that never change: another published version).
     """
     model_dir.mkdir(parents=True, exist_ok=True)
     version = (versions(model_dir) or [0])[-1] + 1
@@ -251,7 +320,7 @@ def publish_version(model_dir: Path, files: Mapping[str, Path], keep: int | None
     staging.mkdir()
     try:
         for name, src in files.items():
-            _place(Path(src), staging / name)
+            _place(Path(src), staging / name, link_dirs)
         write_manifest(staging)
         make_read_only(staging)
         staging.rename(model_dir / str(version))
@@ -300,7 +369,8 @@ def build_repository(
     keep: int = 3,
     encoded_images: bool = True,
 ) -> dict[str, int]:
-    """Publish encoder, retriever and the classify ensemble into `repo_dir`; returns versions.
+    """Publish encoder, retriever and `classify` (the ensemble or the one-hop model, as
+    `serving.classify_form` says) into `repo_dir`; returns versions.
 
     `onnx_path` is the encoder artifact: ONNX, or a TensorRT plan for the gpu-tensorrt target.
     With `encoded_images`, also `decode` and the `classify_encoded` ensemble (PNG/JPEG bytes in).
@@ -308,9 +378,13 @@ def build_repository(
     from megaclass.export.repository.serving_pointer import promote
 
     repo_dir = Path(repo_dir)
+    one_hop = classify_form(serving) == "one-hop"
     _write_keeping_pointer(repo_dir / ENCODER, encoder_config(serving, export, shapes))
     _write_keeping_pointer(repo_dir / RETRIEVER, retriever_config(serving, shapes))
-    write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
+    if one_hop:
+        _write_keeping_pointer(repo_dir / CLASSIFY, one_hop_classify_config(serving, export, shapes))
+    else:
+        write_config(repo_dir / CLASSIFY, classify_config(serving, export, shapes))
     encoder_files = {encoder_file_name(serving.target): onnx_path}
     if serving.target in PYTHON_ENCODER_TARGETS:
         encoder_files["model.py"] = model_file(ENCODER)
@@ -320,7 +394,12 @@ def build_repository(
             repo_dir / RETRIEVER, {"model.py": model_file(RETRIEVER), "index": index_dir}, keep=keep
         ),
     }
-    if not versions(repo_dir / CLASSIFY):
+    for name in (ENCODER, RETRIEVER):  # building a repository serves what it built
+        promote(repo_dir / name, published[name])
+    if one_hop:  # from the encoder and retriever versions just promoted
+        published[CLASSIFY] = publish_one_hop(repo_dir, keep=keep)
+        promote(repo_dir / CLASSIFY, published[CLASSIFY])
+    elif not versions(repo_dir / CLASSIFY):
         published[CLASSIFY] = publish_version(repo_dir / CLASSIFY, {}, keep=keep)
     if encoded_images:
         _write_keeping_pointer(repo_dir / DECODE, decode_config(serving, export, shapes))
@@ -328,9 +407,8 @@ def build_repository(
         published[DECODE] = publish_version(repo_dir / DECODE, {"model.py": model_file(DECODE)}, keep=keep)
         if not versions(repo_dir / CLASSIFY_ENCODED):
             published[CLASSIFY_ENCODED] = publish_version(repo_dir / CLASSIFY_ENCODED, {}, keep=keep)
-    for name in (ENCODER, RETRIEVER, DECODE):  # building a repository serves what it built
-        if name in published:
-            promote(repo_dir / name, published[name])
+    if DECODE in published:
+        promote(repo_dir / DECODE, published[DECODE])
     return published
 
 

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megaclass.export.repository.generate import (
+    CLASSIFY,
     ENCODER,
     PYTHON_ENCODER_TARGETS,
     RETRIEVER,
     encoder_file_name,
+    is_one_hop,
     model_file,
     parse_config,
+    publish_one_hop,
     publish_version,
     remove_tree,
 )
@@ -108,7 +111,21 @@ def publish_index(repo: Path, index_dir: Path, keep: int = 3, promote_it: bool =
         ) from exc
     if promote_it:
         promote(repo / RETRIEVER, v)
+        _follow_one_hop(repo, keep)
     return Published(RETRIEVER, v)
+
+
+def _follow_one_hop(repo: Path, keep: int | None) -> None:
+    """A one-hop `classify` holds the encoder and the index itself: publish its next version too
+    (`load_models` loads it after the encoder or retriever)."""
+    if not is_one_hop(repo):
+        return
+    try:
+        promote(repo / CLASSIFY, publish_one_hop(repo, keep=keep))  # it serves what they serve
+    except OSError as exc:
+        raise PublishError(
+            f"could not write {repo / CLASSIFY}: {_os_error_text(exc)}; its serving version is untouched"
+        ) from exc
 
 
 def _encoder_target(repo: Path) -> str:
@@ -145,6 +162,7 @@ def publish_encoder(repo: Path, onnx_path: Path, keep: int = 3, promote_it: bool
         ) from exc
     if promote_it:
         promote(repo / ENCODER, v)
+        _follow_one_hop(Path(repo), keep)
     return Published(ENCODER, v)
 
 
@@ -154,7 +172,8 @@ def load_models(
     """Ask a server in explicit model-control mode to (re)load `models`.
 
     Triton loads the newest version beside the one serving and switches when it is ready;
-    a version that fails to load leaves the old one serving and raises here. `admin_key`
+    a version that fails to load leaves the old one serving and raises here. A one-hop `classify`
+    (it holds the encoder and the index itself) is loaded after the encoder or retriever. `admin_key`
     (default: `security.resolve_admin_key`, the environment's key file or key) unlocks a restricted model-control API.
     With `repo` (the server's repository, on this machine), a refused version is also moved
     aside (`.refused-N`) and the serving pointer goes back to the version that keeps serving, so
@@ -173,6 +192,9 @@ def load_models(
     client = tc.InferenceServerClient(url)
     admin_key = admin_key or resolve_admin_key()
     headers = admin_headers(admin_key, protocol) if admin_key else None
+    models = list(models)
+    if CLASSIFY not in models and {ENCODER, RETRIEVER} & set(models) and _serves_one_hop(client, protocol, headers):
+        models.append(CLASSIFY)
     for name in models:
         try:
             client.load_model(name, headers=headers)
@@ -198,6 +220,17 @@ def load_models(
                     f"Fix the artifacts and publish again."
                 )
             raise PublishError(message) from exc
+
+
+def _serves_one_hop(client, protocol: str, headers) -> bool:
+    """Whether the server's `classify` is the one-hop Python-backend model."""
+    try:
+        config = client.get_model_config(CLASSIFY, headers=headers)
+    except Exception:  # no classify model loaded: nothing follows
+        return False
+    config = config if protocol == "http" else config.config
+    backend = config.get("backend") if isinstance(config, dict) else config.backend
+    return backend == "python"
 
 
 def _version_states(client, name: str, protocol: str, headers) -> list[tuple[int, str, str]]:
@@ -229,16 +262,24 @@ def retire_version(repo: Path, model: str, version: int, prefix: str = ".retired
 
 def rollback(repo: Path, model: str) -> int:
     """Point `model` back at the version served before this one (`serving_pointer.rollback_target`);
-    the version left stays on disk. Returns the version now pointed at (loaded by the next load)."""
+    the version left stays on disk. A one-hop `classify` follows the encoder or retriever it holds (a
+    new version of it from the versions now pointed at). Returns the version now pointed at (loaded by
+    the next load)."""
     try:
-        return rollback_pointer(Path(repo) / model)[1]
+        version = rollback_pointer(Path(repo) / model)[1]
     except PointerError as exc:
         raise PublishError(str(exc)) from None
+    if model in (ENCODER, RETRIEVER):
+        _follow_one_hop(Path(repo), keep=None)
+    return version
 
 
 def promote_version(repo: Path, model: str, version: int) -> int | None:
     """Point `model` at `version` (checked first); returns the version pointed at before."""
     try:
-        return promote(Path(repo) / model, version)
+        before = promote(Path(repo) / model, version)
     except PointerError as exc:
         raise PublishError(str(exc)) from None
+    if model in (ENCODER, RETRIEVER):
+        _follow_one_hop(Path(repo), keep=None)
+    return before

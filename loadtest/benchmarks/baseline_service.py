@@ -9,6 +9,9 @@ release the GIL, so requests overlap); `handler="inline"` runs it on the event l
 
     python -m megaclass.loadtest.benchmarks.baseline_service --onnx encoder.onnx --index index/ --port 8080
 
+`--workers N` runs N uvicorn worker processes (each with its own session and index) behind one
+port: the way a FastAPI user scales to the cores without batching.
+
 Endpoints: `GET /info`, `POST /classify?n=N[&top_k=K]` (body: float32 `[N, 1, S, S]`),
 `POST /search?n=N[&top_k=K]` (body: float32 `[N, D]`).
 """
@@ -88,6 +91,18 @@ def create_app(model: BaselineModel, handler: Handler = "threadpool", max_top_k:
     return app
 
 
+ENV_ARGS = "MEGACLASS_BASELINE_ARGS"  # the workers' settings (JSON), for `app_from_env`
+
+
+def app_from_env() -> FastAPI:
+    """The app of one uvicorn worker process, from the settings `main` left in the environment."""
+    import json
+    import os
+
+    a = json.loads(os.environ[ENV_ARGS])
+    return create_app(BaselineModel(Path(a["onnx"]), Path(a["index"]), a["threads"]), a["handler"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--onnx", required=True)
@@ -96,9 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--handler", choices=["threadpool", "inline"], default="threadpool")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     args = p.parse_args(argv)
+    import json
+    import os
+
     import uvicorn
 
+    if args.workers > 1:  # worker processes build the app themselves (an import string)
+        keys = ("onnx", "index", "threads", "handler")
+        os.environ[ENV_ARGS] = json.dumps({k: getattr(args, k) for k in keys})
+        app = "megaclass.loadtest.benchmarks.baseline_service:app_from_env"
+        uvicorn.run(
+            app, factory=True, host=args.host, port=args.port, workers=args.workers,
+            log_level="warning", access_log=False,
+        )  # fmt: skip
+        return 0
     app = create_app(BaselineModel(Path(args.onnx), Path(args.index), args.threads), args.handler)
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="warning", access_log=False)
     return 0

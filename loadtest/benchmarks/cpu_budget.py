@@ -146,3 +146,33 @@ def encoder_us_per_image(onnx_path: Path, batch: int, image_size: int, threads: 
         encoder.embed(x)
         n += 1
     return (time.perf_counter() - start) / (n * batch) * 1e6
+
+
+IDENTITY_MODEL = '''"""A trivial Python-backend model: its input back as its output (the floor of a Python-backend hop)."""
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy())])
+            for r in requests
+        ]
+'''
+
+
+def identity_repository(repo_dir: Path, image_size: int, max_batch_size: int, instances: int, batching: bool) -> Path:
+    """A repository holding only `identity` (IMAGE -> OUTPUT, Python backend), batched and scaled like
+    the model it is the floor of: what tritonserver and one stub cost per request doing nothing."""
+    model_dir = Path(repo_dir) / "identity"
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    dims = f"[1, {image_size}, {image_size}]"
+    (model_dir / "config.pbtxt").write_text(
+        f'name: "identity"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
+        f'input {{ name: "IMAGE" data_type: TYPE_FP32 dims: {dims} }}\n'
+        f'output {{ name: "OUTPUT" data_type: TYPE_FP32 dims: {dims} }}\n'
+        f"instance_group {{ kind: KIND_CPU count: {instances} }}\n" + ("dynamic_batching { }\n" if batching else "")
+    )
+    (model_dir / "1" / "model.py").write_text(IDENTITY_MODEL)
+    return Path(repo_dir)

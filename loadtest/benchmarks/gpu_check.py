@@ -25,7 +25,7 @@ from typing import Any
 
 from megaclass.loadtest.benchmarks.gpu_retrieval_bench import log, retrieval_markdown, retrieval_table
 from megaclass.loadtest.benchmarks.gpu_serving_bench import serving_markdown, serving_on_gpu
-from megaclass.python_backend.serving.encoder_runtime import usable_cores
+from megaclass.python_backend.serving.thread_budget import usable_cores
 
 SECTION = "gpu-path"
 

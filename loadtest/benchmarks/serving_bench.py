@@ -20,7 +20,13 @@ from pathlib import Path
 
 from megaclass.export.config import MegaclassConfig
 from megaclass.loadtest.benchmarks.serving_artifacts import BenchArtifacts, prepare_artifacts
-from megaclass.loadtest.benchmarks.serving_config import BASELINES, TARGET_LABELS, TARGETS, HeadToHeadConfig
+from megaclass.loadtest.benchmarks.serving_config import (
+    BASELINES,
+    TARGET_LABELS,
+    TARGETS,
+    HeadToHeadConfig,
+    baseline_settings,
+)
 from megaclass.loadtest.benchmarks.serving_targets import (
     encoder_batch_counts,
     mean_batch,
@@ -78,8 +84,7 @@ def run_head_to_head(
     log(f"serving {art.source}: {art.num_classes} classes, images {art.image_size}x{art.image_size}")
     for target in bench.targets:
         if target in BASELINES:
-            threads = bench.baseline_threads if target == "baseline" else bench.tuned_baseline_threads
-            server = serve_baseline(art, bench, work, threads)
+            server = serve_baseline(art, bench, work, *baseline_settings(bench, target))
         else:
             server = serve_triton(art, cfg, work)
         with server as endpoint:
@@ -129,20 +134,44 @@ def read_csv(path: Path) -> list[H2HPoint]:
     return [H2HPoint(**{k: conv[types[k]](v) for k, v in r.items()}) for r in rows]
 
 
-def verdict(points: Sequence[H2HPoint], concurrency: int = 32, factor: float = 2.0) -> tuple[bool, str]:
-    """Does the best Triton target at `concurrency` serve >= factor x the baseline with a lower p99?"""
-    at = {p.target: p for p in points if p.concurrency == concurrency}
-    base = at.get("baseline")
-    tritons = [p for t, p in at.items() if t not in BASELINES]
-    if base is None or not tritons:
-        return False, f"no baseline and Triton points at concurrency {concurrency}"
-    lines, ok = [], False
-    for p in tritons:
-        ratio = p.rps / base.rps if base.rps else float("inf")
-        good = ratio >= factor and p.p99_ms < base.p99_ms and p.failures == 0
-        ok = ok or good
+def best_baseline(points: Sequence[H2HPoint], concurrency: int) -> H2HPoint | None:
+    """The FastAPI configuration that served the most at `concurrency` (the one Triton is judged against)."""
+    bases = [p for p in points if p.concurrency == concurrency and p.target in BASELINES]
+    return max(bases, key=lambda p: p.rps, default=None)
+
+
+def verdict(
+    points: Sequence[H2HPoint],
+    low: int = 1,
+    high: int = 32,
+    latency_factor: float = 1.3,
+    throughput_factor: float = 3.0,
+) -> tuple[bool, str]:
+    """Issue #17's target against the best FastAPI configuration at each level: at concurrency `low`,
+    every Triton protocol's p50 <= latency_factor x the best baseline's p50 (the lowest of them); at
+    `high`, every protocol >= throughput_factor x the best baseline's throughput with a lower p99;
+    no failures."""
+    lines, ok = [], True
+    lows = [p for p in points if p.concurrency == low and p.target in BASELINES]
+    best_p50 = min(lows, key=lambda p: p.p50_ms, default=None)
+    base = best_baseline(points, high)
+    if best_p50 is None or base is None:
+        return False, f"no baseline points at concurrency {low} and {high}"
+    for t in dict.fromkeys(p.target for p in points if p.target not in BASELINES):
+        at = {p.concurrency: p for p in points if p.target == t}
+        if low not in at or high not in at:
+            ok = False
+            lines.append(f"{TARGET_LABELS[t]}: no points at concurrency {low} and {high}")
+            continue
+        lat = at[low].p50_ms / best_p50.p50_ms if best_p50.p50_ms else float("inf")
+        thr = at[high].rps / base.rps if base.rps else float("inf")
+        good_low = lat <= latency_factor and at[low].failures == 0
+        good_high = thr >= throughput_factor and at[high].p99_ms < base.p99_ms and at[high].failures == 0
+        ok = ok and good_low and good_high
         lines.append(
-            f"{TARGET_LABELS[p.target]}: {ratio:.2f}x the baseline's throughput, p99 {p.p99_ms:.0f} ms vs "
-            f"{base.p99_ms:.0f} ms ({'meets' if good else 'misses'} the target)"
+            f"{TARGET_LABELS[t]}: c={low} p50 {at[low].p50_ms:.2f} ms = {lat:.2f}x the best FastAPI's "
+            f"({best_p50.p50_ms:.2f} ms) ({'meets' if good_low else 'misses'} <= {latency_factor:g}x); c={high} "
+            f"{thr:.2f}x the best FastAPI's throughput, p99 {at[high].p99_ms:.0f} ms vs {base.p99_ms:.0f} ms "
+            f"({'meets' if good_high else 'misses'} >= {throughput_factor:g}x with a lower p99)"
         )
-    return ok, "; ".join(lines)
+    return ok and bool(lines), "; ".join(lines)

@@ -18,14 +18,16 @@ TARGETS = {
     "triton-http": "TritonHttpUser",
     "baseline": "BaselineHttpUser",
     "baseline-tuned": "BaselineHttpUser",
+    "baseline-tuned-workers": "BaselineHttpUser",
 }
 TARGET_LABELS = {
-    "triton-grpc": "Triton ensemble (gRPC)",
-    "triton-http": "Triton ensemble (HTTP)",
+    "triton-grpc": "Triton classify (gRPC)",
+    "triton-http": "Triton classify (HTTP)",
     "baseline": "FastAPI baseline (HTTP)",
     "baseline-tuned": "FastAPI baseline, 1 ORT thread (HTTP)",
+    "baseline-tuned-workers": "FastAPI baseline, 1 ORT thread, N uvicorn workers (HTTP)",
 }
-BASELINES = ("baseline", "baseline-tuned")
+BASELINES = ("baseline", "baseline-tuned", "baseline-tuned-workers")
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,11 @@ class HeadToHeadConfig:
     batch_size: int = 1
     classes: int = 20000
     image_count: int = 256
-    targets: tuple[str, ...] = ("triton-grpc", "triton-http", "baseline", "baseline-tuned")
+    targets: tuple[str, ...] = ("triton-grpc", "triton-http", "baseline", "baseline-tuned", "baseline-tuned-workers")
     baseline_handler: str = "threadpool"
     baseline_threads: int = 0  # "baseline": ONNX Runtime's default, as a user writes it
     tuned_baseline_threads: int = 1  # "baseline-tuned": the one option that closes most of the gap
+    baseline_workers: int = 2  # "baseline-tuned-workers": uvicorn worker processes (one per core helps most)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -52,6 +55,8 @@ class HeadToHeadConfig:
             raise ValueError(f"concurrency levels must be positive, got {self.concurrency}")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.batch_size < 1 or self.classes < 2:
             raise ValueError(f"invalid benchmark settings {self}")
+        if self.baseline_workers < 1:
+            raise ValueError(f"baseline_workers must be at least 1, got {self.baseline_workers}")
         if self.baseline_handler not in ("threadpool", "inline"):
             raise ValueError(f"baseline_handler must be 'threadpool' or 'inline', got {self.baseline_handler!r}")
 
@@ -74,3 +79,10 @@ def load_bench_config(
         raise ValueError(f"unknown [bench] option(s): {sorted(unknown)}; known: {sorted(fields)}")
     bench = {k: tuple(v) if isinstance(v, list) else v for k, v in bench.items()}
     return HeadToHeadConfig(**bench), load_config(None, data)
+
+
+def baseline_settings(bench: HeadToHeadConfig, target: str) -> tuple[int, int]:
+    """(ONNX Runtime threads, uvicorn workers) of a baseline target."""
+    if target == "baseline":
+        return bench.baseline_threads, 1
+    return bench.tuned_baseline_threads, bench.baseline_workers if target == "baseline-tuned-workers" else 1

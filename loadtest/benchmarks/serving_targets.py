@@ -47,15 +47,16 @@ def serve_triton(art: BenchArtifacts, cfg: MegaclassConfig, work: Path) -> Itera
 
 @contextlib.contextmanager
 def serve_baseline(
-    art: BenchArtifacts, bench: HeadToHeadConfig, work: Path, threads: int, timeout_s: float = 120
+    art: BenchArtifacts, bench: HeadToHeadConfig, work: Path, threads: int, workers: int = 1, timeout_s: float = 120
 ) -> Iterator[Endpoint]:
-    """The FastAPI baseline (`baseline_service`) with `threads` ONNX Runtime threads, until it answers /info."""
+    """The FastAPI baseline (`baseline_service`) with `threads` ONNX Runtime threads in each of `workers`
+    uvicorn processes, until it answers /info."""
     port = free_port()
     log = open(work / "baseline.log", "w")  # noqa: SIM115 - closed below
     cmd = [
         sys.executable, "-m", "megaclass.loadtest.benchmarks.baseline_service",
         "--onnx", str(art.onnx), "--index", str(art.index), "--port", str(port),
-        "--handler", bench.baseline_handler, "--threads", str(threads),
+        "--handler", bench.baseline_handler, "--threads", str(threads), "--workers", str(workers),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -84,12 +85,14 @@ def serve_baseline(
 
 
 def encoder_batch_counts(grpc_url: str) -> dict[int, int]:
-    """Executions per batch size of the Triton encoder so far."""
+    """Executions per batch size of the model running the encoder so far (`classify` when it is the
+    one-hop model, else `encoder`)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        stats = client.get_inference_statistics("encoder", as_json=True)["model_stats"]
+        one_hop = client.get_model_config("classify", as_json=True)["config"].get("backend") == "python"
+        stats = client.get_inference_statistics("classify" if one_hop else "encoder", as_json=True)["model_stats"]
     finally:
         client.close()
     counts: dict[int, int] = {}

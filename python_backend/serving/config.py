@@ -30,7 +30,10 @@ class ModelServingConfig:
 
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = (16, 32, 64)
-    max_queue_delay_us: int = 2000
+    # Triton waits up to this for a preferred batch even when nothing else is queued: at low load
+    # every request pays it. 0: run at once and batch whatever queued while an instance was busy
+    # (measured in docs/benchmarks.md, "Serving overhead": no throughput lost on the CPU target).
+    max_queue_delay_us: int = 0
     instances: int = 1
     # Requests beyond it are rejected instead of piling up; 0: unbounded (no queue policy).
     # Off by default: with a queue policy, Triton 2.51 answered about 1 in 100 direct retriever
@@ -85,6 +88,12 @@ class ServingConfig:
     target: Literal["cpu", "gpu-onnxruntime", "gpu-tensorrt", "gpu-torch"] = "cpu"
     # gpu-torch: the encoder's preferred batch sizes (and its maximum) captured as CUDA graphs at load.
     encoder_cuda_graphs: bool = True
+    # How `classify` is served: "ensemble" (encoder -> retriever, two Python-backend hops on the CPU;
+    # the design for GPU encoders in Triton's ONNX Runtime/TensorRT backends), "one-hop" (one
+    # Python-backend model running ONNX Runtime and the index in one process, sized like the encoder),
+    # or "auto": one-hop for the cpu target, where it measured faster (docs/benchmarks.md,
+    # "Serving overhead"), the ensemble for the GPU targets.
+    classify_form: Literal["auto", "ensemble", "one-hop"] = "auto"
     trt_fp16: bool = True  # FP16 encoder on the GPU (TensorRT precision; torch half for gpu-torch)
     trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
     gpu_retrieval: GpuRetrievalConfig = field(default_factory=GpuRetrievalConfig)
@@ -103,3 +112,10 @@ class ServingConfig:
     # The validating front on the public ports, tritonserver behind it on loopback (server/guard/).
     guard: bool = True
     limits: RequestLimits = field(default_factory=RequestLimits)
+
+
+def classify_form(serving: ServingConfig) -> Literal["ensemble", "one-hop"]:
+    """The form `classify` is generated in for `serving` ("auto" resolved by the target)."""
+    if serving.classify_form != "auto":
+        return serving.classify_form
+    return "one-hop" if serving.target == "cpu" else "ensemble"

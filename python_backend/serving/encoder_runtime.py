@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def cpu_threads_per_instance(instances: int) -> int:
-    """Cores per model instance, so that instances do not fight over cores."""
-    return max(1, usable_cores() // max(1, instances))
 
 
 class OnnxEncoder:

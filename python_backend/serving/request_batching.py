@@ -56,6 +56,20 @@ def check_input(spec: TensorSpec, array: np.ndarray | None, max_rows: int | None
     return array.contiguous() if is_torch_tensor(array) else np.ascontiguousarray(array)
 
 
+def check_inputs(
+    spec: TensorSpec, arrays: Sequence[np.ndarray | None], max_rows: int | None = None
+) -> list[np.ndarray | Exception]:
+    """`check_input` for each request's array; a rejected request gets its exception instead (the
+    form `run_batched` takes)."""
+    checked: list[np.ndarray | Exception] = []
+    for array in arrays:
+        try:
+            checked.append(check_input(spec, array, max_rows))
+        except Exception as exc:
+            checked.append(exc)
+    return checked
+
+
 def run_batched(
     inputs: Sequence[np.ndarray | Exception],
     fn: Callable[[np.ndarray], list],

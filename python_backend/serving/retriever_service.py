@@ -1,8 +1,9 @@
 """What the Triton retriever does, without Triton: per-request options, one search per batch.
 
-Every request of a dynamic batch may ask for its own `top_k` and score threshold. The batch
-is searched once with the largest `top_k`; each request then gets its rows, its first
-`top_k` columns, and its threshold applied (scores below it become class -1, "<unknown>").
+Every request of a dynamic batch may ask for its own `top_k` and score threshold. The requests
+asking for the same `top_k` are searched together, once (an answer never depends on its
+batch-mates); each request gets row views of that search's outputs with its threshold applied
+(scores below it become class -1, "<unknown>").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class RetrieverAnswer:
     """Per-request answer, rows aligned with the request's embeddings."""
 
     class_ids: np.ndarray  # int64 [n, top_k]
-    labels: np.ndarray  # object (str) [n, top_k]
+    labels: np.ndarray  # object (UTF-8 bytes) [n, top_k], ready for a BYTES tensor
     scores: np.ndarray  # float32 [n, top_k]
 
 
@@ -117,56 +118,111 @@ def _one_value(name: str, array: np.ndarray) -> int | float:
     return flat[0].item()
 
 
-def answer_requests(
-    index, requests: Sequence[RetrieverRequest | Exception]
-) -> tuple[list[RetrieverAnswer | Exception], dict]:
-    """Search all valid requests as one batch and split the answer per request.
+class EncodedLabels:
+    """The index's class labels as one table of UTF-8 bytes, built once: a batch's labels are one
+    `take` by class id (the BYTES output needs bytes; encoding per row cost a Python loop per answer).
 
-    Returns the per-request answers (or errors) and the search's statistics (queries,
-    nprobe, candidates scanned, as the index reports them).
+    Two extra entries: b"" for an empty slot (class id -1, fewer than k classes found) and
+    b"<unknown>" for a class below the request's threshold.
     """
-    valid = [r for r in requests if isinstance(r, RetrieverRequest)]
-    if not valid:
-        return list(requests), {}
-    k = max(r.top_k for r in valid)
-    queries = concat_rows([r.embeddings for r in valid])
-    try:
-        result = index.search(queries, top_k=k)
-    except Exception as exc:
-        return [exc if isinstance(r, RetrieverRequest) else r for r in requests], {}
-    answers: list[RetrieverAnswer | Exception] = []
-    start = 0
-    for r in requests:
-        if not isinstance(r, RetrieverRequest):
-            answers.append(r)
-            continue
-        rows = slice(start, start + r.embeddings.shape[0])
-        start = rows.stop
-        ids = result.class_ids[rows, : r.top_k].copy()
-        labels = result.labels[rows, : r.top_k].copy()
-        scores = result.scores[rows, : r.top_k].copy()
-        if r.threshold is not None:
-            below = scores < r.threshold
-            ids[below] = -1
-            labels[below] = UNKNOWN_LABEL
-        answers.append(RetrieverAnswer(ids, labels, scores))
-    return answers, {"queries": len(queries), **getattr(result, "stats", {})}
+
+    def __init__(self, classes: np.ndarray, labels: Sequence[str]):
+        self.classes = np.asarray(classes, dtype=np.int64)  # sorted, unique
+        encoded = [str(s).encode() for s in labels]
+        self.table = np.array([*encoded, b"", UNKNOWN_LABEL.encode()], dtype=object)
+        n = len(self.classes)
+        self._missing, self._unknown = n, n + 1
+        self._contiguous = n > 0 and self.classes[-1] - self.classes[0] == n - 1
+
+    @classmethod
+    def of_index(cls, index) -> EncodedLabels:
+        """The labels of a loaded RoutedIndex."""
+        classes, labels, _ = index._label_table()
+        return cls(classes, labels)
+
+    def take(self, class_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Labels (object array of bytes, same shape) of `class_ids`: b"<unknown>" for class -1 with
+        a finite score (below a threshold), b"" for class -1 with score -inf (an empty slot)."""
+        ids = np.asarray(class_ids, dtype=np.int64)
+        c, n = self.classes, len(self.classes)
+        if self._contiguous:
+            pos = np.where((ids < c[0]) | (ids > c[-1]), self._missing, ids - c[0])
+        elif n:
+            at = np.minimum(np.searchsorted(c, ids), n - 1)
+            pos = np.where((ids >= 0) & (c[at] == ids), at, self._missing)
+        else:
+            pos = np.full(ids.shape, self._missing)
+        pos = np.where((ids < 0) & np.isfinite(scores), self._unknown, pos)
+        return self.table.take(pos)
+
+
+def answer_requests(
+    index, requests: Sequence[RetrieverRequest | Exception], labels: EncodedLabels | None = None
+) -> tuple[list[RetrieverAnswer | Exception], dict]:
+    """Search the valid requests in one batch per distinct `top_k`; split the answer per request.
+
+    Requests with the same `top_k` share one search; a request never sees a batch-mate's `top_k`
+    (with compressed storage the re-rank depth grows with it, so its answer would depend on who it
+    was batched with). Every output is built once per search and each request gets row views of
+    it. Labels are bytes (`labels`, default: the index's, encoded once). Returns the per-request
+    answers (or errors) and the searches' statistics (queries, nprobe, candidates scanned).
+    """
+    answers: list[RetrieverAnswer | Exception] = list(requests)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(requests):
+        if isinstance(r, RetrieverRequest):
+            groups.setdefault(r.top_k, []).append(i)
+    if not groups:
+        return answers, {}
+    labels = labels if labels is not None else EncodedLabels.of_index(index)
+    stats: dict = {"queries": 0, "candidates_scanned": 0}
+    for k, members in groups.items():
+        batch = [requests[i] for i in members]
+        try:
+            split, group_stats = _answer_group(index, batch, k, labels)
+        except Exception as exc:  # one failure answers this search's requests with it
+            split, group_stats = [exc] * len(members), {}
+        for i, answer in zip(members, split, strict=True):
+            answers[i] = answer
+        stats["queries"] += group_stats.get("queries", 0)
+        stats["candidates_scanned"] += int(group_stats.get("candidates_scanned", 0))
+        if "nprobe" in group_stats:
+            stats["nprobe"] = group_stats["nprobe"]
+    return answers, stats
+
+
+def _answer_group(
+    index, batch: list[RetrieverRequest], k: int, labels: EncodedLabels
+) -> tuple[list[RetrieverAnswer], dict]:
+    """One search for requests that all ask for `k`; answers are row views of the batch's outputs."""
+    queries = concat_rows([r.embeddings for r in batch])
+    result = index.search(queries, top_k=k)
+    ids = np.asarray(result.class_ids, dtype=np.int64)
+    scores = np.asarray(result.scores, dtype=np.float32)
+    sizes = [r.embeddings.shape[0] for r in batch]
+    if any(r.threshold is not None for r in batch):
+        t = np.repeat([np.nan if r.threshold is None else r.threshold for r in batch], sizes)
+        ids = np.where(scores < t[:, None].astype(np.float32), -1, ids)  # NaN (no threshold): never below
+    names = labels.take(ids, scores)
+    bounds = np.cumsum([0, *sizes])
+    split = [RetrieverAnswer(ids[a:b], names[a:b], scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return split, {"queries": len(queries), **getattr(result, "stats", {})}
 
 
 class SearchTally:
     """The retriever's search statistics, added up between sends to Triton's metrics.
 
-    Each metric call from a Python-backend model is a round trip to the server process; made for
-    every batch they took about a fifth of the retriever's busy time under load (py-spy). So the
-    sums are sent at most every `interval_s` while batches are large (the server is busy), and at
-    once for a batch of at most `small_batch` requests (light load: each call is cheap next to the
-    traffic, and the metrics stay exact). Under load the metrics lag by at most `interval_s`;
-    after a burst, until the next request. The nprobe gauge is sent only when it changes.
+    Each metric call from a Python-backend model is a round trip to the server process, paid
+    inside `execute` before the responses leave: made for every batch they took about a fifth of
+    the retriever's busy time under load, and at concurrency 1 they added to every request's
+    latency. So the sums are sent at most once every `interval_s`, whatever the batch size: a
+    request after a quiet spell sends at once; under traffic the metrics lag by at most
+    `interval_s`, and after a burst until the next request. The nprobe gauge is sent only when it
+    changes.
     """
 
-    def __init__(self, interval_s: float = 0.5, small_batch: int = 2, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic):
         self.interval_s = interval_s
-        self.small_batch = small_batch
         self.clock = clock
         self.queries = 0
         self.candidates = 0
@@ -174,7 +230,7 @@ class SearchTally:
         self._nprobe_sent: int | None = None
         self._sent_at = -math.inf
 
-    def add(self, stats: dict, requests: int) -> dict | None:
+    def add(self, stats: dict) -> dict | None:
         """Add one batch's `stats`; returns the sums to send (and starts afresh) when due, else None;
         its "nprobe" is None unless it changed since the last send."""
         if stats:
@@ -182,7 +238,7 @@ class SearchTally:
             self.candidates += int(stats.get("candidates_scanned", stats.get("fetched_per_query", 0)))
             self.nprobe = stats.get("nprobe", self.nprobe)
         now = self.clock()
-        if not self.queries or (requests > self.small_batch and now - self._sent_at < self.interval_s):
+        if not self.queries or now - self._sent_at < self.interval_s:
             return None
         changed = self.nprobe if self.nprobe != self._nprobe_sent else None
         due = {"queries": self.queries, "candidates": self.candidates, "nprobe": changed}

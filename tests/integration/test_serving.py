@@ -11,6 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from megaclass.clients.client import Client, MegaclassError
+from megaclass.export.repository.generate import is_one_hop
 from megaclass.python_backend.serving.preprocess import to_model_input
 
 pytestmark = pytest.mark.integration
@@ -60,6 +61,29 @@ def test_retriever_direct_with_options(tiny_stack, protocol):
         strict = client.search(emb, top_k=3, threshold=0.999999)
     below = got.scores < 0.999999
     assert (strict.class_ids[below] == -1).all() and (strict.labels[below] == "<unknown>").all()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", ["retriever", "classify"])
+@pytest.mark.parametrize("subset", [["CLASS_IDS"], ["SCORES", "LABELS"], ["INDEX_VERSION"]])
+def test_requested_output_subsets(tiny_stack, protocol, model, subset):
+    """Only the outputs the caller asked for come back, and they equal the full answer's."""
+    tc = grpcclient if protocol == "grpc" else httpclient
+    url = tiny_stack.server.grpc_url if protocol == "grpc" else tiny_stack.server.http_url
+    if model == "retriever":
+        data, name = tiny_stack.encoder.embed(to_model_input(tiny_stack.images[:3])), "EMBEDDING"
+    else:
+        data, name = to_model_input(tiny_stack.images[:3]), "IMAGE"
+    client = tc.InferenceServerClient(url)
+    x = tc.InferInput(name, list(data.shape), "FP32")
+    x.set_data_from_numpy(data)
+    full = client.infer(model, [x])
+    part = client.infer(model, [x], outputs=[tc.InferRequestedOutput(n) for n in subset])
+    got = {o["name"] for o in part.get_response(as_json=True)["outputs"]} if protocol == "grpc" else {
+        o["name"] for o in part.get_response()["outputs"]}  # fmt: skip
+    assert got == set(subset)
+    for n in subset:
+        np.testing.assert_array_equal(part.as_numpy(n), full.as_numpy(n))
 
 
 def test_top_k_from_request_parameters(tiny_stack):
@@ -114,9 +138,10 @@ def test_bad_input_fails_alone_while_good_requests_succeed(tiny_stack, protocol)
 def test_dynamic_batching_merges_concurrent_requests(tiny_stack):
     """Concurrent single-image requests reach the models as batches larger than one."""
     client = grpcclient.InferenceServerClient(tiny_stack.server.grpc_url)
+    model = "classify" if is_one_hop(tiny_stack.repo) else "encoder"  # the model that runs the encoder
 
     def batch_sizes() -> dict[int, int]:
-        stats = client.get_inference_statistics("encoder", as_json=True)["model_stats"][0]
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
         return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
 
     before = batch_sizes()
@@ -182,9 +207,11 @@ def test_perf_analyzer_sweep_runs(tiny_stack):
 
 
 def test_retriever_custom_metrics(tiny_stack):
+    import time
     import urllib.request
 
     emb = tiny_stack.encoder.embed(to_model_input(tiny_stack.images[:3]))
+    time.sleep(0.6)  # sums are sent at most every 0.5 s (SearchTally): a request after a pause sends at once
     with _client(tiny_stack, "grpc") as client:
         client.search(emb)
     text = urllib.request.urlopen(tiny_stack.server.metrics_url, timeout=5).read().decode()

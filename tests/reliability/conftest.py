@@ -52,7 +52,9 @@ class Stack:
 
 def serving_config() -> ServingConfig:
     small = ModelServingConfig(max_batch_size=MAX_BATCH, preferred_batch_sizes=(8, 16), max_queue_delay_us=2000)
-    return ServingConfig(encoder=small, retriever=small, default_top_k=5, max_top_k=20)
+    # The ensemble: these tests kill, stall and overload the encoder and retriever stubs behind
+    # `classify` (the one-hop form is checked against it in tests/integration/test_one_hop_classify.py).
+    return ServingConfig(encoder=small, retriever=small, default_top_k=5, max_top_k=20, classify_form="ensemble")
 
 
 def start_stack(root: Path, repo_dir: Path | None = None, **server_kwargs) -> Stack:

@@ -12,9 +12,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.serving.device_arrays import is_torch_tensor
-from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder, cpu_threads_per_instance
+from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchEncoder
 from megaclass.python_backend.serving.error_reporting import error_message, use_triton_log
-from megaclass.python_backend.serving.request_batching import TensorSpec, check_input, run_batched
+from megaclass.python_backend.serving.request_batching import TensorSpec, check_inputs, run_batched
+from megaclass.python_backend.serving.thread_budget import cpu_threads_per_instance
 from megaclass.python_backend.serving.version_integrity import verify_version
 
 
@@ -51,13 +52,8 @@ class TritonPythonModel:
             self.encoder.warm_up(self.spec.item_shape)
 
     def execute(self, requests):
-        inputs = []
-        for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, self.spec.name)
-            try:
-                inputs.append(check_input(self.spec, None if tensor is None else tensor.as_numpy(), self.max_rows))
-            except Exception as exc:
-                inputs.append(exc)
+        tensors = [pb_utils.get_input_tensor_by_name(request, self.spec.name) for request in requests]
+        inputs = check_inputs(self.spec, [None if t is None else t.as_numpy() for t in tensors], self.max_rows)
         responses = []
         for result in run_batched(inputs, lambda x: [self.encoder.embed(x)]):
             if isinstance(result, Exception):

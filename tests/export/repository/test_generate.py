@@ -14,18 +14,19 @@ from megaclass.export.repository.generate import (
     config_text,
     encoder_config,
     model_file,
+    one_hop_classify_config,
     parse_config,
     publish_version,
     retriever_config,
     versions,
     write_config,
 )
-from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig, classify_form
 
 SHAPES = ModelShapes(image_size=32, embedding_dim=128)
 
 
-@pytest.mark.parametrize("make", [encoder_config, retriever_config, classify_config])
+@pytest.mark.parametrize("make", [encoder_config, retriever_config, classify_config, one_hop_classify_config])
 def test_generated_configs_parse_as_model_config(make, tmp_path):
     serving, export = ServingConfig(), ExportConfig()
     cfg = make(serving, export, SHAPES) if make is not retriever_config else make(serving, SHAPES)
@@ -58,13 +59,30 @@ def test_ensemble_wires_encoder_into_retriever():
     assert cfg.max_batch_size == min(ServingConfig().encoder.max_batch_size, ServingConfig().retriever.max_batch_size)
 
 
+def test_classify_form_per_target():
+    assert classify_form(ServingConfig()) == "one-hop"  # measured faster on the CPU target
+    assert classify_form(ServingConfig(target="gpu-onnxruntime")) == "ensemble"
+    assert classify_form(ServingConfig(classify_form="ensemble")) == "ensemble"
+    with pytest.raises(ValueError, match="target cpu"):
+        one_hop_classify_config(ServingConfig(target="gpu-tensorrt"), ExportConfig(), SHAPES)
+
+
+def test_one_hop_classify_is_sized_like_the_encoder():
+    s = ServingConfig(encoder=ModelServingConfig(max_batch_size=32, instances=3, max_queue_delay_us=0))
+    cfg = one_hop_classify_config(s, ExportConfig(), SHAPES)
+    assert cfg.backend == "python" and cfg.max_batch_size == 32 and cfg.instance_group[0].count == 3
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
+    assert {o.name for o in cfg.output} == {"CLASS_IDS", "LABELS", "SCORES", "INDEX_VERSION"}
+    assert [i.name for i in cfg.input] == ["IMAGE"]
+
+
 def test_config_text_rejects_garbage():
     with pytest.raises(Exception, match="no field named"):
         parse_config(config_text(encoder_config(ServingConfig(), ExportConfig(), SHAPES)) + "\nbogus_field: 1\n")
 
 
 def test_model_files_are_packaged():
-    for name in ("encoder", "retriever"):
+    for name in ("encoder", "retriever", "classify", "decode"):
         assert "class TritonPythonModel" in model_file(name).read_text()
 
 

@@ -50,3 +50,13 @@ def test_run_batched_failure_answers_every_valid_request():
 
     out = run_batched([np.ones((1, 4), np.float32), InputError("bad")], fn)
     assert isinstance(out[0], RuntimeError) and isinstance(out[1], InputError)
+
+
+def test_check_inputs_answers_each_request_with_its_array_or_its_error():
+    from megaclass.python_backend.serving.request_batching import check_inputs
+
+    good = np.zeros((2, 4), np.float32)
+    out = check_inputs(SPEC, [good, None, np.zeros((1, 5), np.float32)], max_rows=8)
+    assert out[0] is not None and np.array_equal(out[0], good)
+    assert isinstance(out[1], InputError) and "missing" in str(out[1])
+    assert isinstance(out[2], InputError) and "shape" in str(out[2])

@@ -10,6 +10,7 @@ import pytest
 from megaclass.python_backend.serving.request_batching import InputError
 from megaclass.python_backend.serving.retriever_service import (
     UNKNOWN_LABEL,
+    EncodedLabels,
     RetrieverRequest,
     SearchTally,
     answer_requests,
@@ -59,45 +60,87 @@ class FakeIndex:
         return r
 
 
-def test_answer_requests_searches_once_and_slices_per_request():
+LABELS = EncodedLabels(np.arange(10), [f"c{c}" for c in range(10)])
+
+
+def test_answer_requests_searches_once_per_top_k_and_slices_per_request():
     index = FakeIndex()
     reqs = [
         RetrieverRequest(np.array([[2.0], [7.0]], np.float32), top_k=1, threshold=None),
         InputError("bad request"),
         RetrieverRequest(np.array([[4.0]], np.float32), top_k=3, threshold=-1.5),
+        RetrieverRequest(np.array([[5.0]], np.float32), top_k=1, threshold=None),
     ]
-    out, stats = answer_requests(index, reqs)
-    assert stats["queries"] == 3
-    assert index.calls == [(3, 3)]
-    assert out[0].class_ids.tolist() == [[2], [7]]
+    out, stats = answer_requests(index, reqs, LABELS)
+    assert stats["queries"] == 4
+    assert index.calls == [(3, 1), (1, 3)]  # one search per distinct top_k, never the batch's largest
+    assert out[0].class_ids.tolist() == [[2], [7]] and out[3].class_ids.tolist() == [[5]]
+    assert out[0].labels.tolist() == [[b"c2"], [b"c7"]]
     assert isinstance(out[1], InputError)
     assert out[2].class_ids.tolist() == [[4, 3, 5]]
-    strict = answer_requests(index, [RetrieverRequest(np.array([[4.0]], np.float32), 3, threshold=-0.5)])[0][0]
-    assert strict.class_ids.tolist() == [[4, -1, -1]] and strict.labels[0, 1] == UNKNOWN_LABEL
+    strict = answer_requests(index, [RetrieverRequest(np.array([[4.0]], np.float32), 3, threshold=-0.5)], LABELS)
+    strict = strict[0][0]
+    assert strict.class_ids.tolist() == [[4, -1, -1]]
+    assert strict.labels.tolist() == [[b"c4", UNKNOWN_LABEL.encode(), UNKNOWN_LABEL.encode()]]
 
 
-def test_search_tally_sends_small_batches_at_once_and_large_ones_in_sums():
+def test_encoded_labels_empty_slots_unknown_and_sparse_ids():
+    labels = EncodedLabels(np.array([3, 7, 20]), ["three", "seven", "twenty"])
+    ids = np.array([[20, 3, -1, -1, 5]])
+    scores = np.array([[0.9, 0.5, 0.2, -np.inf, 0.1]], np.float32)
+    assert labels.take(ids, scores).tolist() == [[b"twenty", b"three", b"<unknown>", b"", b""]]
+
+
+@pytest.mark.parametrize("storage", ["sq8", "pq"])
+def test_answer_does_not_depend_on_batch_mates(storage):
+    """A top-5 request batched with a top-100 one gets exactly its answer alone (compressed storage:
+    the re-rank depth grows with top_k, so searching the batch with the largest k would change it)."""
+    from megaclass.python_backend.index.config import IndexConfig
+    from megaclass.python_backend.index.routed_index import RoutedIndex
+
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((2000, 16)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    ids = np.arange(2000, dtype=np.int64)
+    cfg = IndexConfig(nlist=16, nprobe=4, storage=storage, pq_m=8 if storage == "pq" else None)
+    index = RoutedIndex.build(xb, ids, {int(i): f"class {i}" for i in ids}, cfg)
+    q = xb[:40] + 0.3 * rng.standard_normal((40, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    small = RetrieverRequest(q[:20], top_k=5, threshold=None)
+    alone = answer_requests(index, [small])[0][0]
+    mixed = answer_requests(index, [RetrieverRequest(q[20:], top_k=100, threshold=None), small])[0][1]
+    assert np.array_equal(mixed.class_ids, alone.class_ids)
+    assert np.array_equal(mixed.scores, alone.scores)
+    assert mixed.labels.tolist() == alone.labels.tolist()
+    if storage == "pq":  # coarse codes: the old single search with the batch's largest k answered otherwise
+        largest = index.search(q[:20], top_k=100)
+        assert not np.array_equal(largest.class_ids[:, :5], alone.class_ids)
+
+
+def test_search_tally_sends_at_most_once_per_interval():
     now = [0.0]
-    tally = SearchTally(interval_s=0.5, small_batch=2, clock=lambda: now[0])
-    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4}, requests=1) == {
+    tally = SearchTally(interval_s=0.5, clock=lambda: now[0])
+    # After a quiet spell: sent at once.
+    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4}) == {
         "queries": 1, "candidates": 10, "nprobe": 4}  # fmt: skip
-    # Busy: large batches are summed until the interval has passed since the last send.
-    assert tally.add({"queries": 16, "candidates_scanned": 160, "nprobe": 4}, requests=16) is None
+    # Within the interval: summed, whatever the batch size.
+    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4}) is None
     now[0] = 0.4
-    assert tally.add({"queries": 8, "candidates_scanned": 80, "nprobe": 5}, requests=8) is None
+    assert tally.add({"queries": 8, "candidates_scanned": 80, "nprobe": 5}) is None
     now[0] = 0.6
-    assert tally.add({"queries": 4, "candidates_scanned": 40, "nprobe": 5}, requests=4) == {
-        "queries": 28, "candidates": 280, "nprobe": 5}  # fmt: skip
-    # Nothing summed: nothing to send, even for a small batch (all requests were rejected).
-    assert tally.add({}, requests=1) is None
-    # A small batch flushes whatever a burst left behind.
-    now[0] = 0.7
-    assert tally.add({"queries": 32, "candidates_scanned": 1}, requests=32) is None
-    assert tally.add({"queries": 1, "candidates_scanned": 1}, requests=1)["queries"] == 33
+    assert tally.add({"queries": 4, "candidates_scanned": 40, "nprobe": 5}) == {
+        "queries": 13, "candidates": 130, "nprobe": 5}  # fmt: skip
+    # Nothing summed: nothing to send (all requests were rejected).
+    now[0] = 2.0
+    assert tally.add({}) is None
+    assert tally.add({"queries": 1, "candidates_scanned": 1})["queries"] == 1
 
 
 def test_search_tally_sends_nprobe_only_when_it_changes():
-    tally = SearchTally(small_batch=2)
-    assert tally.add({"queries": 1, "nprobe": 4}, requests=1)["nprobe"] == 4
-    assert tally.add({"queries": 1, "nprobe": 4}, requests=1)["nprobe"] is None
-    assert tally.add({"queries": 1, "nprobe": 6}, requests=1)["nprobe"] == 6
+    now = [0.0]
+    tally = SearchTally(interval_s=0.5, clock=lambda: now[0])
+    assert tally.add({"queries": 1, "nprobe": 4})["nprobe"] == 4
+    now[0] = 1.0
+    assert tally.add({"queries": 1, "nprobe": 4})["nprobe"] is None
+    now[0] = 2.0
+    assert tally.add({"queries": 1, "nprobe": 6})["nprobe"] == 6
