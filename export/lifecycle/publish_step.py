@@ -54,8 +54,8 @@ def step_publish(ctx: RefreshContext) -> dict[str, Any]:
     keep = ctx.cfg.refresh.keep_versions
     done = []
     if enc["encoder_changed"]:
-        done.append(publish_encoder(repo, Path(enc["encoder"]), keep=keep))
-    done.append(publish_index(repo, index_dir, keep=keep))
+        done.append(publish_encoder(repo, Path(enc["encoder"]), keep=keep, promote_it=True))
+    done.append(publish_index(repo, index_dir, keep=keep, promote_it=True))  # the gate passed: it serves
     versions = {p.model: p.version for p in done}
     if ctx.req.url:
         try:
