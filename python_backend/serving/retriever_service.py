@@ -136,8 +136,8 @@ class EncodedLabels:
 
     @classmethod
     def of_index(cls, index) -> EncodedLabels:
-        """The labels of a loaded RoutedIndex."""
-        classes, labels, _ = index._label_table()
+        """The labels of a loaded RoutedIndex (or of the one a GPU retriever wraps, index/gpu_retrieval.py)."""
+        classes, labels, _ = getattr(index, "index", index)._label_table()
         return cls(classes, labels)
 
     def take(self, class_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -186,8 +186,9 @@ def answer_requests(
             answers[i] = answer
         stats["queries"] += group_stats.get("queries", 0)
         stats["candidates_scanned"] += int(group_stats.get("candidates_scanned", 0))
-        if "nprobe" in group_stats:
-            stats["nprobe"] = group_stats["nprobe"]
+        for key in ("nprobe", "backend"):
+            if key in group_stats:
+                stats[key] = group_stats[key]
     return answers, stats
 
 

@@ -64,7 +64,7 @@ class TritonRetriever:
             size_index_threads(self.index, stub_thread_budget(int(params.get("instance_count", "1"))))
         check_index_matches_config(self.index.dim, config, index_dir)
         fingerprint = index_fingerprint(self.index.manifest)
-        self.labels = EncodedLabels.of_index(getattr(self.index, "index", self.index))  # a GPU retriever wraps one
+        self.labels = EncodedLabels.of_index(self.index)
         self.plan = plan
         self.spec = TensorSpec("EMBEDDING", np.float32, (self.index.dim,))
         self.max_rows = int(config.get("max_batch_size", 0)) or None

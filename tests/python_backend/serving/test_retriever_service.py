@@ -102,7 +102,12 @@ def test_answer_does_not_depend_on_batch_mates(storage):
     xb = rng.standard_normal((2000, 16)).astype(np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
     ids = np.arange(2000, dtype=np.int64)
-    cfg = IndexConfig(nlist=16, nprobe=4, storage=storage, pq_m=8 if storage == "pq" else None)
+    from megaclass.python_backend.index.defaults import FAISS_FLAT
+
+    # FAISS's scan, whose re-rank depth follows top_k (the native kernel's exact re-rank would hide it)
+    cfg = IndexConfig(
+        **{**FAISS_FLAT, "nlist": 16, "nprobe": 4, "storage": storage}, pq_m=8 if storage == "pq" else None
+    )
     index = RoutedIndex.build(xb, ids, {int(i): f"class {i}" for i in ids}, cfg)
     q = xb[:40] + 0.3 * rng.standard_normal((40, 16)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
