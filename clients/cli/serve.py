@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from megaclass.clients.cli.common import Subparsers, add_server_args, serving_overrides
+from megaclass.python_backend.server.__main__ import add_repository_args
 from megaclass.python_backend.server.guard.launch import add_guard_arg
 from megaclass.python_backend.server.security import add_security_args
 
@@ -23,14 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def register(sub: Subparsers) -> None:
     """`megaclass serve` (the serving images run the same as `python -m megaclass.python_backend.server`)."""
     p = sub.add_parser("serve", help="start the bundled tritonserver on a model repository")
-    p.add_argument(
-        "--repository", default="model_repository", help="model repository folder to serve (default: model_repository)"
-    )
-    p.add_argument(
-        "--explicit",
-        action="store_true",
-        help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
-    )
+    add_repository_args(p)
     add_server_args(p)
     add_guard_arg(p)
     add_security_args(p)

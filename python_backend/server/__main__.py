@@ -72,10 +72,8 @@ def serve_until_stopped(
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    prog = "python -m megaclass.python_backend.server"
-    s = ServingConfig()
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].split(": ", 1)[1])
+def add_repository_args(p: argparse.ArgumentParser) -> None:
+    """--repository and --explicit, shared by this launcher and `megaclass serve`."""
     p.add_argument(
         "--repository", default="model_repository", help="model repository folder to serve (default: model_repository)"
     )
@@ -84,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="explicit model control: models are loaded and unloaded through the API (default: off, all loaded)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "python -m megaclass.python_backend.server"
+    s = ServingConfig()
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].split(": ", 1)[1])
+    add_repository_args(p)
     add_security_args(p)
     add_guard_arg(p)
     p.add_argument("--host", default=s.host, help=f"address to bind; 0.0.0.0 exposes the server (default: {s.host})")
