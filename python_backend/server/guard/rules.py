@@ -66,8 +66,9 @@ def check_shape(spec: ModelSpec, name: Any, datatype: Any, shape: Any, limits: R
     rank = len(want.dims) + batched
     if not isinstance(shape, list | tuple) or len(shape) != rank or not all(type(d) is int for d in shape):
         raise Invalid(f"input '{name}' must have shape {form}, got {str(shape)[:80]}")
-    if batched and not 1 <= shape[0] <= spec.max_batch_size:
-        raise Invalid(f"input '{name}': the batch must be 1 to {spec.max_batch_size}, got {shape[0]}")
+    max_batch = min(spec.max_batch_size, limits.max_batch)
+    if batched and not 1 <= shape[0] <= max_batch:
+        raise Invalid(f"input '{name}': the batch must be 1 to {max_batch}, got {shape[0]}")
     for got, dim in zip(shape[batched:], want.dims, strict=True):
         if (dim >= 0 and got != dim) or got < 0 or (dim < 0 and got < 1):
             raise Invalid(f"input '{name}' must have shape {form}, got {list(shape)}")
@@ -172,8 +173,8 @@ def _binary_size(name: str, size: Any, has_data: bool, count: int, element: int 
         raise Invalid(f"input '{name}': binary_data_size must be a byte count, without 'data'")
     if element is not None and size != count * element:
         raise Invalid(f"input '{name}': binary_data_size {size} is not {count} elements x {element} bytes")
-    if element is None and size > count * (limits.max_bytes_element + 4):
-        raise Invalid(f"input '{name}': {size} bytes is over {limits.max_bytes_element} bytes per element")
+    if element is None and size > count * (limits.max_image_bytes + 4):
+        raise Invalid(f"input '{name}': {size} bytes is over {limits.max_image_bytes} bytes per element")
     return size
 
 
@@ -194,7 +195,7 @@ def check_grpc_infer(spec: ModelSpec, request: Any, limits: RequestLimits) -> No
         count, size = check_shape(spec, tensor.name, tensor.datatype, list(tensor.shape), limits)
         if raw and size is not None and len(raw[i]) != count * size:
             raise Invalid(f"input '{tensor.name}': {len(raw[i])} bytes for {count} elements x {size} bytes")
-        if raw and size is None and len(raw[i]) > count * (limits.max_bytes_element + 4):
-            raise Invalid(f"input '{tensor.name}': over {limits.max_bytes_element} bytes per element")
+        if raw and size is None and len(raw[i]) > count * (limits.max_image_bytes + 4):
+            raise Invalid(f"input '{tensor.name}': over {limits.max_image_bytes} bytes per element")
     for out in request.outputs:
         check_parameters(dict.fromkeys(out.parameters, 0), limits, "output")

@@ -127,3 +127,19 @@ def test_the_element_limit_comes_from_the_config() -> None:
     small = RequestLimits(max_elements_per_input=31)
     with pytest.raises(Invalid, match="the limit is 31"):
         check_http_infer(RETRIEVER, _body([2, 16], [0.0] * 32), None, small)
+
+
+def test_the_batch_and_image_limits_come_from_the_config() -> None:
+    """The lower of the model's max_batch_size and RequestLimits.max_batch applies; BYTES elements are
+    bounded by max_image_bytes (the decode model's own limit, one setting for both)."""
+    small = RequestLimits(max_batch=4, max_image_bytes=100)
+    check_http_infer(RETRIEVER, _body([4, 16], [0.0] * 64), None, small)
+    with pytest.raises(Invalid, match="the batch must be 1 to 4, got 5"):
+        check_http_infer(RETRIEVER, _body([5, 16], [0.0] * 80), None, small)
+    with pytest.raises(Invalid, match="the batch must be 1 to 16, got 17"):
+        check_http_infer(RETRIEVER, _body([17, 16], [0.0] * 272), None, LIMITS)
+    image = {"name": "IMAGE_BYTES", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 105}}
+    header = json.dumps({"inputs": [image]}).encode()
+    with pytest.raises(Invalid, match="over 100 bytes per element"):
+        check_http_infer(DECODE, header + b"x" * 105, len(header), small)
+    check_http_infer(DECODE, header + b"x" * 105, len(header), LIMITS)
