@@ -17,6 +17,7 @@ from megaclass.python_backend.serving.config import RequestLimits
 
 LOG = logging.getLogger("megaclass.guard")
 SERVICE = "/inference.GRPCInferenceService/"
+SERVER_FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 STREAMING = {"ModelStreamInfer"}  # not served through the front: it would bypass the per-request check
 
 
@@ -51,6 +52,8 @@ class GrpcFront(grpc.GenericRpcHandler):
             try:
                 return await call(raw, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in SERVER_FAILURES:  # the server failed a request the front let through
+                    LOG.error("upstream answered %s for %s: %s", exc.code().name, method, (exc.details() or "")[:300])
                 await context.abort(exc.code(), exc.details() or "")
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)

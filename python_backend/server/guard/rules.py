@@ -25,6 +25,19 @@ FORBIDDEN_PARAMETERS = frozenset(
 )
 
 
+U64 = (1 << 64) - 1
+# Parameters Triton's HTTP parser reads with a fixed JSON type (a wrong one is its 500, not a 400).
+TYPED_PARAMETERS = {
+    "sequence_id": lambda v: (type(v) is int and 0 <= v <= U64) or type(v) is str,
+    "sequence_start": lambda v: type(v) is bool,
+    "sequence_end": lambda v: type(v) is bool,
+    "priority": lambda v: type(v) is int and 0 <= v <= U64,
+    "timeout": lambda v: type(v) is int and 0 <= v <= U64,
+    "binary_data_output": lambda v: type(v) is bool,
+    "binary_data": lambda v: type(v) is bool,
+}
+
+
 class Invalid(ValueError):
     """A request the front refuses; the message is for the client."""
 
@@ -89,6 +102,8 @@ def check_parameters(params: Any, limits: RequestLimits, where: str = "request")
             raise Invalid(f"parameter '{key}' is not accepted on this port")
         if not isinstance(value, bool | int | float | str) or (isinstance(value, str) and len(value) > 4096):
             raise Invalid(f"parameter '{str(key)[:64]}' must be a bool, a number or a string of up to 4096 characters")
+        if key in TYPED_PARAMETERS and not TYPED_PARAMETERS[key](value):
+            raise Invalid(f"parameter '{key}' has the wrong type or range: {str(value)[:32]}")
 
 
 def nesting_within(obj: Any, limit: int) -> bool:
@@ -105,15 +120,37 @@ def nesting_within(obj: Any, limit: int) -> bool:
     return True
 
 
-def _flat_count(data: list) -> int:
-    count, stack = 0, [data]
+INT_RANGE = {
+    t: (-(1 << (8 * n - 1)), (1 << (8 * n - 1)) - 1) for t, n in (("INT8", 1), ("INT16", 2), ("INT32", 4), ("INT64", 8))
+}
+INT_RANGE |= {t: (0, (1 << (8 * n)) - 1) for t, n in (("UINT8", 1), ("UINT16", 2), ("UINT32", 4), ("UINT64", 8))}
+
+
+def _fits(value: Any, datatype: str) -> bool:
+    """Whether one JSON value is an element of `datatype` (Triton's parser answers 500 otherwise)."""
+    if datatype == "BOOL":
+        return type(value) is bool
+    if datatype == "BYTES":
+        return type(value) is str
+    if datatype in INT_RANGE:
+        low, high = INT_RANGE[datatype]
+        return type(value) is int and low <= value <= high
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def check_json_data(name: str, data: Any, datatype: str, count: int) -> None:
+    """`data` holds exactly `count` elements of `datatype` (iterative: nesting costs no stack)."""
+    seen, stack = 0, [data] if isinstance(data, list) else []
     while stack:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(item)
+        elif not _fits(item, datatype):
+            raise Invalid(f"input '{name}': {repr(item)[:32]} is not a {datatype} value")
         else:
-            count += 1
-    return count
+            seen += 1
+    if not isinstance(data, list) or seen != count:
+        raise Invalid(f"input '{name}': 'data' must hold exactly {count} values")
 
 
 def parse_json(text: bytes, limits: RequestLimits) -> dict[str, Any]:
@@ -141,6 +178,8 @@ def check_http_infer(spec: ModelSpec, body: bytes, header_length: int | None, li
         raise Invalid("Inference-Header-Content-Length must be between 1 and the body's length")
     request = parse_json(body if header_length is None else body[:header_length], limits)
     check_parameters(request.get("parameters"), limits)
+    if not isinstance(request.get("id", ""), str):
+        raise Invalid("'id' must be a string")
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not 0 < len(inputs) <= len(spec.inputs):
         raise Invalid(f"'inputs' must be a list of 1 to {len(spec.inputs)} of the model's inputs")
@@ -157,8 +196,8 @@ def check_http_infer(spec: ModelSpec, body: bytes, header_length: int | None, li
         check_parameters(params, limits, f"input '{name}'")
         if "binary_data_size" in params:
             binary_total += _binary_size(name, params["binary_data_size"], "data" in item, count, size, limits)
-        elif not isinstance(item.get("data"), list) or _flat_count(item["data"]) != count:
-            raise Invalid(f"input '{name}': 'data' must hold exactly {count} values for shape {item['shape']}")
+        else:
+            check_json_data(name, item.get("data"), item["datatype"], count)
     outputs = request.get("outputs") or []
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise Invalid("'outputs' must be a list of objects")

@@ -143,3 +143,40 @@ def test_the_batch_and_image_limits_come_from_the_config() -> None:
     with pytest.raises(Invalid, match="over 100 bytes per element"):
         check_http_infer(DECODE, header + b"x" * 105, len(header), small)
     check_http_infer(DECODE, header + b"x" * 105, len(header), LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (["a"] * 16, "'a' is not a FP32 value"),
+        ([True] * 16, "True is not a FP32 value"),
+        ([None] * 16, "None is not a FP32 value"),
+        ([float("inf")] * 16, "inf is not a FP32 value"),  # what Python makes of 1e400
+    ],
+)
+def test_json_data_must_be_of_the_declared_type(data, reason) -> None:
+    """Triton's parser answers a wrongly typed `data` element with a 500; the front makes it a 400."""
+    with pytest.raises(Invalid, match=reason):
+        check_http_infer(RETRIEVER, _body([1, 16], data), None, LIMITS)
+    top_k = {"name": "TOP_K", "shape": [1, 1], "datatype": "INT32"}
+    for value in (2**31, 1.5, "3"):
+        body = json.dumps({"inputs": [{**top_k, "data": [value]}]}).encode()
+        with pytest.raises(Invalid, match="is not a INT32 value"):
+            check_http_infer(RETRIEVER, body, None, LIMITS)
+    check_http_infer(RETRIEVER, json.dumps({"inputs": [{**top_k, "data": [3]}]}).encode(), None, LIMITS)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"sequence_id": -1}, {"sequence_id": 1.5}, {"priority": "high"}, {"timeout": True}, {"sequence_start": 1},
+     {"binary_data_output": "yes"}],
+)  # fmt: skip
+def test_parameters_triton_reads_with_a_fixed_type_are_typed_here(params) -> None:
+    """Found by the near-valid fuzz: a wrongly typed sequence_id/priority/timeout/... was Triton's 500."""
+    body = json.loads(_body([1, 16], [0.0] * 16))
+    with pytest.raises(Invalid, match="wrong type or range"):
+        check_http_infer(RETRIEVER, json.dumps({**body, "parameters": params}).encode(), None, LIMITS)
+    with pytest.raises(Invalid, match="'id' must be a string"):
+        check_http_infer(RETRIEVER, json.dumps({**body, "id": 7}).encode(), None, LIMITS)
+    good = {"sequence_id": "s1", "priority": 1, "timeout": 1000, "sequence_start": True, "binary_data_output": False}
+    check_http_infer(RETRIEVER, json.dumps({**body, "id": "r1", "parameters": good}).encode(), None, LIMITS)
