@@ -280,19 +280,32 @@ def near_valid(draw, specs: dict) -> tuple[str, list, dict, list]:
     return model, inputs, {} if clean else draw(PARAMETERS), [] if clean else outputs
 
 
-def _json_body(inputs: list, parameters: dict, outputs: list) -> tuple[bytes, dict]:
-    items = [{"name": n, "datatype": t, "shape": list(a.shape),
-              "data": [v.decode("latin-1") for v in a.ravel()] if t == "BYTES" else a.ravel().tolist()}
-             for n, t, a in inputs]  # fmt: skip
-    return json.dumps({"inputs": items, "parameters": parameters, "outputs": outputs}).encode(), {}
+def _raw(datatype: str, array: np.ndarray) -> bytes:
+    return serialize_byte_tensor(array).tobytes() if datatype == "BYTES" else array.tobytes()
+
+
+def _http_body(inputs: list, parameters: dict, outputs: list, binary: bool) -> tuple[bytes, dict]:
+    """JSON `data`, or the binary-data extension (`binary_data_size` and the raw bytes after the header)."""
+    items = [{"name": n, "datatype": t, "shape": list(a.shape)} for n, t, a in inputs]
+    for item, (_, datatype, array) in zip(items, inputs, strict=True):
+        if binary:
+            item["parameters"] = {"binary_data_size": len(_raw(datatype, array))}
+        else:
+            item["data"] = (
+                [v.decode("latin-1") for v in array.ravel()] if datatype == "BYTES" else array.ravel().tolist()
+            )
+    header = json.dumps({"inputs": items, "parameters": parameters, "outputs": outputs}).encode()
+    if not binary:
+        return header, {}
+    tail = b"".join(_raw(t, a) for _, t, a in inputs)
+    return header + tail, {"Inference-Header-Content-Length": str(len(header))}
 
 
 def _grpc_request(model: str, inputs: list, parameters: dict) -> bytes:
     request = service_pb2.ModelInferRequest(model_name=model)
     for name, datatype, array in inputs:
         request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
-        raw = serialize_byte_tensor(array).tobytes() if datatype == "BYTES" else array.tobytes()
-        request.raw_input_contents.append(raw)
+        request.raw_input_contents.append(_raw(datatype, array))
     for key, value in parameters.items():
         if isinstance(value, bool):
             request.parameters[key].bool_param = value
@@ -304,7 +317,8 @@ def _grpc_request(model: str, inputs: list, parameters: dict) -> bytes:
 
 
 def test_fuzzed_near_valid_requests_get_answers_or_4xx_never_5xx(guarded, tiny_stack) -> None:
-    """Requests shaped exactly as each model declares, with hostile values, parameters and outputs, reach
+    """Requests shaped exactly as each model declares (JSON or binary-data HTTP, and gRPC), with hostile
+    values, parameters and outputs, reach
     Triton and the models: every one is answered or refused with a 4xx / client status, never a 5xx or a
     hang, while good HTTP and gRPC requests flow and are answered correctly; the PID is unchanged."""
     pid = guarded.server.process.pid
@@ -340,10 +354,10 @@ def test_fuzzed_near_valid_requests_get_answers_or_4xx_never_5xx(guarded, tiny_s
                        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS)  # fmt: skip
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-    @given(request=near_valid(specs))
-    def fuzz(request) -> None:
+    @given(request=near_valid(specs), binary=st.booleans())
+    def fuzz(request, binary) -> None:
         model, inputs, parameters, outputs = request
-        body, headers = _json_body(inputs, parameters, outputs)
+        body, headers = _http_body(inputs, parameters, outputs, binary)
         status, text = _post(guarded, f"/v2/models/{model}/infer", body, headers)
         assert status < 500, (model, status, text[:300])
         statuses[f"http {status}"] += 1
