@@ -33,9 +33,17 @@ class GrpcFront(grpc.GenericRpcHandler):
         self.specs = SpecCache(upstream_http, limits.config_ttl_s)
         self.limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method = details.method
+        handler = self._handlers.get(details.method)
+        if handler is None:  # one handler per method, built once (the client chooses the names: bounded)
+            if len(self._handlers) > 64:
+                self._handlers.clear()
+            handler = self._handlers[details.method] = self._handler(details.method)
+        return handler
+
+    def _handler(self, method: str) -> grpc.RpcMethodHandler:
         name = method[len(SERVICE) :] if method.startswith(SERVICE) else ""
         if not name or name in STREAMING or "SharedMemory" in name:  # shared memory: the loopback port
             return grpc.unary_unary_rpc_method_handler(self._refuse)
