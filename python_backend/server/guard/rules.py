@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from megaclass.python_backend.serving.config import RequestLimits
 
 DTYPE_SIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
@@ -106,6 +108,9 @@ def check_parameters(params: Any, limits: RequestLimits, where: str = "request")
             raise Invalid(f"parameter '{key}' has the wrong type or range: {str(value)[:32]}")
 
 
+CONTAINERS = frozenset({list, dict})
+
+
 def nesting_within(obj: Any, limit: int) -> bool:
     """True when `obj` (parsed JSON) nests at most `limit` levels (iterative: no recursion)."""
     stack = [(obj, 1)]
@@ -115,7 +120,7 @@ def nesting_within(obj: Any, limit: int) -> bool:
             return False
         if isinstance(item, dict):
             stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
+        elif isinstance(item, list) and not CONTAINERS.isdisjoint(map(type, item)):  # C speed for leaf lists
             stack.extend((v, depth + 1) for v in item if isinstance(v, list | dict))
     return True
 
@@ -156,16 +161,27 @@ def check_json_data(name: str, data: Any, datatype: str, count: int) -> None:
         raise Invalid(f"input '{name}': 'data' must hold exactly {count} values")
 
 
+OPEN = np.zeros(256, np.int32)
+OPEN[list(b"[{")], OPEN[list(b"]}")] = 1, -1
+NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def max_bracket_depth(text: bytes, chunk: int = 1 << 20) -> int:
+    """The deepest `[`/`{` nesting in `text`, vectorized per 1 MiB (a per-byte Python loop cost 0.5 s
+    for a 5 MB body, more than parsing it)."""
+    text = text.translate(None, NOT_BRACKETS)  # C speed; usually leaves a few thousand bytes
+    deepest, depth = 0, 0
+    for start in range(0, len(text), chunk):
+        running = np.cumsum(OPEN[np.frombuffer(text, np.uint8, min(chunk, len(text) - start), start)]) + depth
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+    return deepest
+
+
 def parse_json(text: bytes, limits: RequestLimits) -> dict[str, Any]:
     """The request's JSON object; depth is bounded before Python parses it (the brackets are counted)."""
-    depth = 0
-    for byte in text:  # a cheap upper bound: brackets inside strings only make it stricter
-        if byte in b"[{":
-            depth += 1
-            if depth > 4 * limits.max_json_depth:
-                raise Invalid(f"the request nests deeper than {limits.max_json_depth} levels")
-        elif byte in b"]}":
-            depth -= 1
+    # a cheap bound before parsing (brackets inside strings can skew it either way: the exact check follows)
+    if max_bracket_depth(text) > 4 * limits.max_json_depth:
+        raise Invalid(f"the request nests deeper than {limits.max_json_depth} levels")
     try:
         request = json.loads(text)
     except (ValueError, RecursionError) as exc:
