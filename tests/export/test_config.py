@@ -35,3 +35,12 @@ def test_config_hash_is_stable_and_sensitive():
     assert config_hash(a) == config_hash(MegaclassConfig())
     assert config_hash(a.train) != config_hash(b.train)
     assert config_hash(a.glyphs) == config_hash(b.glyphs)
+
+
+def test_request_limits_are_one_table_of_the_config(tmp_path):
+    """Every request limit (front and models) is set in `[serving.limits]`."""
+    path = tmp_path / "c.toml"
+    path.write_text("[serving.limits]\nmax_top_k = 7\nmax_batch = 64\nmax_image_pixels = 1000000\n")
+    limits = load_config(path).serving.limits
+    assert (limits.max_top_k, limits.max_batch, limits.max_image_pixels) == (7, 64, 1000000)
+    assert load_config().serving.limits.max_request_bytes == 16 * 1024 * 1024
