@@ -62,7 +62,9 @@ class RequestLimits:
     checks sizes, batch and nesting before tritonserver parses anything: Triton 2.51's HTTP/JSON parser
     allocates what a shape declares before it checks it, so one small request could abort the server
     (docs/reliability.md, "Hostile requests"). Top-k and the image limits are written into the
-    generated model configs and enforced by the retriever/classify and decode models."""
+    generated model configs and enforced by the retriever/classify and decode models. Deprecated names a
+    config file may still use (export/config.py MOVED_OPTIONS reads them here, with a warning):
+    `[serving] max_top_k` (was ServingConfig.max_top_k) and `max_bytes_element` (now `max_image_bytes`)."""
 
     max_request_bytes: int = 16 * 1024 * 1024  # whole HTTP body or gRPC message
     max_elements_per_input: int = 1 << 24  # product of an input's declared shape
