@@ -69,8 +69,7 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
     from megaclass.loadtest.benchmarks.serving_artifacts import prepare_artifacts
     from megaclass.loadtest.benchmarks.serving_targets import serve_triton
     from megaclass.loadtest.benchmarks.transport_bench import measure_transport, transport_markdown
-    from megaclass.loadtest.reporting import machine_description, update_doc_section
-    from megaclass.loadtest.reporting import write_csv
+    from megaclass.loadtest.reporting import machine_description, update_doc_section, write_csv
 
     out = Path(args.out)
     started, machine = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine_description()

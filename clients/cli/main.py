@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megaclass.clients.cli import bench, classify, demo, index, loadtest, publish, scaleout, serve, train
+from megaclass.clients.cli import bench, classify, demo, index, loadtest, publish, scaleout, serve, train, tuples
 
-GROUPS = (demo, serve, classify, publish, loadtest, bench, scaleout, train, index)
+GROUPS = (demo, serve, classify, publish, loadtest, bench, scaleout, train, tuples, index)
 
 
 def build_parser() -> argparse.ArgumentParser:
