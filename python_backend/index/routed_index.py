@@ -302,6 +302,11 @@ class RoutedIndex:
             class_ids, best = aggregate_classes(scores, cand, top_k)
             return finish(class_ids, best, None, self._label_table())
 
+    def live_prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prototypes float32 [P, D], class id of each [P]) of the live rows (copies: boolean indexing)."""
+        with self._lock.read():
+            return self._vectors[self._row_class >= 0], self._row_class[self._row_class >= 0]
+
     def _exact_scores(self, xq: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Exact inner products of each query with its candidate rows (-inf where rows is -1)."""
         return exact_scores(self._vectors, xq, rows)
