@@ -1,5 +1,7 @@
-"""`megaclass tuples train | compare` and `megaclass mine-negatives`: argparse wiring only.
+"""`megaclass tuples generate | train | compare` and `megaclass mine-negatives`: argparse wiring only.
 
+- tuples generate: a labelled set (glyphs; `--catalog FILE`) -> a tuple file (pairs / triplets) and,
+                 for glyphs, the .npy array its row items index
 - tuples train:   a tuple file (pairs / triplets, `export/data/tuples.py`) -> checkpoint.pt, metrics.jsonl
 - tuples compare: labelled vs tuple-only vs index-mined negatives on the glyph set -> a table (docs/training.md)
 - mine-negatives: a routed index folder -> negatives.csv (class, neighbour, score, easy/soft/hard tier)
@@ -20,6 +22,37 @@ from megaclass.export.config import load_config
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     train = {"loss": getattr(args, "loss", None), "epochs": args.epochs, "seed": args.seed}
     return {"train": {k: v for k, v in train.items() if v is not None}}
+
+
+def cmd_tuples_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from megaclass.export.data.catalog import CatalogError, read_catalog
+    from megaclass.export.data.data_sources import glyph_data
+    from megaclass.export.data.tuples import generate_tuple_file
+
+    cfg = load_config(args.config, {"glyphs": {"max_classes": args.max_classes}} if args.max_classes else None)
+    images, paths = None, None
+    try:
+        if args.catalog:
+            cat = read_catalog(args.catalog)
+            if cat.paths is None:
+                raise ValueError(f"{args.catalog}: an embedding catalogue has no images to put in tuples")
+            rows = cat.rows("train")
+            labels, paths = cat.class_ids[rows], [cat.paths[r] for r in rows]
+        else:
+            ds, splits = glyph_data(cfg, progress=not args.quiet)
+            images, labels = splits.train.images, ds.codepoints[splits.train.class_index]
+        count = args.count or max(1, round(cfg.tuples.generated_per_epoch * len(labels)))
+        seed = cfg.train.seed if args.seed is None else args.seed
+        path, array = generate_tuple_file(args.out, args.kind, labels, count, seed, images=images, paths=paths)
+    except (CatalogError, ValueError) as e:
+        print(f"megaclass tuples generate: {e}", file=sys.stderr)
+        return 1
+    print(f"{count} {args.kind} over {len(labels)} items of {len(np.unique(labels))} classes: {path}")
+    if array is not None:
+        print(f"items are rows of {array}; train with: megaclass tuples train {path} --array {array}")
+    return 0
 
 
 def cmd_tuples_train(args: argparse.Namespace) -> int:
@@ -75,9 +108,30 @@ def cmd_mine_negatives(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    """`megaclass tuples` (train, compare) and `megaclass mine-negatives`."""
-    p = sub.add_parser("tuples", help="train from pairs / triplets; compare with labelled and mined-negative runs")
+    """`megaclass tuples` (generate, train, compare) and `megaclass mine-negatives`."""
+    p = sub.add_parser(
+        "tuples", help="generate pairs / triplets, train from them; compare with labelled and mined-negative runs"
+    )
     tsub = p.add_subparsers(dest="tuples_command", required=True)
+    g = tsub.add_parser("generate", help="a tuple file from a labelled set (glyphs or an image catalogue)")
+    g.add_argument("--out", required=True, help="tuple file to write, e.g. runs/triplets.csv (required)")
+    g.add_argument("--kind", choices=("triplets", "pairs"), default="triplets", help="(default: triplets)")
+    g.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="tuples to write (default: tuples.generated_per_epoch x training images, 1.0 x)",
+    )
+    g.add_argument(
+        "--catalog",
+        default=None,
+        help="image catalogue whose train rows are the items, written as paths (default: the glyph set, "
+        "written as rows of <out stem>.npy)",
+    )
+    g.add_argument("--max-classes", type=int, default=None, help="glyph classes (default: glyphs.max_classes)")
+    g.add_argument("--seed", type=int, default=None, help="(default: train.seed, 0)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (default: off)")
+    g.set_defaults(func=cmd_tuples_generate)
     t = tsub.add_parser("train", help="train the encoder from a tuple file")
     t.add_argument("file", help="tuple file: header a,b,similar or anchor,positive,negative")
     t.add_argument("--array", default=None, help=".npy of uint8 images [N, S, S] that row items index (default: none)")

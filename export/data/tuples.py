@@ -17,11 +17,13 @@ folder), read as greyscale and resized to S. Example::
 
 A bad row raises `TupleFileError` naming the file, the line number and the reason.
 `tuples_from_labels` generates either kind from a labelled set (tests, the comparison of
-docs/training.md); `write_tuples` writes the format.
+docs/training.md); `write_tuples` writes the format; `generate_tuple_file` does both for
+`megaclass tuples generate` (items as rows of an array saved beside the file, or as image paths).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -175,3 +177,36 @@ def write_tuples(path: str | Path, kind: TupleKind, rows: np.ndarray, similar: n
         lines.append(",".join(fields))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def generate_tuple_file(
+    path: str | Path,
+    kind: TupleKind,
+    labels: np.ndarray,
+    count: int,
+    seed: int = 0,
+    images: np.ndarray | None = None,
+    paths: list[Path] | None = None,
+) -> tuple[Path, Path | None]:
+    """`count` tuples of a labelled set written to `path`: (tuple file, array file or None).
+
+    Items are rows of `images` (uint8 [N, S, S], saved beside the file as ``<stem>.npy``, the
+    loader's `array`) or, given `paths` instead, image paths written relative to the file's folder.
+    """
+    if (images is None) == (paths is None):
+        raise ValueError("give the items as images or as paths, not both or neither")
+    if count < 1:
+        raise ValueError(f"the tuple count must be at least 1, got {count}")
+    path = Path(path)
+    rows, similar = tuples_from_labels(labels, kind, count, seed)
+    if paths is not None:
+        folder = path.resolve().parent
+        items = np.array([os.path.relpath(Path(p).resolve(), folder) for p in paths], dtype=object)
+        bad = next((i for i in items if "," in i or i != i.strip() or i.isdigit()), None)
+        if bad is not None:  # the format has no quoting; a bare number would read as an array row
+            raise ValueError(f"image path {bad!r} cannot be written in a tuple file (comma, edge space or digits only)")
+        return write_tuples(path, kind, items[rows], similar), None
+    array = path.with_suffix(".npy")
+    array.parent.mkdir(parents=True, exist_ok=True)
+    np.save(array, np.asarray(images, dtype=np.uint8))
+    return write_tuples(path, kind, rows, similar), array

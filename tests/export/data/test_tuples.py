@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from megaclass.export.data.tuples import TupleFileError, load_tuples, tuples_from_labels, write_tuples
+from megaclass.export.data.tuples import (
+    TupleFileError,
+    generate_tuple_file,
+    load_tuples,
+    tuples_from_labels,
+    write_tuples,
+)
 
 
 @pytest.fixture
@@ -74,3 +80,38 @@ def test_generated_tuples_follow_the_labels_and_round_trip(tmp_path, array, kind
     assert len(ts) == 200 and ts.kind == kind
     first = [int(ts.images[i][0, 0]) for i in ts.tuples[0]]
     assert first == rows[0].tolist()
+
+
+def test_generated_file_with_rows_saves_the_array_beside_it(tmp_path, array):
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    path, saved = generate_tuple_file(tmp_path / "out" / "t.csv", "triplets", labels, 30, seed=2, images=array)
+    assert saved == tmp_path / "out" / "t.npy" and np.array_equal(np.load(saved), array)
+    ts = load_tuples(path, saved)
+    item_label = labels[[int(i) for i in ts.items]]
+    assert (item_label[ts.tuples[:, 0]] == item_label[ts.tuples[:, 1]]).all()
+    assert (item_label[ts.tuples[:, 0]] != item_label[ts.tuples[:, 2]]).all()
+
+
+def test_generated_file_with_paths_is_relative_to_it(tmp_path):
+    (tmp_path / "img").mkdir()
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(np.full((8, 8), 50 * i, np.uint8)).save(paths[-1])
+    path, saved = generate_tuple_file(tmp_path / "sub" / "p.csv", "pairs", np.array([0, 0, 1, 1]), 12, paths=paths)
+    assert saved is None and "../img/" in path.read_text()
+    ts = load_tuples(path, image_size=8)
+    assert ts.kind == "pairs" and len(ts) == 12
+    shade = {f"../img/{i}.png": i // 2 for i in range(4)}  # class of each file
+    same = np.array([shade[ts.items[a]] == shade[ts.items[b]] for a, b in ts.tuples])
+    assert (same == ts.similar).all()
+
+
+def test_generated_file_refuses_what_the_format_cannot_hold(tmp_path, array):
+    labels = np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="comma"):
+        generate_tuple_file(tmp_path / "t.csv", "pairs", labels, 4, paths=[tmp_path / f"a,{i}.png" for i in range(4)])
+    with pytest.raises(ValueError, match="not both or neither"):
+        generate_tuple_file(tmp_path / "t.csv", "pairs", labels, 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        generate_tuple_file(tmp_path / "t.csv", "pairs", labels, 0, images=array[:4])
