@@ -148,16 +148,23 @@ class NegativesConfig:
     """Index-mined negatives (`export/train/negatives.py`): tiers by score band, and their schedule.
 
     Of each class's `neighbours` nearest other classes (inner product of class prototypes in the
-    routed index), a neighbour with score s >= `hard_min` is hard, `soft_min` <= s < `hard_min`
-    soft, s < `soft_min` easy. Training pairs a batch's class with a negative class drawn from
-    `tiers`, weighted by `mix_start` at the first epoch moving linearly to `mix_end` at the last
-    (weights in the order easy, soft, hard; a tier a class lacks falls back to a random class).
+    routed index), a neighbour with score s >= hard_min is hard, soft_min <= s < hard_min soft,
+    s < soft_min easy. With `bands = "quantile"` (the default) the two bounds follow the mining
+    encoder's score distribution: they are the `soft_quantile` and `hard_quantile` quantiles of all
+    mined neighbour scores (thirds: the top third hard, the bottom third easy), so every tier holds
+    neighbours whatever the encoder's scale. With `bands = "fixed"` they are `soft_min` / `hard_min`.
+    Training pairs a batch's class with a negative class drawn from `tiers`, weighted by `mix_start`
+    at the first epoch moving linearly to `mix_end` at the last (weights in the order easy, soft,
+    hard; a tier a class lacks falls back to a random class).
     """
 
     neighbours: int = 20
     nprobe: int | None = None  # None: the index's own nprobe
-    hard_min: float = 0.75
-    soft_min: float = 0.5
+    bands: str = "quantile"  # "quantile" (bounds from the mined scores) or "fixed" (soft_min / hard_min)
+    soft_quantile: float = 1 / 3  # bands = "quantile": below this quantile of the mined scores: easy
+    hard_quantile: float = 2 / 3  # ... at or above this quantile: hard
+    hard_min: float = 0.75  # bands = "fixed": score of a hard neighbour
+    soft_min: float = 0.5  # bands = "fixed": score of a soft neighbour
     tiers: tuple[str, ...] = ("easy", "soft", "hard")
     mix_start: tuple[float, float, float] = (1.0, 0.0, 0.0)
     mix_end: tuple[float, float, float] = (0.0, 0.25, 0.75)

@@ -4,7 +4,8 @@
                  for glyphs, the .npy array its row items index
 - tuples train:   a tuple file (pairs / triplets, `export/data/tuples.py`) -> checkpoint.pt, metrics.jsonl
 - tuples compare: labelled vs tuple-only vs index-mined negatives on the glyph set -> a table (docs/training.md)
-- mine-negatives: a routed index folder -> negatives.csv (class, neighbour, score, easy/soft/hard tier)
+- mine-negatives: a routed index folder -> negatives.csv (class, neighbour, score, easy/soft/hard tier;
+                 bands from the quantiles of the mined scores, or fixed)
 """
 
 from __future__ import annotations
@@ -90,9 +91,11 @@ def cmd_mine_negatives(args: argparse.Namespace) -> int:
     from megaclass.python_backend.index.routed_index import RoutedIndex
 
     overrides: dict[str, Any] = {}
-    for key in ("neighbours", "hard_min", "soft_min"):
+    for key in ("neighbours", "bands", "soft_quantile", "hard_quantile", "hard_min", "soft_min"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.bands is None and (args.hard_min is not None or args.soft_min is not None):
+        overrides["bands"] = "fixed"  # a fixed bound given: fixed bands
     cfg = load_config(args.config, {"negatives": overrides})
     try:
         index = RoutedIndex.load(Path(args.index))
@@ -103,6 +106,8 @@ def cmd_mine_negatives(args: argparse.Namespace) -> int:
     path = write_tiers(tiers, args.out)
     counts = tiers.counts()
     print(f"{index.num_classes} classes; neighbours per tier: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    soft, hard = tiers.bands
+    print(f"bands ({cfg.negatives.bands}): soft from score {soft:.4f}, hard from {hard:.4f}")
     print(f"tiers: {path}")
     return 0
 
@@ -161,6 +166,15 @@ def register(sub: Subparsers) -> None:
     m.add_argument(
         "--neighbours", type=int, default=None, help="neighbours per class (default: negatives.neighbours, 20)"
     )
-    m.add_argument("--hard-min", type=float, default=None, help="score of a hard neighbour (default: 0.75)")
-    m.add_argument("--soft-min", type=float, default=None, help="score of a soft neighbour (default: 0.5)")
+    m.add_argument(
+        "--bands",
+        choices=("quantile", "fixed"),
+        default=None,
+        help="tier bounds: quantiles of the mined scores, or --soft-min / --hard-min "
+        "(default: negatives.bands, quantile; fixed when a --*-min is given)",
+    )
+    m.add_argument("--soft-quantile", type=float, default=None, help="below it: easy (default: 1/3)")
+    m.add_argument("--hard-quantile", type=float, default=None, help="at or above it: hard (default: 2/3)")
+    m.add_argument("--hard-min", type=float, default=None, help="fixed score of a hard neighbour (default: 0.75)")
+    m.add_argument("--soft-min", type=float, default=None, help="fixed score of a soft neighbour (default: 0.5)")
     m.set_defaults(func=cmd_mine_negatives)

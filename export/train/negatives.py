@@ -1,8 +1,9 @@
 """Negatives mined from the served index: each class's nearest other classes, in easy / soft / hard tiers.
 
 `mine_negatives` searches the routed index with every class's mean prototype, drops the class
-itself and sorts each neighbour into a tier by its score (`NegativesConfig`: s >= hard_min hard,
-soft_min <= s < hard_min soft, else easy). The tiers file is CSV, one neighbour a line:
+itself and sorts each neighbour into a tier by its score: s >= hard_min hard, soft_min <= s < hard_min
+soft, else easy, where the bounds are quantiles of all mined scores by default (they follow the
+mining encoder's score distribution) or fixed values (`NegativesConfig.bands`). The tiers file is CSV, one neighbour a line:
 ``class,neighbour,score,tier``. `tier_mix` gives the tier weights at a point of training (linear
 from `mix_start` to `mix_end`: easy first, hard later) and `mined_batches` builds m-per-class
 batches in which part of the classes are mined negatives of the others, so the in-batch miner
@@ -34,6 +35,7 @@ class NegativeTiers:
     neighbours: np.ndarray  # int64 [E]
     scores: np.ndarray  # float32 [E]
     tiers: np.ndarray  # int8 [E], index into TIERS
+    bands: tuple[float, float] | None = None  # (soft_min, hard_min) the tiers were cut at, when mined here
 
     def of(self, class_id: int, tier: str) -> np.ndarray:
         """The neighbours of `class_id` in `tier`."""
@@ -43,12 +45,29 @@ class NegativeTiers:
         return {name: int((self.tiers == i).sum()) for i, name in enumerate(TIERS)}
 
 
-def tier_of(scores: np.ndarray, cfg: NegativesConfig) -> np.ndarray:
+def score_bands(scores: np.ndarray, cfg: NegativesConfig) -> tuple[float, float]:
+    """(soft_min, hard_min) for `scores`, all mined neighbour scores: quantiles of them or the fixed values."""
+    if cfg.bands == "fixed":
+        soft, hard = cfg.soft_min, cfg.hard_min
+    elif cfg.bands == "quantile":
+        if not 0.0 <= cfg.soft_quantile <= cfg.hard_quantile <= 1.0:
+            raise ValueError(
+                f"negatives: need 0 <= soft_quantile ({cfg.soft_quantile}) <= hard_quantile ({cfg.hard_quantile}) <= 1"
+            )
+        if not len(scores):
+            return -np.inf, np.inf
+        soft, hard = np.quantile(np.asarray(scores, np.float64), [cfg.soft_quantile, cfg.hard_quantile])
+    else:
+        raise ValueError(f"negatives.bands must be 'quantile' or 'fixed', got {cfg.bands!r}")
+    if not soft <= hard:
+        raise ValueError(f"negatives.soft_min ({soft}) must not exceed hard_min ({hard})")
+    return float(soft), float(hard)
+
+
+def tier_of(scores: np.ndarray, soft_min: float, hard_min: float) -> np.ndarray:
     """Tier index of each score: 2 hard (s >= hard_min), 1 soft (soft_min <= s < hard_min), 0 easy."""
-    if not cfg.soft_min <= cfg.hard_min:
-        raise ValueError(f"negatives.soft_min ({cfg.soft_min}) must not exceed hard_min ({cfg.hard_min})")
     s = np.asarray(scores)
-    return np.where(s >= cfg.hard_min, 2, np.where(s >= cfg.soft_min, 1, 0)).astype(np.int8)
+    return np.where(s >= hard_min, 2, np.where(s >= soft_min, 1, 0)).astype(np.int8)
 
 
 def mine_negatives(index, cfg: NegativesConfig, progress: bool = False) -> NegativeTiers:
@@ -67,11 +86,13 @@ def mine_negatives(index, cfg: NegativesConfig, progress: bool = False) -> Negat
     rank = np.cumsum(keep, axis=1)
     keep &= rank <= cfg.neighbours
     rows = np.nonzero(keep)
+    bands = score_bands(scores[rows], cfg)
     return NegativeTiers(
         classes=classes[rows[0]].astype(np.int64),
         neighbours=ids[rows].astype(np.int64),
         scores=scores[rows].astype(np.float32),
-        tiers=tier_of(scores[rows], cfg),
+        tiers=tier_of(scores[rows], *bands),
+        bands=bands,
     )
 
 

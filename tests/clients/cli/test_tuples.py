@@ -1,4 +1,5 @@
-"""`megaclass tuples generate`: a tuple file from an image catalogue or the glyph set, read back by the loader."""
+"""`megaclass tuples generate` (a tuple file from an image catalogue or the glyph set, read back by the loader)
+and `megaclass mine-negatives` (tiers of a saved index, quantile or fixed bands)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import numpy as np
 import pytest
 
 from megaclass.clients.cli.main import build_parser
+from megaclass.export.config import IndexConfig
 from megaclass.export.data.catalog import write_catalog_csv
 from megaclass.export.data.tuples import load_tuples
+from megaclass.export.train.negatives import read_tiers
+from megaclass.python_backend.index.routed_index import RoutedIndex
 from tests.export.data.test_catalog import image_catalogue
 
 
@@ -56,3 +60,19 @@ def test_generate_refuses_an_embedding_catalogue(tmp_path, capsys):
 def test_generate_kind_is_checked_by_the_parser(tmp_path):
     with pytest.raises(SystemExit):
         run("tuples", "generate", "--out", str(tmp_path / "t.csv"), "--kind", "quadruplets")
+
+
+def test_mine_negatives_bands_by_quantile_or_fixed(tmp_path, capsys):
+    angles = np.deg2rad([0, 20, 55, 95])  # scores of the 6 pairs: 0.94 0.82 0.77 0.57 0.26 -0.09
+    protos = np.stack([np.cos(angles), np.sin(angles), 0 * angles], axis=1).astype(np.float32)
+    ids = np.array([10, 11, 12, 13])
+    RoutedIndex.build(protos, ids, {int(c): str(c) for c in ids}, IndexConfig(nlist=1, nprobe=1)).save(tmp_path / "ix")
+    base = ("mine-negatives", "--index", str(tmp_path / "ix"), "--neighbours", "3")
+    assert run(*base, "--out", str(tmp_path / "q.csv")) == 0
+    assert "easy 4, soft 4, hard 4" in capsys.readouterr().out
+    assert run(*base, "--out", str(tmp_path / "f.csv"), "--hard-min", "0.75") == 0
+    printed = capsys.readouterr().out
+    assert "easy 4, soft 2, hard 6" in printed and "bands (fixed): soft from score 0.5000, hard from 0.7500" in printed
+    assert read_tiers(tmp_path / "f.csv").counts() == {"easy": 4, "soft": 2, "hard": 6}
+    assert run(*base, "--out", str(tmp_path / "x.csv"), "--soft-quantile", "0.9", "--hard-quantile", "0.1") == 1
+    assert "soft_quantile" in capsys.readouterr().err

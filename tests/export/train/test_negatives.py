@@ -29,9 +29,10 @@ def index() -> RoutedIndex:
     return RoutedIndex.build(protos, ids, {int(c): str(c) for c in ids}, IndexConfig(nlist=1, nprobe=1))
 
 
-def test_tiers_follow_the_score_bands(index, tmp_path):
-    cfg = NegativesConfig(neighbours=3, hard_min=0.75, soft_min=0.5)
+def test_tiers_follow_fixed_score_bands(index, tmp_path):
+    cfg = NegativesConfig(neighbours=3, bands="fixed", hard_min=0.75, soft_min=0.5)
     tiers = mine_negatives(index, cfg)
+    assert tiers.bands == (0.5, 0.75)
     assert tiers.of(10, "hard").tolist() == [11]
     assert tiers.of(10, "soft").tolist() == [12]
     assert tiers.of(10, "easy").tolist() == [13]
@@ -41,6 +42,37 @@ def test_tiers_follow_the_score_bands(index, tmp_path):
     back = read_tiers(write_tiers(tiers, tmp_path / "neg.csv"))
     assert back.neighbours.tolist() == tiers.neighbours.tolist() and back.tiers.tolist() == tiers.tiers.tolist()
     assert np.allclose(back.scores, tiers.scores, atol=1e-6)
+
+
+def test_quantile_bands_follow_the_mined_scores(index):
+    # the 12 mined scores are the 6 pair cosines, each twice: cos 95° -0.087, 75° 0.259, 55° 0.574,
+    # 40° 0.766, 35° 0.819, 20° 0.940. Linear quantiles of the 12: 1/3 at position 11/3 (between the
+    # 4th and 5th), 0.259 + 2/3 * (0.574 - 0.259) = 0.469; 2/3 at 22/3, 0.766 + 1/3 * (0.819 - 0.766) = 0.784
+    cos = np.cos(np.deg2rad([95, 75, 55, 40, 35, 20]))
+    tiers = mine_negatives(index, NegativesConfig(neighbours=3))  # the default: bands = "quantile", thirds
+    assert tiers.bands == pytest.approx((cos[1] + 2 / 3 * (cos[2] - cos[1]), cos[3] + 1 / 3 * (cos[4] - cos[3])))
+    assert tiers.counts() == {"easy": 4, "soft": 4, "hard": 4}  # a third each
+    pair_tier = {frozenset((c, n)): t for c, n, t in zip(tiers.classes, tiers.neighbours, tiers.tiers, strict=True)}
+    hard, soft, easy = 2, 1, 0
+    assert pair_tier == {
+        frozenset((10, 11)): hard,  # 0.940
+        frozenset((11, 12)): hard,  # 0.819
+        frozenset((12, 13)): soft,  # 0.766: hard under the fixed 0.75 band, soft among these scores
+        frozenset((10, 12)): soft,  # 0.574
+        frozenset((11, 13)): easy,  # 0.259
+        frozenset((10, 13)): easy,  # -0.087
+    }
+    top = mine_negatives(index, NegativesConfig(neighbours=3, soft_quantile=0.5, hard_quantile=0.9))
+    assert top.counts()["hard"] == 2 and top.of(10, "hard").tolist() == [11]  # only 0.940 is above the 0.9 quantile
+
+
+def test_bad_band_settings_are_refused(index):
+    with pytest.raises(ValueError, match="soft_quantile"):
+        mine_negatives(index, NegativesConfig(soft_quantile=0.8, hard_quantile=0.5))
+    with pytest.raises(ValueError, match="must not exceed"):
+        mine_negatives(index, NegativesConfig(bands="fixed", soft_min=0.9, hard_min=0.5))
+    with pytest.raises(ValueError, match="'quantile' or 'fixed'"):
+        mine_negatives(index, NegativesConfig(bands="percentile"))
 
 
 def test_fewer_neighbours_keeps_the_nearest(index):
@@ -65,7 +97,7 @@ def test_bad_tiers_file_names_the_line(tmp_path):
 
 
 def test_mined_batches_pair_classes_with_their_hard_neighbours(index):
-    tiers = mine_negatives(index, NegativesConfig(neighbours=3))
+    tiers = mine_negatives(index, NegativesConfig(neighbours=3, bands="fixed"))  # every class has a hard one
     cfg = NegativesConfig(neighbours=3, tiers=("hard",), mix_start=(0.0, 0.0, 1.0), negative_share=0.5)
     classes = np.array([10, 11, 12, 13])
     targets = np.repeat(np.arange(4), 3)
