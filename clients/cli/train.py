@@ -268,10 +268,12 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     (out / "labels.txt").write_text("".join(labels.get(int(c), str(int(c))).replace("\n", " ") + "\n" for c in ids))
     print(f"{len(protos)} prototypes of {len(np.unique(ids))} classes, dimension {protos.shape[1]} -> {out}")
     if args.index:
+        from megaclass.export.evaluate.taxonomy import routing_groups
         from megaclass.python_backend.index.routed_index import RoutedIndex
 
-        index = RoutedIndex.build(protos, ids, labels, cfg.index)
-        index.save(Path(args.index))
+        groups, routing = routing_groups(cfg.index, ids, labels)  # index.taxonomy set: routed by taxonomy
+        index = RoutedIndex.build(protos, ids, labels, cfg.index, groups=groups)
+        index.save(Path(args.index), extra_manifest={"routing": routing})
         print(f"routed index ({index.num_classes} classes) -> {args.index}; serve it with `megaclass publish --index`")
     return 0
 

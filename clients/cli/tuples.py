@@ -170,8 +170,8 @@ def register(sub: Subparsers) -> None:
         "--bands",
         choices=("quantile", "fixed"),
         default=None,
-        help="tier bounds: quantiles of the mined scores, or --soft-min / --hard-min "
-        "(default: negatives.bands, quantile; fixed when a --*-min is given)",
+        help="tier bounds: quantiles of the mined scores, or --soft-min / --hard-min; fixed when one of those "
+        "is given (default: negatives.bands, quantile)",
     )
     m.add_argument("--soft-quantile", type=float, default=None, help="below it: easy (default: 1/3)")
     m.add_argument("--hard-quantile", type=float, default=None, help="at or above it: hard (default: 2/3)")

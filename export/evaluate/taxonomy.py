@@ -15,6 +15,8 @@ Metrics over queries with true class t and top-1 answer p (depth: edges below th
 Without a taxonomy, `cluster_taxonomy` makes a two-level one from the k-means coarse clusters
 (class -> its cluster), the fallback the cost-aware error always used. `plot_group_precision`
 draws precision@1 per branch (ancestor at a level) or per cluster: where the model fails, by group.
+`routing_groups` gives the routed index its coarse clusters from one level of the tree
+(`IndexConfig.taxonomy`, routing by taxonomy instead of k-means).
 """
 
 from __future__ import annotations
@@ -110,6 +112,38 @@ def read_taxonomy(path: str | Path) -> Taxonomy:
 def cluster_taxonomy(cluster_of: dict[int, int]) -> Taxonomy:
     """The fallback: class id -> "cluster <k>" (one level of k-means coarse clusters above the classes)."""
     return Taxonomy({str(c): f"cluster {k}" for c, k in cluster_of.items()})
+
+
+def taxonomy_groups(tax: Taxonomy, names: list[list[str]], level: int) -> tuple[np.ndarray, list[str]]:
+    """(group of each row int64 [P], group names): the row's ancestor at depth `level`, -1 for a row none of
+    whose `names` (tried in order, e.g. label then class id) is a node of `tax`."""
+    if level < 1:
+        raise ValueError(f"taxonomy level must be >= 1, got {level}")
+    known = set(tax.parent) | set(tax.parent.values())
+    group_of: dict[str, int] = {}
+    out = np.full(len(names), -1, dtype=np.int64)
+    for i, candidates in enumerate(names):
+        node = next((n for n in candidates if n in known and n != ROOT), None)
+        if node is not None:
+            out[i] = group_of.setdefault(tax.ancestor(node, level), len(group_of))
+    return out, list(group_of)
+
+
+def routing_groups(cfg: Any, class_ids: np.ndarray, labels: dict[int, str]) -> tuple[np.ndarray | None, dict]:
+    """The `groups` argument of RoutedIndex.build for `cfg` (an IndexConfig) and what the manifest records
+    of them: (None, {"source": "kmeans"}) when cfg.taxonomy is None. Raises ValueError when no prototype's
+    class is in the taxonomy."""
+    if cfg.taxonomy is None:
+        return None, {"source": "kmeans"}
+    tax = read_taxonomy(cfg.taxonomy)
+    ids = np.asarray(class_ids)
+    names = [[labels.get(int(c), ""), str(int(c))] for c in ids]
+    groups, group_names = taxonomy_groups(tax, names, cfg.taxonomy_level)
+    if not (groups >= 0).any():
+        raise ValueError(f"{cfg.taxonomy}: none of the {len(np.unique(ids))} classes is a node of the taxonomy")
+    unplaced = np.unique(ids[groups < 0])
+    routing = {"source": "taxonomy", "taxonomy": str(cfg.taxonomy), "level": cfg.taxonomy_level}
+    return groups, {**routing, "groups": len(group_names), "classes_without_node": int(len(unplaced))}
 
 
 def mistake_severity(true_ids: np.ndarray, predicted_ids: np.ndarray, tax: Taxonomy) -> dict[str, Any]:

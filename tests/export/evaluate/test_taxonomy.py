@@ -12,7 +12,10 @@ from megaclass.export.evaluate.taxonomy import (
     mistake_severity,
     plot_severity,
     read_taxonomy,
+    routing_groups,
+    taxonomy_groups,
 )
+from megaclass.python_backend.index.config import IndexConfig
 
 # animal ─┬─ mammal ─┬─ 1 (cat)      object ── 4 (vase)
 #         │          └─ 2 (dog)
@@ -76,3 +79,26 @@ def test_plot_writes_a_png(tmp_path, tax):
     s = mistake_severity(np.array([1, 1, 3]), np.array([2, 4, 3]), tax)
     png = plot_severity(s, group_precision(np.array([1, 1, 3]), np.array([2, 4, 3]), tax), tmp_path / "p.png", "t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_groups_at_a_level_for_routing(tax):
+    names = [["cat", "1"], ["2"], ["3"], ["vase", "4"], ["unknown", "99"], ["mammal"]]
+    groups, group_names = taxonomy_groups(tax, names, 1)
+    assert [group_names[g] if g >= 0 else None for g in groups] == ["animal"] * 3 + ["object", None, "animal"]
+    groups, group_names = taxonomy_groups(tax, names, 2)  # 4 is shallower than level 2: its own group
+    assert [group_names[g] if g >= 0 else None for g in groups] == ["mammal", "mammal", "bird", "4", None, "mammal"]
+    with pytest.raises(ValueError, match="level must be >= 1"):
+        taxonomy_groups(tax, names, 0)
+
+
+def test_routing_groups_match_label_then_id_and_record_the_source(tmp_path):
+    (tmp_path / "tax.csv").write_text("cat,mammal\n2,mammal\n3,bird\nmammal,animal\nbird,animal\n")
+    cfg = IndexConfig(taxonomy=str(tmp_path / "tax.csv"), taxonomy_level=2)
+    ids = np.array([1, 1, 2, 3, 7])
+    groups, record = routing_groups(cfg, ids, {1: "cat", 2: "dog", 3: "crow", 7: "vase"})
+    assert groups.tolist() == [0, 0, 0, 1, -1]  # cat by label, 2 and 3 by id, vase in no node
+    assert record == {"source": "taxonomy", "taxonomy": cfg.taxonomy, "level": 2, "groups": 2,
+                      "classes_without_node": 1}  # fmt: skip
+    assert routing_groups(IndexConfig(), ids, {}) == (None, {"source": "kmeans"})
+    with pytest.raises(ValueError, match="none of the 2 classes is a node"):
+        routing_groups(cfg, np.array([7, 8]), {7: "vase", 8: "cup"})
