@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from megaclass.python_backend.index.config import IndexConfig
 from megaclass.python_backend.serving.config import ExportConfig, ServingConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -226,10 +229,53 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Deprecated option paths a config file may still use, and where each now lives. Both request limits
+# moved into RequestLimits (`[serving.limits]`, #21): `[serving] max_top_k` (was ServingConfig.max_top_k)
+# and `[serving.limits] max_bytes_element` (the front's BYTES bound, now `max_image_bytes`, also the
+# decode model's). A file that still uses the old path keeps working; loading it logs a warning.
+MOVED_OPTIONS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("serving", "max_top_k"), ("serving", "limits", "max_top_k")),
+    (("serving", "limits", "max_bytes_element"), ("serving", "limits", "max_image_bytes")),
+)
+
+
+def _table(data: dict[str, Any], keys: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    for key in keys:
+        data = data.get(key, {})
+        if not isinstance(data, dict):
+            return {}
+    return data
+
+
+def _without(data: dict[str, Any], path: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    head, *rest = path
+    if not rest:
+        return {k: v for k, v in data.items() if k != head}
+    return {**data, head: _without(data[head], rest)}
+
+
+def _moved_options(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each deprecated option (MOVED_OPTIONS) at its new path; both set and different: error."""
+    for old, new in MOVED_OPTIONS:
+        if old[-1] not in _table(data, old[:-1]):
+            continue
+        value = _table(data, old[:-1])[old[-1]]
+        current = _table(data, new[:-1]).get(new[-1], value)
+        if current != value:
+            raise ValueError(f"{'.'.join(old)} = {value!r} (deprecated) disagrees with {'.'.join(new)} = {current!r}")
+        log.warning("config: %s is deprecated, read as %s = %r", ".".join(old), ".".join(new), value)
+        moved: Any = value
+        for key in reversed(new):
+            moved = {key: moved}
+        data = _merge(_without(data, old), moved)
+    return data
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, defaults: str = "default"
 ) -> MegaclassConfig:
-    """Preset `defaults`, then the TOML file `path` (every field optional), then nested `overrides`."""
+    """Preset `defaults`, then the TOML file `path` (every field optional), then nested `overrides`.
+    Deprecated option paths (MOVED_OPTIONS, e.g. `[serving] max_top_k`) are read at their new place."""
     if defaults not in PRESETS:
         raise ValueError(f"unknown preset {defaults!r}; known: {sorted(PRESETS)}")
     data = dict(PRESETS[defaults])
@@ -241,7 +287,7 @@ def load_config(
         with open(path, "rb") as f:
             data = _merge(data, tomllib.load(f))
     data = _merge(data, overrides or {})
-    return _from_dict(MegaclassConfig, data)
+    return _from_dict(MegaclassConfig, _moved_options(data))
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

@@ -66,7 +66,7 @@ def _worker(url, model, inputs, threads, start_at, warmup_s, duration_s, queue) 
         t.start()
     for t in pool:
         t.join()
-    queue.put((lat, errors))
+    queue.put((np.asarray(lat, dtype=np.float64), len(errors), errors[0] if errors else ""))
 
 
 def spawn_clients(worker, url, model, inputs, concurrency, processes, warmup_s, duration_s) -> tuple[Any, list]:
@@ -96,22 +96,28 @@ def run_closed_loop(
 ) -> LoadPoint:
     """Drive `model` at `url` (gRPC) with `concurrency` closed-loop clients sending `inputs`."""
     queue, procs = spawn_clients(_worker, url, model, inputs, concurrency, processes, warmup_s, duration_s)
-    lat: list[float] = []
-    errors: list[str] = []
-    for _ in procs:
-        got_lat, got_err = queue.get(timeout=warmup_s + duration_s + 120)
-        lat += got_lat
-        errors += got_err
-    for p in procs:
-        p.join()
-    ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
+    return collect_point(queue, procs, concurrency, inputs, duration_s, warmup_s)
+
+
+def collect_point(queue, procs: list, concurrency: int, inputs: dict[str, np.ndarray], duration_s: float,
+                  warmup_s: float) -> LoadPoint:  # fmt: skip
+    """One LoadPoint from client processes that each put (latencies in s, failures, first error):
+    requests/s over the measured seconds and exact percentiles of every measured request."""
+    lat, failures, first = [], 0, ""
+    try:
+        for _ in procs:
+            got, n_err, err = queue.get(timeout=warmup_s + duration_s + 120)
+            lat.append(got)
+            failures += n_err
+            first = first or err
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    ms = np.concatenate(lat) * 1e3 if lat else np.zeros(0)
+    pct = np.percentile(ms, [50, 95, 99]) if len(ms) else [float("nan")] * 3
     rows = next(iter(inputs.values())).shape[0]
     return LoadPoint(
-        concurrency,
-        len(lat),
-        len(errors),
-        len(lat) / duration_s,
-        len(lat) * rows / duration_s,
-        *(float(np.percentile(ms, q)) for q in (50, 95, 99)),
-        errors[0] if errors else "",
+        concurrency, len(ms), failures, len(ms) / duration_s, len(ms) * rows / duration_s, *map(float, pct), first
     )

@@ -8,6 +8,7 @@ report; `read_stats` turns the stats CSV into typed rows.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -57,6 +58,9 @@ class LocustSettings:
     warmup_s: float = 0.0
     seed: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    # Locust processes sharing the users (one process drives about 1,000 requests/s; beyond that the
+    # generator, not the server, sets the pace). Their records are merged exactly (`merge_runs`).
+    processes: int = 1
 
     def __post_init__(self) -> None:
         unknown = set(self.user_classes) - set(USER_CLASSES)
@@ -64,6 +68,8 @@ class LocustSettings:
             raise ValueError(f"user classes must be among {USER_CLASSES}, got {self.user_classes}")
         if self.users < 1 or self.spawn_rate <= 0 or self.run_time_s <= 0 or self.warmup_s < 0:
             raise ValueError(f"users, spawn rate and run time must be positive: {self}")
+        if not 1 <= self.processes <= self.users:
+            raise ValueError(f"processes must be between 1 and the number of users: {self}")
         parse_mix(self.batch_mix), parse_mix(self.model_mix)
 
 
@@ -224,26 +230,142 @@ def locust_command(settings: LocustSettings, prefix: Path, html: Path) -> list[s
 
 
 def run_locust(settings: LocustSettings, out_dir: Path, name: str = "locust") -> LocustResult:
-    """Run Locust headless for `settings.run_time_s` seconds; CSV and HTML go to `out_dir/name*`."""
+    """Run Locust headless for `settings.run_time_s` seconds; CSV and HTML go to `out_dir/name*`.
+    With `settings.processes` > 1 that many Locust processes share the users and their records are
+    merged into the same files (`merge_runs`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix, html = out_dir / name, out_dir / f"{name}.html"
-    stale = [Path(f"{prefix}_{k}.csv") for k in ("stats", "stats_history", "failures", "exceptions")]
-    for old in [html, Path(f"{prefix}_latencies.json"), *stale]:
-        old.unlink(missing_ok=True)
-    cmd = locust_command(settings, prefix, html)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=settings.run_time_s + 90)
-    except subprocess.TimeoutExpired as exc:
-        raise LocustError(f"locust did not finish within {settings.run_time_s + 90:.0f}s: {exc}") from exc
-    tail = (proc.stdout + proc.stderr)[-4000:]
+    prefix = out_dir / name
+    parts = [settings] if settings.processes == 1 else _split(settings)
+    prefixes = [prefix] if len(parts) == 1 else [out_dir / f"{name}-p{i}" for i in range(len(parts))]
+    for p in [prefix, *prefixes]:
+        stale = [Path(f"{p}_{k}.csv") for k in ("stats", "stats_history", "failures", "exceptions")]
+        for old in [Path(f"{p}.html"), Path(f"{p}_latencies.json"), *stale]:
+            old.unlink(missing_ok=True)
+    timeout = settings.run_time_s + 90
+    procs = [
+        subprocess.Popen(
+            locust_command(s, p, Path(f"{p}.html")), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for s, p in zip(parts, prefixes, strict=True)
+    ]
+    outputs, codes = [], []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            for q in procs:
+                q.kill()
+            raise LocustError(f"locust did not finish within {timeout:.0f}s: {exc}") from exc
+        outputs.append(out[-4000:])
+        codes.append(proc.returncode)
+    tail = "\n".join(outputs)[-4000:]
+    code = max(codes, key=abs)
+    results = [_result_of(p, Path(f"{p}.html"), c, t) for p, c, t in zip(prefixes, codes, outputs, strict=True)]
+    if len(results) == 1:
+        return results[0]
+    merge_runs([r.prefix for r in results], prefix)
+    return LocustResult(prefix, results[0].html, code, read_stats(Path(f"{prefix}_stats.csv")), tail)
+
+
+def _split(settings: LocustSettings) -> list[LocustSettings]:
+    """`settings.processes` settings sharing the users and spawn rate, each with its own seed."""
+    n = settings.processes
+    users = [settings.users // n + (i < settings.users % n) for i in range(n)]
+    return [
+        dataclasses.replace(
+            settings, users=u, spawn_rate=settings.spawn_rate * u / settings.users, seed=settings.seed + i, processes=1
+        )
+        for i, u in enumerate(users)
+    ]
+
+
+def _result_of(prefix: Path, html: Path, returncode: int, tail: str) -> LocustResult:
     stats_csv = Path(f"{prefix}_stats.csv")
     if not stats_csv.exists():
-        raise LocustError(f"locust wrote no statistics (exit {proc.returncode}); its output:\n{tail}")
+        raise LocustError(f"locust wrote no statistics (exit {returncode}); its output:\n{tail}")
     stats = read_stats(stats_csv)
     if not any(s.name == "Aggregated" for s in stats):
-        raise LocustError(f"no requests were made (exit {proc.returncode}); locust's output:\n{tail}")
-    return LocustResult(prefix, html, proc.returncode, stats, tail)
+        raise LocustError(f"no requests were made (exit {returncode}); locust's output:\n{tail}")
+    return LocustResult(prefix, html, returncode, stats, tail)
+
+
+def merge_runs(prefixes: Sequence[Path], out_prefix: Path) -> None:
+    """Merge the records of Locust processes that ran side by side into `out_prefix`'s
+    `_latencies.json` and `_stats.csv`: every exact response time pooled, failures summed, the
+    measured seconds averaged (they ran over the same interval), percentiles recomputed exactly
+    from the pooled times, and the per-second timeline summed (its p50/p95 weighted by count)."""
+    import numpy as np
+
+    records = [json.loads(Path(f"{p}_latencies.json").read_text()) for p in prefixes]
+    times: dict[str, list[float]] = {}
+    for r in records:
+        for key, ts in r.get("times_ms", {}).items():
+            times.setdefault(key, []).extend(ts)
+    infos = [r.get("measured", {}) for r in records]
+    seconds = float(np.mean([i.get("seconds", 0.0) for i in infos])) if infos else 0.0
+    measured = {
+        "seconds": seconds,
+        "failures": sum(i.get("failures", 0) for i in infos),
+        "warm": all(i.get("warm", False) for i in infos),
+    }
+    by_second: dict[int, dict] = {}
+    for r in records:
+        for row in r.get("timeline", []):
+            m = by_second.setdefault(row["t"], {"t": row["t"], "ok": 0, "failed": 0, "p50_ms": None, "p95_ms": None})
+            for q in ("p50_ms", "p95_ms"):
+                if row[q] is not None:
+                    prev = m[q] if m[q] is not None else 0.0
+                    m[q] = (prev * m["ok"] + row[q] * row["ok"]) / max(m["ok"] + row["ok"], 1)
+            m["ok"] += row["ok"]
+            m["failed"] += row["failed"]
+    merged = {"times_ms": times, "measured": measured, "timeline": [by_second[t] for t in sorted(by_second)]}
+    Path(f"{out_prefix}_latencies.json").write_text(json.dumps(merged))
+    stats = [s for p in prefixes for s in read_stats(Path(f"{p}_stats.csv"))]
+    _write_merged_stats(stats, times, Path(f"{out_prefix}_stats.csv"))
+
+
+def _write_merged_stats(stats: Sequence[LocustStat], times: dict[str, list[float]], path: Path) -> None:
+    """One stats row per request name (counts and rates summed over the processes; times exact)."""
+    import numpy as np
+
+    rows: dict[tuple[str, str], dict] = {}
+    for s in stats:
+        row = rows.setdefault((s.type, s.name), {"requests": 0, "failures": 0, "rps": 0.0, "fps": 0.0})
+        row["requests"] += s.requests
+        row["failures"] += s.failures
+        row["rps"] += s.rps
+        row["fps"] += s.failures_per_s
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(_STATS_COLUMNS)
+        for (kind, name), row in rows.items():
+            ts = [t for k, v in times.items() for t in v] if name == "Aggregated" else times.get(f"{kind} {name}", [])
+            p50, p90, p95, p99 = np.percentile(ts, [50, 90, 95, 99]).tolist() if ts else [float("nan")] * 4
+            mean, top = (float(np.mean(ts)), float(np.max(ts))) if ts else (float("nan"), float("nan"))
+            w.writerow(
+                [
+                    kind,
+                    name,
+                    row["requests"],
+                    row["failures"],
+                    row["rps"],
+                    row["fps"],
+                    p50,
+                    mean,
+                    p50,
+                    p90,
+                    p95,
+                    p99,
+                    top,
+                ]
+            )
+
+
+_STATS_COLUMNS = [
+    "Type", "Name", "Request Count", "Failure Count", "Requests/s", "Failures/s", "Median Response Time",
+    "Average Response Time", "50%", "90%", "95%", "99%", "Max Response Time",
+]  # fmt: skip
 
 
 def summary_table(stats: Sequence[LocustStat]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from megaclass.loadtest.closed_loop import LoadPoint, spawn_clients
+from megaclass.loadtest.closed_loop import LoadPoint, collect_point, spawn_clients
 
 
 def model_inputs(inputs: dict[str, list[int]], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
@@ -91,24 +91,7 @@ def run_saturating(
     """`concurrency` closed-loop gRPC asyncio clients on `processes` processes for `duration_s` (after
     `warmup_s`): requests/s and the exact latency percentiles of every measured request."""
     queue, procs = spawn_clients(_worker, url, model, inputs, concurrency, processes, warmup_s, duration_s)
-    lat, failures, first = [], 0, ""
-    try:
-        for _ in procs:
-            got, n_err, err = queue.get(timeout=warmup_s + duration_s + 120)
-            lat.append(got)
-            failures += n_err
-            first = first or err
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    ms = np.concatenate(lat) * 1e3 if lat else np.zeros(0)
-    pct = np.percentile(ms, [50, 95, 99]) if len(ms) else [float("nan")] * 3
-    rows = next(iter(inputs.values())).shape[0]
-    return LoadPoint(
-        concurrency, len(ms), failures, len(ms) / duration_s, len(ms) * rows / duration_s, *map(float, pct), first
-    )
+    return collect_point(queue, procs, concurrency, inputs, duration_s, warmup_s)
 
 
 def saturate(

@@ -140,7 +140,7 @@ def retriever_config(serving: ServingConfig, shapes: ModelShapes) -> mc.ModelCon
         _tensor(c.output, name, dtype, dims)
     c.parameters["index_dir"].string_value = "index"
     c.parameters["default_top_k"].string_value = str(serving.default_top_k)
-    c.parameters["max_top_k"].string_value = str(serving.max_top_k)
+    c.parameters["max_top_k"].string_value = str(serving.limits.max_top_k)
     # Zeros, not random_data: Triton fills random_data with random bytes, and a float32 made of random
     # bytes is NaN or Inf once in 256; the retriever refuses those, so the warm-up (and with it the
     # load) failed at random: about 6 % of loads at 16 dimensions, 39 % at 128 (seen in tests/reliability).
@@ -184,7 +184,7 @@ def one_hop_classify_config(serving: ServingConfig, export: ExportConfig, shapes
     c.parameters["index_dir"].string_value = "index"
     c.parameters["embedding_dim"].string_value = str(shapes.embedding_dim)
     c.parameters["default_top_k"].string_value = str(serving.default_top_k)
-    c.parameters["max_top_k"].string_value = str(serving.max_top_k)
+    c.parameters["max_top_k"].string_value = str(serving.limits.max_top_k)
     warm = c.model_warmup.add(name="zeros", batch_size=1)
     warm.inputs[export.input_name].data_type = mc.TYPE_FP32
     warm.inputs[export.input_name].dims.extend(image_dims)
@@ -231,15 +231,12 @@ def decode_config(serving: ServingConfig, export: ExportConfig, shapes: ModelSha
 
     No warm-up: Triton's warm-up data for a BYTES input is not an image.
     """
-    from megaclass.python_backend.serving.image_decoding import DecodeLimits
-
     c = mc.ModelConfig(name=DECODE, backend="python")
     _batching(c, serving.encoder)
     _tensor(c.input, ENCODED_INPUT, mc.TYPE_STRING, [1])
     _tensor(c.output, export.input_name, mc.TYPE_FP32, [1, shapes.image_size, shapes.image_size])
-    limits = DecodeLimits()
-    c.parameters["max_image_bytes"].string_value = str(limits.max_bytes)
-    c.parameters["max_image_pixels"].string_value = str(limits.max_pixels)
+    c.parameters["max_image_bytes"].string_value = str(serving.limits.max_image_bytes)
+    c.parameters["max_image_pixels"].string_value = str(serving.limits.max_image_pixels)
     return c
 
 

@@ -101,6 +101,7 @@ def run_head_to_head(
                     model_mix="classify:1",
                     images=art.images,
                     seed=bench.seed,
+                    processes=min(bench.locust_processes, c),
                 )
                 before = encoder_batch_counts(endpoint.grpc) if endpoint.grpc else {}
                 result = run_locust(settings, out_dir / "locust", f"{target}-c{c}")

@@ -46,6 +46,9 @@ class HeadToHeadConfig:
     tuned_baseline_threads: int = 1  # "baseline-tuned": the one option that closes most of the gap
     baseline_workers: int = 2  # "baseline-tuned-workers": uvicorn worker processes (one per core helps most)
     seed: int = 0
+    # Locust processes generating the load (never more than the users): one process tops out near
+    # 1,000 requests/s on this machine, below what either side serves at concurrency 32.
+    locust_processes: int = 1
 
     def __post_init__(self) -> None:
         unknown = set(self.targets) - set(TARGETS)
@@ -55,6 +58,8 @@ class HeadToHeadConfig:
             raise ValueError(f"concurrency levels must be positive, got {self.concurrency}")
         if self.duration_s <= 0 or self.warmup_s < 0 or self.batch_size < 1 or self.classes < 2:
             raise ValueError(f"invalid benchmark settings {self}")
+        if self.locust_processes < 1:
+            raise ValueError(f"locust_processes must be at least 1, got {self.locust_processes}")
         if self.baseline_workers < 1:
             raise ValueError(f"baseline_workers must be at least 1, got {self.baseline_workers}")
         if self.baseline_handler not in ("threadpool", "inline"):

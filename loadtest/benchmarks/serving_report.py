@@ -99,8 +99,8 @@ def method_paragraphs(run: H2HRun) -> list[Block]:
         Paragraph(
             f"Same encoder and index for both ({art.source}; {art.num_classes} classes, {art.embedding_dim}-d "
             f"embeddings, {art.image_size}x{art.image_size} images), the same {b.image_count} glyph images, "
-            f"{b.batch_size} image(s) per request, the same load generator: Locust, one process, one closed-loop "
-            f"user per unit of concurrency (no think time), {b.warmup_s:g} s warm-up then {b.duration_s:g} s "
+            f"{b.batch_size} image(s) per request, the same load generator: Locust, {b.locust_processes} process(es) sharing "
+            f"the users (capped at the concurrency), one closed-loop user per unit of concurrency (no think time), {b.warmup_s:g} s warm-up then {b.duration_s:g} s "
             "measured per point. Each server runs alone; Locust shares the machine with it. Latencies are "
             "measured in Locust's users (client side), exactly: every response time after the warm-up."
         ),

@@ -22,11 +22,13 @@ def tiny_repository(root: Path) -> Path:
     if (repo / "classify" / "config.pbtxt").exists():
         return repo
     from megaclass.export.repository.tiny import build_tiny_repository
-    from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
+    from megaclass.python_backend.serving.config import ModelServingConfig, RequestLimits, ServingConfig
 
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=1000)
     root.mkdir(parents=True, exist_ok=True)
-    build_tiny_repository(root, ServingConfig(encoder=small, retriever=small, default_top_k=5, max_top_k=20))
+    build_tiny_repository(
+        root, ServingConfig(encoder=small, retriever=small, default_top_k=5, limits=RequestLimits(max_top_k=20))
+    )
     return repo
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from megaclass.python_backend.index.result import SearchResult, finish
@@ -117,3 +118,25 @@ def load_retriever(index: Any, device: str, cfg: RetrievalSettings) -> tuple[Any
     if plan.mode == "index":
         return index, plan
     return DeviceRetriever(index, plan, cfg.fp16), plan
+
+
+def load_for_instance(index_dir: Path, params: dict[str, str], instance_device_id: str | int = 0):
+    """The retriever of one Triton model instance: the index at `index_dir` searched as the model
+    config's parameters say (`device` "cpu" | "cuda" — this instance's GPU, never a hard-wired 0 —
+    `search`, `gpu_memory_budget_mb`, `gpu_fp16`). Returns (what to search, its plan, the device)."""
+    from megaclass.python_backend.index.routed_index import RoutedIndex
+    from megaclass.python_backend.serving.config import GpuRetrievalConfig
+
+    device = params.get("device", "cpu")
+    if device == "cuda":
+        import torch
+
+        device = f"cuda:{int(instance_device_id)}"
+        torch.cuda.set_device(device)
+    cfg = GpuRetrievalConfig(
+        search=params.get("search", "auto"),
+        memory_budget_mb=int(params.get("gpu_memory_budget_mb", GpuRetrievalConfig.memory_budget_mb)),
+        fp16=params.get("gpu_fp16", "true") == "true",
+    )
+    index, plan = load_retriever(RoutedIndex.load(index_dir), device, cfg)
+    return index, plan, device

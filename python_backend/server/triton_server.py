@@ -143,8 +143,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+class ServerUrls:
+    """The client URLs of a server with `host`, `http_port`, `grpc_port` and `metrics_port`
+    (tritonserver itself, or the validating front before it: guard/launch.py)."""
+
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
 @dataclass
-class TritonServer:
+class TritonServer(ServerUrls):
     """A running tritonserver process; use `start_server` to get one."""
 
     process: subprocess.Popen
@@ -164,18 +186,6 @@ class TritonServer:
     stopping: bool = False
     shm_regions: set[str] = field(default_factory=set)  # the stubs' shared-memory regions seen
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def log_tail(self, lines: int = 40) -> str:
         return "".join(list(self._log_tail)[-lines:])

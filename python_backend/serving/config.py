@@ -58,15 +58,20 @@ class GpuRetrievalConfig:
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """What one inference request may declare, checked by the validating front (server/guard/) before
-    tritonserver parses it: Triton 2.51's HTTP/JSON parser allocates what a shape declares before it
-    checks it, so one small request could abort the server (docs/reliability.md, "Hostile requests").
-    The batch limit is each model's own `max_batch_size`; top-k (`ServingConfig.max_top_k`) and image
-    bytes and pixels (the decode model's limits) are enforced by the models themselves."""
+    """What one inference request may declare, in one place. The validating front (server/guard/)
+    checks sizes, batch and nesting before tritonserver parses anything: Triton 2.51's HTTP/JSON parser
+    allocates what a shape declares before it checks it, so one small request could abort the server
+    (docs/reliability.md, "Hostile requests"). Top-k and the image limits are written into the
+    generated model configs and enforced by the retriever/classify and decode models. Deprecated names a
+    config file may still use (export/config.py MOVED_OPTIONS reads them here, with a warning):
+    `[serving] max_top_k` (was ServingConfig.max_top_k) and `max_bytes_element` (now `max_image_bytes`)."""
 
     max_request_bytes: int = 16 * 1024 * 1024  # whole HTTP body or gRPC message
     max_elements_per_input: int = 1 << 24  # product of an input's declared shape
-    max_bytes_element: int = 8 * 1024 * 1024  # one BYTES element (an encoded image)
+    max_batch: int = 1024  # ceiling on any request's batch; the lower of this and the model's max_batch_size
+    max_top_k: int = 100  # classes one answer may ask for (retriever, one-hop classify)
+    max_image_bytes: int = 8 * 1024 * 1024  # one encoded image (BYTES element), front and decode model
+    max_image_pixels: int = 4096 * 4096  # one decoded image (decode model, checked from the header)
     max_json_depth: int = 8  # nesting of the JSON request (Triton's parser recurses per level)
     max_parameters: int = 32  # request, input and output parameters, each
     config_ttl_s: float = 5.0  # how long the front trusts a model's config before asking Triton again
@@ -98,7 +103,6 @@ class ServingConfig:
     trt_engine_cache_path: str = "/tmp/megaclass-trt-cache"
     gpu_retrieval: GpuRetrievalConfig = field(default_factory=GpuRetrievalConfig)
     default_top_k: int = 5
-    max_top_k: int = 100
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server; an explicit choice
     # File holding the key required (header `megaclass-admin-key`) for model load/unload; None: the
     # file named by $MEGACLASS_ADMIN_KEY_FILE, else $MEGACLASS_ADMIN_KEY, else unrestricted (refused

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from megaclass.python_backend.serving.config import RequestLimits
 from megaclass.python_backend.serving.preprocess import load_image
 from megaclass.python_backend.serving.request_batching import InputError
 
@@ -27,8 +28,8 @@ MAGIC = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff"}
 class DecodeLimits:
     """What one encoded image may be: bytes on the wire and pixels once decoded."""
 
-    max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
+    max_bytes: int = RequestLimits.max_image_bytes
+    max_pixels: int = RequestLimits.max_image_pixels
 
 
 def decode_image(data: bytes, size: int, limits: DecodeLimits = DecodeLimits(), what: str = "image") -> np.ndarray:

@@ -26,13 +26,9 @@ from megaclass.python_backend.serving.retriever_service import (
     parse_options,
 )
 from megaclass.python_backend.serving.thread_budget import size_index_threads, stub_thread_budget
+from megaclass.python_backend.serving.version_integrity import model_parameters
 
 OUTPUTS = ("CLASS_IDS", "LABELS", "SCORES", "INDEX_VERSION")
-
-
-def model_parameters(config: dict) -> dict[str, str]:
-    """The `parameters` of a model config as plain strings."""
-    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
 def triton_error(pb_utils, model: str, exc: BaseException):

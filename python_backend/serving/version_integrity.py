@@ -92,3 +92,19 @@ def make_writable(path: Path) -> None:
                 os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
     if Path(path).exists():
         os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR)
+
+
+def model_parameters(config: dict) -> dict[str, str]:
+    """The `parameters` of a model config as plain strings."""
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def open_version(args: dict) -> tuple[dict, dict[str, str], Path]:
+    """What a Triton model's `initialize(args)` starts from: its config, the config's parameters as
+    plain strings, and its version directory, verified against the checksums recorded at publishing
+    (a version changed since is refused, naming the files)."""
+    config = json.loads(args["model_config"])
+    params = model_parameters(config)
+    version_dir = Path(args["model_repository"]) / args["model_version"]
+    verify_version(version_dir)
+    return config, params, version_dir

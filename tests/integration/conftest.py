@@ -18,7 +18,7 @@ from megaclass.export.repository.tiny import (  # noqa: F401 - re-exported for o
     projection_encoder,
 )
 from megaclass.python_backend.server.triton_server import TritonServer, free_port, start_server
-from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.config import ModelServingConfig, RequestLimits, ServingConfig
 
 
 @dataclass
@@ -39,7 +39,7 @@ def tiny_stack(tmp_path_factory) -> TinyStack:
 
     root = tmp_path_factory.mktemp("stack")
     small = ModelServingConfig(max_batch_size=16, preferred_batch_sizes=(8, 16), max_queue_delay_us=5000)
-    serving = ServingConfig(encoder=small, retriever=small, default_top_k=5, max_top_k=20)
+    serving = ServingConfig(encoder=small, retriever=small, default_top_k=5, limits=RequestLimits(max_top_k=20))
     repo, onnx_path, index_dir = build_tiny_repository(root, serving)
     images, ids = class_patterns(NUM_CLASSES, 3, IMAGE_SIZE, seed=1)
     server = start_server(

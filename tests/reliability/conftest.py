@@ -25,7 +25,7 @@ from megaclass.export.repository.tiny import (  # noqa: F401 - used by the suite
     class_patterns,
 )
 from megaclass.python_backend.server.triton_server import TritonServer, free_port, start_server
-from megaclass.python_backend.serving.config import ModelServingConfig, ServingConfig
+from megaclass.python_backend.serving.config import ModelServingConfig, RequestLimits, ServingConfig
 
 ADMIN_KEY = "reliability-admin-key"
 MODELS = ["encoder", "retriever", "classify", "decode", "classify_encoded"]
@@ -54,7 +54,9 @@ def serving_config() -> ServingConfig:
     small = ModelServingConfig(max_batch_size=MAX_BATCH, preferred_batch_sizes=(8, 16), max_queue_delay_us=2000)
     # The ensemble: these tests kill, stall and overload the encoder and retriever stubs behind
     # `classify` (the one-hop form is checked against it in tests/integration/test_one_hop_classify.py).
-    return ServingConfig(encoder=small, retriever=small, default_top_k=5, max_top_k=20, classify_form="ensemble")
+    return ServingConfig(
+        encoder=small, retriever=small, default_top_k=5, limits=RequestLimits(max_top_k=20), classify_form="ensemble"
+    )
 
 
 def start_stack(root: Path, repo_dir: Path | None = None, **server_kwargs) -> Stack:

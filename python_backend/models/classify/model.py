@@ -9,23 +9,23 @@ version directory holds links to the served encoder's ONNX file and retriever's 
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.index.routed_index import RoutedIndex
 from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
+from megaclass.python_backend.serving.error_reporting import use_triton_log
 from megaclass.python_backend.serving.request_batching import TensorSpec, check_inputs, run_batched
-from megaclass.python_backend.serving.retriever_triton import TritonRetriever, model_parameters
+from megaclass.python_backend.serving.retriever_triton import TritonRetriever
 from megaclass.python_backend.serving.thread_budget import cpu_threads_per_instance
+from megaclass.python_backend.serving.version_integrity import open_version
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = model_parameters(config)
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+        use_triton_log(pb_utils)
+        config, params, version_dir = open_version(args)  # links to the served files, checksummed too
         sources = json.loads((version_dir / "sources.json").read_text())
         threads = cpu_threads_per_instance(int(params.get("instance_count", "1")))
         self.encoder = OnnxEncoder(version_dir / params.get("onnx_file", "encoder.onnx"), threads)

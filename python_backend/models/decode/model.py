@@ -4,14 +4,11 @@ Thin by design: parse tensors, call `megaclass.python_backend.serving.image_deco
 Bytes that are not a PNG or JPEG image (or too large) get their own INVALID_ARG error.
 """
 
-import json
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
 from megaclass.python_backend.serving.error_reporting import error_message, use_triton_log
 from megaclass.python_backend.serving.image_decoding import DecodeLimits, decode_batch
-from megaclass.python_backend.serving.version_integrity import verify_version
+from megaclass.python_backend.serving.version_integrity import open_version
 
 
 def _error(exc):
@@ -24,9 +21,7 @@ def _error(exc):
 class TritonPythonModel:
     def initialize(self, args):
         use_triton_log(pb_utils)
-        verify_version(Path(args["model_repository"]) / args["model_version"])
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        config, params, _ = open_version(args)  # refused if changed since publishing
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.size = int(config["output"][0]["dims"][-1])

@@ -5,9 +5,6 @@ output leaves as a GPU tensor (DLPack) for the retriever (the `gpu-torch` servin
 Thin by design: parse tensors, call `megaclass.python_backend`, return tensors.
 """
 
-import json
-from pathlib import Path
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -16,7 +13,7 @@ from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder, TorchE
 from megaclass.python_backend.serving.error_reporting import error_message, use_triton_log
 from megaclass.python_backend.serving.request_batching import TensorSpec, check_inputs, run_batched
 from megaclass.python_backend.serving.thread_budget import cpu_threads_per_instance
-from megaclass.python_backend.serving.version_integrity import verify_version
+from megaclass.python_backend.serving.version_integrity import open_version
 
 
 def _error(exc):
@@ -29,10 +26,7 @@ def _error(exc):
 class TritonPythonModel:
     def initialize(self, args):
         use_triton_log(pb_utils)
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version(version_dir)  # a version changed after publishing is refused, naming the files
+        config, params, version_dir = open_version(args)  # refused if changed since publishing
         instances = int(params.get("instance_count", "1"))
         if params.get("runtime") == "torch":
             gpu = args.get("model_instance_kind") == "GPU"

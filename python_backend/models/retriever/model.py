@@ -10,41 +10,22 @@ is searched by the torch backend with the prototypes resident on this instance's
 embedding batch that arrives on the GPU is taken through DLPack (see `tensor_to_array`).
 """
 
-import json
-from pathlib import Path
-
 import triton_python_backend_utils as pb_utils
 
-from megaclass.python_backend.index.gpu_retrieval import load_retriever
-from megaclass.python_backend.index.routed_index import RoutedIndex
-from megaclass.python_backend.serving.config import GpuRetrievalConfig
+from megaclass.python_backend.index.gpu_retrieval import load_for_instance
 from megaclass.python_backend.serving.error_reporting import use_triton_log
-from megaclass.python_backend.serving.retriever_triton import TritonRetriever, model_parameters
-from megaclass.python_backend.serving.version_integrity import verify_version
+from megaclass.python_backend.serving.retriever_triton import TritonRetriever
+from megaclass.python_backend.serving.version_integrity import open_version
 
 
 class TritonPythonModel:
     def initialize(self, args):
         use_triton_log(pb_utils)
-        config = json.loads(args["model_config"])
-        params = model_parameters(config)
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-        verify_version(version_dir)  # a version changed after publishing is refused, naming the files
-        device = params.get("device", "cpu")
-        if device == "cuda":  # this instance's GPU, never a hard-wired 0
-            import torch
-
-            device = f"cuda:{int(args.get('model_instance_device_id', 0))}"
-            torch.cuda.set_device(device)
+        config, params, version_dir = open_version(args)
         index_dir = version_dir / params.get("index_dir", "index")
         # Exact on the GPU when the prototypes fit the budget, else routed on the GPU (the plan is in
         # the manifest, the log and the megaclass_retriever_search_info metric); on a CPU the index as is.
-        gpu_cfg = GpuRetrievalConfig(
-            search=params.get("search", "auto"),
-            memory_budget_mb=int(params.get("gpu_memory_budget_mb", GpuRetrievalConfig.memory_budget_mb)),
-            fp16=params.get("gpu_fp16", "true") == "true",
-        )
-        index, plan = load_retriever(RoutedIndex.load(index_dir), device, gpu_cfg)
+        index, plan, device = load_for_instance(index_dir, params, args.get("model_instance_device_id", 0))
         pb_utils.Logger.log_info(f"retriever: {plan.mode} search on {device}: {plan.reason}")
         self.retriever = TritonRetriever(pb_utils, config, index, index_dir, args["model_version"], plan=plan)
 

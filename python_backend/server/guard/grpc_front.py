@@ -17,6 +17,7 @@ from megaclass.python_backend.serving.config import RequestLimits
 
 LOG = logging.getLogger("megaclass.guard")
 SERVICE = "/inference.GRPCInferenceService/"
+SERVER_FAILURES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 STREAMING = {"ModelStreamInfer"}  # not served through the front: it would bypass the per-request check
 
 
@@ -32,9 +33,17 @@ class GrpcFront(grpc.GenericRpcHandler):
         self.specs = SpecCache(upstream_http, limits.config_ttl_s)
         self.limits = limits
         self._session: aiohttp.ClientSession | None = None
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method = details.method
+        handler = self._handlers.get(details.method)
+        if handler is None:  # one handler per method, built once (the client chooses the names: bounded)
+            if len(self._handlers) > 64:
+                self._handlers.clear()
+            handler = self._handlers[details.method] = self._handler(details.method)
+        return handler
+
+    def _handler(self, method: str) -> grpc.RpcMethodHandler:
         name = method[len(SERVICE) :] if method.startswith(SERVICE) else ""
         if not name or name in STREAMING or "SharedMemory" in name:  # shared memory: the loopback port
             return grpc.unary_unary_rpc_method_handler(self._refuse)
@@ -51,6 +60,8 @@ class GrpcFront(grpc.GenericRpcHandler):
             try:
                 return await call(raw, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in SERVER_FAILURES:  # the server failed a request the front let through
+                    LOG.error("upstream answered %s for %s: %s", exc.code().name, method, (exc.details() or "")[:300])
                 await context.abort(exc.code(), exc.details() or "")
 
         return grpc.unary_unary_rpc_method_handler(forward, request_deserializer=None, response_serializer=None)

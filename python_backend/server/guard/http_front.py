@@ -90,6 +90,8 @@ def make_http_app(upstream_http: str, limits: RequestLimits) -> web.Application:
         try:
             async with request.app["session"].request(request.method, url, data=body, headers=headers) as reply:
                 payload = await reply.read()
+                if reply.status >= 500:  # the server failed a request the front let through: worth a look
+                    LOG.error("upstream answered %d for %s: %s", reply.status, request.path, payload[:300])
                 out = {k: v for k, v in reply.headers.items() if k.lower() in FORWARDED_RESPONSE_HEADERS}
                 return web.Response(body=payload, status=reply.status, headers=out)
         except aiohttp.ClientError as exc:

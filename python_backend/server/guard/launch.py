@@ -20,6 +20,7 @@ from typing import Any
 
 from megaclass.python_backend.server.security import SecurityError, check_exposure
 from megaclass.python_backend.server.triton_server import (
+    ServerUrls,
     TritonError,
     TritonServer,
     free_port,
@@ -32,7 +33,7 @@ LOOPBACK = "127.0.0.1"
 
 
 @dataclass
-class GuardedServer:
+class GuardedServer(ServerUrls):
     """tritonserver behind the front: the public URLs are the front's."""
 
     server: TritonServer
@@ -41,18 +42,6 @@ class GuardedServer:
     http_port: int
     grpc_port: int
     metrics_port: int
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     @property
     def log_path(self) -> Path:

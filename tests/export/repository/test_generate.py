@@ -12,6 +12,7 @@ from megaclass.export.repository.generate import (
     ModelShapes,
     classify_config,
     config_text,
+    decode_config,
     encoder_config,
     model_file,
     one_hop_classify_config,
@@ -21,7 +22,13 @@ from megaclass.export.repository.generate import (
     versions,
     write_config,
 )
-from megaclass.python_backend.serving.config import ExportConfig, ModelServingConfig, ServingConfig, classify_form
+from megaclass.python_backend.serving.config import (
+    ExportConfig,
+    ModelServingConfig,
+    RequestLimits,
+    ServingConfig,
+    classify_form,
+)
 
 SHAPES = ModelShapes(image_size=32, embedding_dim=128)
 
@@ -48,6 +55,16 @@ def test_batching_settings_come_from_serving_config():
     assert list(cfg.input[0].dims) == [1, 32, 32] and list(cfg.output[0].dims) == [128]
     no_batching = ServingConfig(encoder=ModelServingConfig(dynamic_batching=False))
     assert not encoder_config(no_batching, ExportConfig(), SHAPES).HasField("dynamic_batching")
+
+
+def test_request_limits_reach_the_models_that_enforce_them():
+    """Top-k and the image limits live in RequestLimits and are written into the generated configs."""
+    limits = RequestLimits(max_top_k=7, max_image_bytes=1000, max_image_pixels=4096)
+    s = ServingConfig(limits=limits)
+    assert retriever_config(s, SHAPES).parameters["max_top_k"].string_value == "7"
+    assert one_hop_classify_config(s, ExportConfig(), SHAPES).parameters["max_top_k"].string_value == "7"
+    decode = decode_config(s, ExportConfig(), SHAPES).parameters
+    assert (decode["max_image_bytes"].string_value, decode["max_image_pixels"].string_value) == ("1000", "4096")
 
 
 def test_ensemble_wires_encoder_into_retriever():

@@ -61,3 +61,15 @@ def test_a_mixed_batch_through_the_device_retriever(index):
 def test_on_a_cpu_auto_keeps_the_index(index):
     searcher, plan = load_retriever(index, "cpu", GpuRetrievalConfig())
     assert searcher is index and plan.mode == "index"
+
+
+def test_an_instance_loads_its_retriever_from_the_model_parameters(index, tmp_path):
+    from megaclass.python_backend.index.gpu_retrieval import load_for_instance
+
+    index.save(tmp_path / "index")
+    searcher, plan, device = load_for_instance(tmp_path / "index", {"device": "cpu"})
+    assert device == "cpu" and plan.mode == "index" and isinstance(searcher, RoutedIndex)
+    searcher, plan, _ = load_for_instance(tmp_path / "index", {"search": "exact", "gpu_fp16": "false"})
+    assert plan.mode == "exact" and isinstance(searcher, DeviceRetriever)
+    xq = index._vectors[:8] + np.float32(0.03)
+    np.testing.assert_array_equal(searcher.search(xq, 3).class_ids, index.exact_search(xq, 3).class_ids)

@@ -90,3 +90,20 @@ def test_read_only_versions_are_removed_cleanly(tmp_path, sources):
     v = publish_version(model, sources)
     remove_version(model, v)
     assert versions(model) == [] and os.listdir(model) == []
+
+
+def test_open_version_gives_config_parameters_and_a_verified_directory(tmp_path, sources):
+    import json
+
+    from megaclass.python_backend.serving.version_integrity import open_version
+
+    v = publish_version(tmp_path / "m", sources)
+    config = {"name": "m", "parameters": {"device": {"string_value": "cpu"}, "top_k": {"string_value": "5"}}}
+    args = {"model_config": json.dumps(config), "model_repository": str(tmp_path / "m"), "model_version": str(v)}
+    got_config, params, version_dir = open_version(args)
+    assert got_config == config and params == {"device": "cpu", "top_k": "5"}
+    assert version_dir == tmp_path / "m" / str(v)
+    make_writable(version_dir)
+    (version_dir / "encoder.onnx").write_bytes(b"graph-v2")
+    with pytest.raises(VersionIntegrityError, match="encoder.onnx"):
+        open_version(args)
