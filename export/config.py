@@ -135,12 +135,54 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class TupleConfig:
+    """Training from a tuple file (`export/data/tuples.py`, `export/train/tuple_training.py`)."""
+
+    # True: items of the batch's other tuples also count as negatives (pseudo-classes = the items a
+    # tuple links as similar; the miner `train.mining` picks among them). Safe when a random pair of
+    # items is almost never of one class (many classes), as with in-batch negatives in general.
+    # False: only the file's own pairs / triplets.
+    in_batch_negatives: bool = True
+    generated_per_epoch: float = 1.0  # `tuples generate`: tuples per training image of the labelled set
+
+
+@dataclass(frozen=True)
+class NegativesConfig:
+    """Index-mined negatives (`export/train/negatives.py`): tiers by score band, and their schedule.
+
+    Of each class's `neighbours` nearest other classes (inner product of class prototypes in the
+    routed index), a neighbour with score s >= hard_min is hard, soft_min <= s < hard_min soft,
+    s < soft_min easy. With `bands = "quantile"` (the default) the two bounds follow the mining
+    encoder's score distribution: they are the `soft_quantile` and `hard_quantile` quantiles of all
+    mined neighbour scores (thirds: the top third hard, the bottom third easy), so every tier holds
+    neighbours whatever the encoder's scale. With `bands = "fixed"` they are `soft_min` / `hard_min`.
+    Training pairs a batch's class with a negative class drawn from `tiers`, weighted by `mix_start`
+    at the first epoch moving linearly to `mix_end` at the last (weights in the order easy, soft,
+    hard; a tier a class lacks falls back to a random class).
+    """
+
+    neighbours: int = 20
+    nprobe: int | None = None  # None: the index's own nprobe
+    bands: str = "quantile"  # "quantile" (bounds from the mined scores) or "fixed" (soft_min / hard_min)
+    soft_quantile: float = 1 / 3  # bands = "quantile": below this quantile of the mined scores: easy
+    hard_quantile: float = 2 / 3  # ... at or above this quantile: hard
+    hard_min: float = 0.75  # bands = "fixed": score of a hard neighbour
+    soft_min: float = 0.5  # bands = "fixed": score of a soft neighbour
+    tiers: tuple[str, ...] = ("easy", "soft", "hard")
+    mix_start: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    mix_end: tuple[float, float, float] = (0.0, 0.25, 0.75)
+    negative_share: float = 0.5  # of a batch's classes, this share are drawn as mined negatives
+
+
+@dataclass(frozen=True)
 class MegaclassConfig:
     """Everything, grouped by concern."""
 
     glyphs: GlyphDataConfig = field(default_factory=GlyphDataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tuples: TupleConfig = field(default_factory=TupleConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)

@@ -17,22 +17,36 @@ from megaclass.clients.cli.common import Subparsers
 def _index_config(args: argparse.Namespace):
     from megaclass.export.config import IndexConfig
 
-    keys = ("nlist", "nprobe", "storage", "spill", "backend", "pq_m", "pq_residual")
+    keys = ("nlist", "nprobe", "storage", "spill", "backend", "pq_m", "pq_residual", "taxonomy", "taxonomy_level")
     changes = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     return dataclasses.replace(IndexConfig(), **changes)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from megaclass.python_backend.index.file_ops import build_index
+    from megaclass.export.evaluate.taxonomy import routing_groups
+    from megaclass.python_backend.index.file_ops import build_index, read_label_file
 
+    cfg = _index_config(args)
     try:
+        class_ids, names = read_label_file(Path(args.labels))
+        groups, routing = routing_groups(cfg, class_ids, names)
         index = build_index(
-            Path(args.prototypes), Path(args.labels), Path(args.out), _index_config(args), progress=True
+            Path(args.prototypes),
+            Path(args.labels),
+            Path(args.out),
+            cfg,
+            progress=True,
+            groups=groups,
+            extra_manifest={"routing": routing},
         )
     except (ValueError, OSError) as exc:
         print(f"megaclass index build: {exc}", file=sys.stderr)
         return 1
     print(f"{index.num_classes} classes, {index.num_prototypes} prototypes, {index.nlist} clusters -> {args.out}")
+    if groups is not None:
+        print(
+            f"routed by taxonomy level {cfg.taxonomy_level}: {routing['classes_without_node']} classes without a node"
+        )
     from megaclass.export.config import load_config
     from megaclass.export.lifecycle.record import record_index
 
@@ -146,6 +160,19 @@ def _register_build(ix: Subparsers) -> None:
         default=None,
         help="PQ codes of x - centroid (native backend; far smaller errors on clustered data) "
         "(default: on with the native backend)",
+    )
+    p.add_argument(
+        "--taxonomy",
+        default=None,
+        help="class,parent file: the coarse clusters are its nodes at --taxonomy-level instead of k-means "
+        "(classes matched by label; those without a node join the nearest cluster) (default: none, k-means)",
+    )
+    p.add_argument(
+        "--taxonomy-level",
+        dest="taxonomy_level",
+        type=int,
+        default=None,
+        help="depth of the taxonomy's nodes that become clusters, 1 = top (default: index.taxonomy_level, 1)",
     )
     p.set_defaults(func=cmd_build)
 

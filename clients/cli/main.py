@@ -10,9 +10,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megaclass.clients.cli import bench, classify, demo, index, lifecycle, loadtest, publish, scaleout, serve, train
+from megaclass.clients.cli import (
+    bench,
+    classify,
+    demo,
+    index,
+    lifecycle,
+    loadtest,
+    publish,
+    scaleout,
+    serve,
+    train,
+    tuples,
+)
 
-GROUPS = (demo, serve, classify, publish, loadtest, bench, scaleout, train, index, lifecycle)
+GROUPS = (demo, serve, classify, publish, loadtest, bench, scaleout, train, tuples, index, lifecycle)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -168,14 +168,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if ckpt["config"]["loss"] == "softmax":
             report["softmax_head"] = softmax_head_metrics(ckpt, model, sets, args.tail_max)
     out = Path(args.out) if args.out else (ckpt_path.parent if ckpt_path else Path(cfg.work_dir)) / "eval"
-    write_report(report, out / "report.json")
     png = plot_prototypes_pca(arrays["prototypes"], arrays["clusters"], out / "prototypes_pca.png")
     from megaclass.export.lifecycle.record import record_evaluate
 
     record_evaluate(cfg, ckpt_path, report, out)
     for name, m in report["splits"].items():
         print(f"{name:>17}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
-    print(f"report: {out / 'report.json'}  plot: {png}")
+    try:
+        severity_png = report_severity(args.taxonomy, sets.query_y, arrays, report, out)
+    except (OSError, ValueError) as e:
+        print(f"megaclass evaluate: {e}", file=sys.stderr)
+        return 1
+    write_report(report, out / "report.json")
+    print(f"report: {out / 'report.json'}  plots: {png}, {severity_png}")
     return 0
 
 
@@ -263,10 +268,12 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     (out / "labels.txt").write_text("".join(labels.get(int(c), str(int(c))).replace("\n", " ") + "\n" for c in ids))
     print(f"{len(protos)} prototypes of {len(np.unique(ids))} classes, dimension {protos.shape[1]} -> {out}")
     if args.index:
+        from megaclass.export.evaluate.taxonomy import routing_groups
         from megaclass.python_backend.index.routed_index import RoutedIndex
 
-        index = RoutedIndex.build(protos, ids, labels, cfg.index)
-        index.save(Path(args.index))
+        groups, routing = routing_groups(cfg.index, ids, labels)  # index.taxonomy set: routed by taxonomy
+        index = RoutedIndex.build(protos, ids, labels, cfg.index, groups=groups)
+        index.save(Path(args.index), extra_manifest={"routing": routing})
         print(f"routed index ({index.num_classes} classes) -> {args.index}; serve it with `megaclass publish --index`")
     return 0
 
@@ -348,6 +355,36 @@ def _register_train(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def report_severity(taxonomy: str | None, query_y: Any, arrays: dict[str, Any], report: dict, out: Path) -> Path:
+    """Mistake severity by the taxonomy file (or the k-means clusters): printed, in `report`, plotted."""
+    from megaclass.export.evaluate.taxonomy import (
+        cluster_taxonomy,
+        group_precision,
+        mistake_severity,
+        plot_severity,
+        read_taxonomy,
+    )
+
+    tax = read_taxonomy(taxonomy) if taxonomy else cluster_taxonomy(arrays["cluster_of"])
+    source = f"taxonomy {taxonomy}" if taxonomy else "k-means coarse clusters (no --taxonomy)"
+    summary = mistake_severity(query_y, arrays["top1"], tax)
+    summary.pop("distances", None)
+    groups = group_precision(query_y, arrays["top1"], tax, level=1)
+    report["severity"] = {"source": source, **summary}
+    print(f"mistake severity by {source}:")
+    print(
+        f"  mistakes {summary['mistakes']} of {summary['queries']}; mean tree distance {summary['mean_mistake_distance']:.3g}"
+    )
+    print(
+        "  histogram (distance: mistakes): " + ", ".join(f"{d}: {c}" for d, c in summary["severity_histogram"].items())
+    )
+    print(
+        "  precision@1 by level: " + ", ".join(f"{lv}: {p:.3f}" for lv, p in summary["precision_at_1_by_level"].items())
+    )
+    print(f"  share of mistakes within the same parent: {summary['same_parent_share']:.3f}")
+    return plot_severity(summary, groups, out / "severity.png", source)
+
+
 def _register_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser("evaluate", help="precision@1, hit rate@k, MAP@R, cost-aware error; PCA plot")
     p.add_argument(
@@ -363,6 +400,11 @@ def _register_evaluate(sub: Subparsers) -> None:
         type=int,
         default=2,
         help="the tail split: classes with at most this many training samples (default: 2)",
+    )
+    p.add_argument(
+        "--taxonomy",
+        default=None,
+        help="class,parent hierarchy file for mistake severity (default: none, the k-means clusters)",
     )
     _add_data_args(p)
     p.set_defaults(func=cmd_evaluate)

@@ -126,7 +126,8 @@ def evaluate_sets(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Embed, build prototypes and the coarse router, and score every split.
 
-    Returns (report, arrays) with arrays = prototypes, proto_ids, clusters (of each prototype).
+    Returns (report, arrays) with arrays = prototypes, proto_ids, clusters (of each prototype), top1 (each
+    query's top-1 class) and cluster_of ({class id: its coarse cluster}, the taxonomy fallback).
     """
     enrol = embed(model, sets.enrol_x)
     queries = embed(model, sets.query_x)
@@ -150,7 +151,8 @@ def evaluate_sets(
             retrieved[mask], sample_retrieved[mask], r[mask], sets.query_y[mask], cluster_of, ks
         )
     report["description"] = dict(sets.description)
-    return report, {"prototypes": protos, "proto_ids": proto_ids, "clusters": proto_cluster}
+    arrays = {"prototypes": protos, "proto_ids": proto_ids, "clusters": proto_cluster, "top1": retrieved[:, 0]}
+    return report, {**arrays, "cluster_of": cluster_of}
 
 
 def _first_unique(row: np.ndarray, k: int) -> np.ndarray:

@@ -44,7 +44,10 @@ METRICS_NAME = "metrics.jsonl"
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 EvalFn = Callable[[nn.Module], dict[str, Any]]
-BatchStream = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+# (inputs, labels) or (inputs, labels, indices_tuple): a stream that names its own pairs / triplets
+# (tuple training) skips the miner; PML's losses take them as `indices_tuple`.
+Batch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]
+BatchStream = Callable[[int], Iterable[Batch]]
 
 
 @dataclass
@@ -206,6 +209,9 @@ def train_on_batches(
 ) -> TrainResult:
     """The training loop over `batches(epoch) -> iterable of (inputs, labels in 0..num_classes-1)`.
 
+    A batch may carry a third element, its own `indices_tuple` (pairs `(a1, p, a2, n)` or triplets
+    `(a, p, n)` of row indices): the loss then uses those instead of the miner's.
+
     `model` must have `args` (its constructor kwargs) and may have `forward_unnormalized`,
     which the loss then reads (all registered losses normalise themselves where they need to).
     """
@@ -338,11 +344,11 @@ def _start_run(
 
 
 def _train_epoch(
-    run: _Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], bar: Any, step: int, elapsed: float, t0: float
+    run: _Run, batches: Iterable[Batch], bar: Any, step: int, elapsed: float, t0: float
 ) -> tuple[list[float], float, int, bool]:
     """One epoch's steps until the batches or the time budget run out; returns (losses, last lr, step, out of time)."""
     cfg, budget_s, losses, lr = run.cfg, run.budget_s, [], run.cfg.lr
-    for x, y in batches:
+    for x, y, *given in batches:
         now = elapsed + time.perf_counter() - t0
         if budget_s is not None and now >= budget_s:
             return losses, lr, step, True
@@ -357,7 +363,10 @@ def _train_epoch(
         if run.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         emb = run.embed(x)
-        indices = run.bundle.miner(emb, y) if run.bundle.miner is not None else None
+        if given:
+            indices = tuple(t.to(run.device, non_blocking=True) for t in given[0])
+        else:
+            indices = run.bundle.miner(emb, y) if run.bundle.miner is not None else None
         loss = run.bundle.loss(emb, y, indices)
         for o in run.optimisers:
             o.zero_grad(set_to_none=True)

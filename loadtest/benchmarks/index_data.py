@@ -7,11 +7,17 @@ as the P.npy / L.txt / Q.npy files the command line reads).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def synthetic_embeddings(
+def synthetic_embeddings(num_classes: int, dim: int = 128, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prototypes, class ids, queries) of `hierarchical_embeddings` (the same arguments), without the groups."""
+    return hierarchical_embeddings(num_classes, dim, **kwargs)[:3]
+
+
+def hierarchical_embeddings(
     num_classes: int,
     dim: int = 128,
     *,
@@ -20,14 +26,16 @@ def synthetic_embeddings(
     spread: float = 1.0,
     query_noise: float = 0.8,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Clustered unit vectors that look like class embeddings, and queries near random classes.
 
     Classes fall into num_classes / group_size groups (Zipf-sized: a few large, many small) whose
     centres lie on the sphere; a class prototype is its group centre plus `spread` × an anisotropic
     unit perturbation (variance decaying as 1/i over a random basis, as in trained embeddings). A
     query is a random class's prototype plus `query_noise` × an isotropic unit vector (cos ≈ 0.78).
-    Returns (prototypes float32 [N, dim], class ids int64 [N], queries float32 [num_queries, dim]).
+    Returns (prototypes float32 [N, dim], class ids int64 [N], queries float32 [num_queries, dim], group
+    of each class int64 [N]): the groups are a two-level hierarchy (parent -> child classes) that the
+    geometry follows, what routing by taxonomy seeds its clusters from.
     """
     rng = np.random.default_rng(seed)
     groups = max(1, num_classes // group_size)
@@ -49,7 +57,7 @@ def synthetic_embeddings(
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     xq = out[own] + query_noise * e
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-    return out, np.arange(num_classes, dtype=np.int64), xq.astype(np.float32)
+    return out, np.arange(num_classes, dtype=np.int64), xq.astype(np.float32), group.astype(np.int64)
 
 
 def glyph_embedding_files(

@@ -30,6 +30,12 @@ class IndexConfig:
     seed: int = 0
     # Routed-index details (python_backend/index/).
     rerank: int = 0  # compressed storage: candidates per query re-scored exactly; 0: max(4 * top_k, 40)
+    # Routing by taxonomy: the coarse clusters are the nodes at depth `taxonomy_level` (1 = top) of this
+    # `class,parent` file instead of k-means (router.group_primary); a class is found by its label, else its
+    # id; classes not in it go to the nearest cluster. The offline side reads the file and passes the groups
+    # to RoutedIndex.build (export/evaluate/taxonomy.py: routing_groups; megaclass index build --taxonomy).
+    taxonomy: str | None = None  # None: k-means routing
+    taxonomy_level: int = 1
     balance: float | None = 2.0  # no cluster holds more than this times the mean entries (None: plain k-means)
     kmeans_iters: int = 20
     kmeans_sample: int = 64  # training points per cluster

@@ -54,11 +54,13 @@ def build_index(
     *,
     extra_manifest: dict[str, Any] | None = None,
     progress: bool = False,
+    groups: np.ndarray | None = None,
 ) -> RoutedIndex:
-    """Build a routed index from `P.npy` + `L.txt` and save it to `out` (new or empty directory)."""
+    """Build a routed index from `P.npy` + `L.txt` and save it to `out` (new or empty directory);
+    `groups` (one per row, -1: none): the coarse clusters, instead of k-means (RoutedIndex.build)."""
     xb = read_vectors(prototypes, "prototypes")
     class_ids, names = read_label_file(labels, len(xb))
-    index = RoutedIndex.build(xb, class_ids, names, cfg or IndexConfig(), progress=progress)
+    index = RoutedIndex.build(xb, class_ids, names, cfg or IndexConfig(), progress=progress, groups=groups)
     extra = {"source": {"prototypes": str(prototypes), "labels": str(labels)}, **(extra_manifest or {})}
     index.save(Path(out), extra_manifest=extra)
     return index

@@ -12,7 +12,13 @@ import numpy as np
 
 from megaclass.python_backend.index import storage as storage_mod
 from megaclass.python_backend.index.config import IndexConfig
-from megaclass.python_backend.index.router import assign_primary, assign_spill, cluster_means, train_centroids
+from megaclass.python_backend.index.router import (
+    assign_primary,
+    assign_spill,
+    cluster_means,
+    group_primary,
+    train_centroids,
+)
 
 ADD_CHUNK = 262144  # rows encoded / added / measured at a time (bounds the temporary memory)
 
@@ -33,9 +39,15 @@ def capacities(num_rows: int, nlist: int, cfg: IndexConfig) -> tuple[np.ndarray,
 
 
 def route_rows(
-    xb: np.ndarray, nlist: int, cfg: IndexConfig, progress: bool
+    xb: np.ndarray, nlist: int, cfg: IndexConfig, progress: bool, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train the router and assign every row (plus SOAR spills): (centroids, entry_row, entry_list)."""
+    """Train the router and assign every row (plus SOAR spills): (centroids, entry_row, entry_list).
+
+    `groups` (int64 [P], -1: none): the clusters are these groups instead of k-means (router.group_primary:
+    routing by a taxonomy level); then `nlist` and `balance` do not apply to the primary assignment."""
+    if groups is not None:
+        centroids, primary = group_primary(xb, groups)
+        return with_spills(xb, centroids, primary, cfg)
     balance = cfg.balance if cfg.balance and cfg.balance > 0 else None
     centroids = train_centroids(
         xb,
@@ -46,12 +58,21 @@ def route_rows(
         balance=balance,
         progress=progress,
     )
-    cap_primary, cap_total = capacities(len(xb), nlist, cfg)
+    cap_primary, _ = capacities(len(xb), nlist, cfg)
     primary = assign_primary(xb, centroids, cap_primary)
     centroids = cluster_means(xb, primary, nlist, centroids)
+    return with_spills(xb, centroids, primary, cfg)
+
+
+def with_spills(
+    xb: np.ndarray, centroids: np.ndarray, primary: np.ndarray, cfg: IndexConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids, entry_row, entry_list): each row in its primary cluster, plus `cfg.spill` SOAR copies."""
     rows = np.arange(len(xb), dtype=np.int64)
+    nlist = len(centroids)
     if cfg.spill <= 0 or nlist < 2:
         return centroids, rows, primary
+    _, cap_total = capacities(len(xb), nlist, cfg)
     spill = assign_spill(xb, centroids, primary, cap_total, spill=cfg.spill, lam=cfg.soar_lambda)
     ok = spill >= 0
     extra_rows = np.broadcast_to(rows[:, None], spill.shape)[ok]

@@ -4,6 +4,7 @@ drift, drop removed rows. Functions over a RoutedIndex that its methods call und
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -77,15 +78,26 @@ def remove(index: RoutedIndex, class_ids: np.ndarray) -> int:
 
 
 def rebuild_router(index: RoutedIndex, progress: bool = False) -> None:
-    """Re-cluster all live prototypes and re-train the codec (after drift: `needs_rebuild`)."""
+    """Re-cluster all live prototypes and re-train the codec (after drift: `needs_rebuild`).
+
+    An index routed by groups (a taxonomy level) keeps them: each row's group is its primary cluster
+    (added rows: the nearest one), the centroids are re-computed, clusters left empty are dropped."""
     with index._lock.write():
         compact(index)
+        source = index.manifest.get("router", {}).get("source", "kmeans")
+        groups = None
+        if source == "groups":
+            rows, first = np.unique(index._entry_row, return_index=True)  # a row's first entry is its primary
+            groups = np.full(len(index._vectors), -1, dtype=np.int64)
+            groups[rows] = index._entry_list[first]
         nlist = min(index.nlist, len(index._vectors))
-        index.centroids, index._entry_row, index._entry_list = route_rows(index._vectors, nlist, index.cfg, progress)
-        index.nlist = nlist
+        route = route_rows(index._vectors, nlist, index.cfg, progress, groups)
+        index.centroids, index._entry_row, index._entry_list = route
+        index.nlist = len(index.centroids)
+        index.cfg = dataclasses.replace(index.cfg, nlist=index.nlist)
         index.codec = train_codec(index._vectors, index.cfg, index.centroids, index._entry_row, index._entry_list)
         index._refresh()
-        index.manifest["router"] = {"mean_residual": index.mean_residual()}
+        index.manifest["router"] = {"mean_residual": index.mean_residual(), "source": source}
 
 
 def compact(index: RoutedIndex) -> bool:

@@ -6,9 +6,9 @@ Clusters hold exact, float16, 8-bit or PQ codes; the compressed forms only pick 
 are re-scored with the exact vectors. The answer is the top-k *distinct classes*, each with its best
 prototype's score.
 
-`RoutedIndex` holds the arrays and the lock; the work is done by plain functions by concern:
-layout.py (clusters, codec), scan.py (the scan backends), aggregation.py (distinct classes),
-result.py (SearchResult, labels), mutation.py (add / remove / rebuild), persistence.py (save / load).
+`RoutedIndex` holds the arrays and the lock; the work is done by plain functions by concern: layout.py (clusters,
+codec), scan.py (the scan backends), aggregation.py (distinct classes), result.py (SearchResult, labels),
+mutation.py (add / remove / rebuild), persistence.py (save / load).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from megaclass.python_backend.index.scan import (
     BACKENDS,
     backend_for,
     check_backend_storage,
-    exact_scores,
     faiss_lists,
     grouped_lists,
     search_batch,
@@ -155,8 +154,12 @@ class RoutedIndex:
         labels: Mapping[int, str],
         cfg: IndexConfig,
         progress: bool = False,
+        groups: np.ndarray | None = None,
     ) -> RoutedIndex:
-        """Cluster `prototypes` (float32 [P, D], L2-normalised) and store them; `class_ids` int64 [P]."""
+        """Cluster `prototypes` (float32 [P, D], L2-normalised) and store them; `class_ids` int64 [P].
+
+        `groups` int64 [P] (-1: none): the coarse clusters are these groups (e.g. the branches at one
+        level of a class taxonomy; layout.route_rows), not k-means; the manifest's router says which."""
         t0 = time.perf_counter()
         xb, ids = check_prototypes(prototypes, class_ids)
         cfg = resolve_defaults(cfg, len(xb), xb.shape[1])
@@ -165,9 +168,9 @@ class RoutedIndex:
         if cfg.threads > 0:
             faiss.omp_set_num_threads(cfg.threads)
         nlist = min(cfg.nlist or default_nlist(len(xb)), len(xb))
-        centroids, entry_row, entry_list = route_rows(xb, nlist, cfg, progress)
-        router_s = time.perf_counter() - t0
-        codec = train_codec(xb, cfg, centroids, entry_row, entry_list)
+        centroids, entry_row, entry_list = route_rows(xb, nlist, cfg, progress, groups)
+        router = {"source": "kmeans" if groups is None else "groups", "seconds": round(time.perf_counter() - t0, 3)}
+        codec, nlist = train_codec(xb, cfg, centroids, entry_row, entry_list), len(centroids)
         params = {**dataclasses.asdict(cfg), "nlist": nlist}
         manifest = {"params": params, "build_seconds": round(time.perf_counter() - t0, 3)}
         index = cls(
@@ -182,7 +185,7 @@ class RoutedIndex:
             codec=codec,
             manifest=manifest,
         )
-        index.manifest["router"] = {"mean_residual": index.mean_residual(), "seconds": round(router_s, 3)}
+        index.manifest["router"] = {"mean_residual": index.mean_residual(), **router}
         return index
 
     def _refresh(self, faiss_ivf: faiss.IndexIVF | None = None) -> None:
@@ -302,9 +305,10 @@ class RoutedIndex:
             class_ids, best = aggregate_classes(scores, cand, top_k)
             return finish(class_ids, best, None, self._label_table())
 
-    def _exact_scores(self, xq: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Exact inner products of each query with its candidate rows (-inf where rows is -1)."""
-        return exact_scores(self._vectors, xq, rows)
+    def live_prototypes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prototypes float32 [P, D], class id of each [P]) of the live rows (copies: boolean indexing)."""
+        with self._lock.read():
+            return self._vectors[self._row_class >= 0], self._row_class[self._row_class >= 0]
 
     def label_of(self, class_ids: np.ndarray) -> np.ndarray:
         """Labels (object array, same shape) of class ids; "" for -1 or an unknown id."""

@@ -1,4 +1,5 @@
-"""The coarse router: balanced k-means over prototypes, capacity-bounded assignment, SOAR spilling.
+"""The coarse router: balanced k-means over prototypes (or clusters given as groups, e.g. the branches of a
+class taxonomy: `group_primary`), capacity-bounded assignment, SOAR spilling.
 
 Inner-product metric throughout. Centroids are cluster means (not re-normalised), so that for a
 prototype x = c + r stored in cluster c a query scores q·x = q·c + q·r: routing by q·c errs by q·r,
@@ -108,6 +109,32 @@ def train_centroids(
         a = assign_primary(sample, centroids, capacity)
         centroids = cluster_means(sample, a, nlist, centroids)
     return centroids
+
+
+def group_primary(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters seeded from given groups instead of k-means: (centroids float32 [G, D], cluster of each row [n]).
+
+    `groups` int64 [n]: a group per row (any ids; -1: none). Each distinct group is one cluster whose
+    seed centroid is the L2-normalised mean of its rows; a row without a group goes to the cluster of
+    the nearest seed. The returned centroids are the normalised means of the clusters so filled.
+    """
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != (len(x),):
+        raise ValueError(f"groups must give one group per prototype ({len(x)}), got shape {groups.shape}")
+    seeded = groups >= 0
+    if not seeded.any():
+        raise ValueError("no prototype has a routing group")
+    names, primary_seeded = np.unique(groups[seeded], return_inverse=True)
+    primary = np.empty(len(x), dtype=np.int64)
+    primary[seeded] = primary_seeded
+    seeds = _normalised(cluster_means(x[seeded], primary_seeded, len(names)))
+    if not seeded.all():
+        primary[~seeded] = top_clusters(x[~seeded], seeds, 1)[1][:, 0]
+    return _normalised(cluster_means(x, primary, len(names))), primary
+
+
+def _normalised(c: np.ndarray) -> np.ndarray:
+    return (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def assign_primary(x: np.ndarray, centroids: np.ndarray, capacity: np.ndarray, candidates: int = 8) -> np.ndarray:

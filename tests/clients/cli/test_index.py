@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from megaclass.clients.cli.main import main
@@ -81,3 +83,34 @@ def test_build_a_native_residual_pq_index_from_files(tmp_path, capsys):
     assert main(["index", "search", "--index", str(idx), "--queries", str(tmp_path / "Q.npy"), "--top-k", "1",
                  "--out", str(out), "--nprobe", "8"]) == 0  # fmt: skip
     assert list(np.load(out)["labels"][:, 0]) == [f"class-{i}" for i in range(20)]
+
+
+def test_build_routed_by_taxonomy_records_it(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    parents = rng.normal(size=(3, 16))
+    protos = parents[np.repeat(np.arange(3), 20)] + 0.3 * rng.normal(size=(60, 16))
+    protos = (protos / np.linalg.norm(protos, axis=1, keepdims=True)).astype(np.float32)
+    np.save(tmp_path / "P.npy", protos)
+    (tmp_path / "L.txt").write_text("".join(f"item-{i}\n" for i in range(60)))
+    # branch b holds item-(20b)..item-(20b+19) under family-b / group-(b // 2); item-59 has no node
+    (tmp_path / "tax.csv").write_text(
+        "class,parent\n" + "".join(f"item-{i},family-{i // 20}\n" for i in range(59))
+        + "".join(f"family-{b},group-{b // 2}\n" for b in range(3))
+    )  # fmt: skip
+    base = ["index", "build", "--prototypes", str(tmp_path / "P.npy"), "--labels", str(tmp_path / "L.txt"),
+            "--storage", "flat", "--backend", "faiss"]  # fmt: skip
+    tax = ["--taxonomy", str(tmp_path / "tax.csv")]
+    assert main([*base, *tax, "--out", str(tmp_path / "ix2"), "--taxonomy-level", "2"]) == 0
+    assert "60 classes, 60 prototypes, 3 clusters" in capsys.readouterr().out
+    assert main([*base, *tax, "--out", str(tmp_path / "ix1")]) == 0  # level 1: group-0 (families 0, 1), group-1
+    printed = capsys.readouterr().out
+    assert "2 clusters" in printed and "level 1: 1 classes without a node" in printed
+    manifest = json.loads((tmp_path / "ix1" / "manifest.json").read_text())
+    assert manifest["routing"] == {"source": "taxonomy", "taxonomy": str(tmp_path / "tax.csv"), "level": 1,
+                                   "groups": 2, "classes_without_node": 1}  # fmt: skip
+    assert manifest["router"]["source"] == "groups" and manifest["params"]["taxonomy_level"] == 1
+    assert main([*base, "--out", str(tmp_path / "ix0")]) == 0  # no --taxonomy: k-means
+    assert json.loads((tmp_path / "ix0" / "manifest.json").read_text())["routing"] == {"source": "kmeans"}
+    (tmp_path / "bad.csv").write_text("a,b,c\n")
+    assert main([*base, "--taxonomy", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "ix3")]) == 1
+    assert "bad.csv:1: expected 'class,parent'" in capsys.readouterr().err

@@ -35,7 +35,8 @@ def test_top_level_commands_keep_their_order():
     top = [path[1] for path, _ in parsers(build_parser()) if len(path) == 2]
     assert top == [
         "demo", "serve", "classify", "publish", "rollback", "loadtest", "report", "bench", "scaleout",
-        "train", "evaluate", "prototypes", "export", "index", "refresh", "lineage", "pipeline",
+        "train", "evaluate", "prototypes", "export", "tuples", "mine-negatives", "index", "refresh", "lineage",
+        "pipeline",
     ]  # fmt: skip
     assert len(GROUPS) == len(set(GROUPS))
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from megaclass.clients.cli import train as commands
 from megaclass.export.train.losses import LOSSES, MINING
@@ -62,6 +63,23 @@ def test_train_evaluate_export_smoke(tmp_path, capsys):
     assert seen["queries"] > 0 and 0.0 <= seen["precision_at_1"] <= 1.0 and "map_at_r" in seen
     assert report["splits"]["held_out_classes"]["queries"] > 0
     assert (out / "eval" / "prototypes_pca.png").stat().st_size > 1000
+    assert report["severity"]["source"].startswith("k-means")  # the fallback without --taxonomy
+
+    # a taxonomy by Unicode block (code point // 128 -> block -> script half) gives the severity figures
+    cps = torch.load(out / "checkpoint.pt", weights_only=True)["classes"].tolist()
+    queries = report["splits"]["seen_classes"]["queries"] + report["splits"]["held_out_classes"]["queries"]
+    tax = tmp_path / "tax.csv"
+    tax.write_text(
+        "class,parent\n" + "".join(f"{c},block{c // 128}\nblock{c // 128},half{c // 4096}\n" for c in sorted(set(cps)))
+    )
+    tax.write_text("\n".join(dict.fromkeys(tax.read_text().splitlines())) + "\n")  # each block once
+    assert run(*base, "evaluate", str(out / "checkpoint.pt"), "--quiet", "--taxonomy", str(tax)) == 0
+    sev = json.loads((out / "eval" / "report.json").read_text())["severity"]
+    assert sev["queries"] == queries and set(sev["precision_at_1_by_level"]) == {"1", "2", "3"}
+    p = sev["precision_at_1_by_level"]
+    assert p["1"] >= p["2"] >= p["3"] and sum(sev["severity_histogram"].values()) == sev["mistakes"]
+    assert (out / "eval" / "severity.png").stat().st_size > 1000
+    assert "mistake severity by taxonomy" in capsys.readouterr().out
 
     assert run(*base, "export", str(out / "checkpoint.pt"), "--tensorrt") == 0
     exp = json.loads((out / "export" / "export_report.json").read_text())

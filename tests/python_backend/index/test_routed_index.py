@@ -13,6 +13,7 @@ from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.persistence import IndexIntegrityError
 from megaclass.python_backend.index.result import SearchResult
 from megaclass.python_backend.index.routed_index import RoutedIndex
+from megaclass.python_backend.index.scan import exact_scores
 
 from .conftest import unit_rows
 
@@ -215,7 +216,55 @@ def test_rerank_scores_are_exact_inner_products_and_minus_inf_for_missing_rows(d
     xq = np.ascontiguousarray(data["xq"][:6])
     rows = np.random.default_rng(5).integers(-1, len(data["xb"]), (6, 9))
     rows[0, :3] = -1
-    got = index._exact_scores(xq, rows)
+    got = exact_scores(index._vectors, xq, rows)
     want = np.einsum("qmd,qd->qm", index._vectors[np.maximum(rows, 0)], xq)
     np.testing.assert_allclose(got[rows >= 0], want[rows >= 0], rtol=1e-5, atol=1e-6)
     assert (got[rows < 0] == -np.inf).all() and got.dtype == np.float32
+
+
+def _tree(seed: int = 7, branches: int = 6, children: int = 40, dim: int = 32):
+    """A two-level hierarchy in embedding space: each class a child direction around its branch's direction."""
+    rng = np.random.default_rng(seed)
+    parents = unit_rows(rng.standard_normal((branches, dim)))
+    branch = np.repeat(np.arange(branches), children)
+    protos = unit_rows(parents[branch] + 0.25 * rng.standard_normal((len(branch), dim)))
+    queries = unit_rows(protos[::3] + 0.15 * rng.standard_normal((len(protos[::3]), dim)))
+    return protos, branch, queries
+
+
+@pytest.mark.parametrize("storage", ["flat", "pq"])
+def test_routing_by_groups_keeps_each_branch_in_one_cluster(tmp_path: Path, storage: str) -> None:
+    protos, branch, queries = _tree()
+    ids = np.arange(len(protos)) + 1000
+    cfg = IndexConfig(storage=storage, backend="faiss" if storage == "flat" else "auto", nprobe=2, nlist=50)
+    index = RoutedIndex.build(protos, ids, {int(c): f"c{c}" for c in ids}, cfg, groups=branch)
+    assert index.nlist == 6 and index.cfg.nlist == 6  # one cluster per branch; nlist=50 does not apply
+    rows, first = np.unique(index._entry_row, return_index=True)
+    primary = index._entry_list[first]
+    assert all(len(np.unique(primary[branch[rows] == b])) == 1 for b in range(6))
+    assert index.manifest["router"]["source"] == "groups"
+    want = index.exact_search(queries, top_k=10).class_ids
+    for nprobe, least in ((2, 0.85), (6, 1.0 if storage == "flat" else 0.97)):  # 6: every branch probed
+        got = index.search(queries, top_k=10, nprobe=nprobe).class_ids
+        assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want, strict=True)]) >= least
+    index.save(tmp_path / "ix")
+    loaded = RoutedIndex.load(tmp_path / "ix")
+    assert loaded.manifest["router"]["source"] == "groups"
+    assert np.array_equal(loaded.search(queries, top_k=10, nprobe=6).class_ids, got)
+    kmeans = RoutedIndex.build(protos, ids, {int(c): f"c{c}" for c in ids}, cfg)
+    assert kmeans.manifest["router"]["source"] == "kmeans" and kmeans.nlist == 50
+
+
+def test_rebuild_router_keeps_the_groups() -> None:
+    protos, branch, _ = _tree(seed=8)
+    ids = np.arange(len(protos))
+    labels = {int(c): str(c) for c in ids}
+    index = RoutedIndex.build(protos, ids, labels, IndexConfig(storage="flat", backend="faiss"), groups=branch)
+    index.remove(ids[branch == 2])  # a whole branch gone: its cluster is dropped at rebuild
+    index.rebuild_router()
+    assert index.nlist == 5 and index.manifest["router"]["source"] == "groups"
+    rows, first = np.unique(index._entry_row, return_index=True)
+    live_branch = branch[index._row_class[rows]]
+    primary = index._entry_list[first]
+    assert all(len(np.unique(primary[live_branch == b])) == 1 for b in (0, 1, 3, 4, 5))
+    assert len(np.unique(primary)) == 5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from megaclass.python_backend.index.router import (
     assign_primary,
@@ -10,6 +11,7 @@ from megaclass.python_backend.index.router import (
     capacity_assign,
     cluster_means,
     drop_far_probes,
+    group_primary,
     route,
     soar_loss,
     top_clusters,
@@ -114,3 +116,29 @@ def test_drop_far_probes_keeps_the_best_and_those_within_the_margin() -> None:
     s = np.sort(q @ c.T, axis=1)[:, ::-1][:, :6]
     np.testing.assert_array_equal((got >= 0).sum(axis=1), (s >= s[:, :1] - 1.0).sum(axis=1))
     np.testing.assert_array_equal(got[got >= 0], route(q, c, 6)[got >= 0])
+
+
+def test_group_primary_puts_each_row_in_its_groups_cluster() -> None:
+    rng = np.random.default_rng(3)
+    parents = unit_rows(rng.standard_normal((4, 24)))
+    groups = np.repeat([70, 10, 40, 20], 30)  # any ids; 4 branches of 30 prototypes
+    x = unit_rows(parents[np.repeat(np.arange(4), 30)] + 0.35 * rng.standard_normal((120, 24)))
+    centroids, primary = group_primary(x, groups)
+    assert centroids.shape == (4, 24) and np.allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-5)
+    assert len(np.unique(primary)) == 4
+    for g in np.unique(groups):  # one cluster per group, holding exactly that group's rows
+        assert len(np.unique(primary[groups == g])) == 1
+    mean = x[groups == 40].mean(axis=0)
+    np.testing.assert_allclose(centroids[primary[groups == 40][0]], mean / np.linalg.norm(mean), atol=1e-5)
+    # rows without a group join the cluster of the nearest seed
+    orphans = unit_rows(parents[[2, 0]] + 0.05 * rng.standard_normal((2, 24)))
+    _, p2 = group_primary(np.vstack([x, orphans]), np.concatenate([groups, [-1, -1]]))
+    assert p2[-2] == p2[60] and p2[-1] == p2[0]  # parent 2 is group 40 (rows 60..89), parent 0 group 70
+
+
+def test_group_primary_refuses_bad_groups() -> None:
+    x = unit_rows(np.eye(3, 8))
+    with pytest.raises(ValueError, match="no prototype has a routing group"):
+        group_primary(x, np.full(3, -1))
+    with pytest.raises(ValueError, match="one group per prototype"):
+        group_primary(x, np.zeros(2, dtype=np.int64))
