@@ -144,7 +144,7 @@ def tier_mix(cfg: NegativesConfig, progress: float) -> np.ndarray:
     return w / w.sum()
 
 
-def draw_negative(tiers: NegativeTiers, by_class: dict[int, np.ndarray], c: int, mix: np.ndarray, rng, classes) -> int:
+def draw_negative(by_class: dict[int, tuple[np.ndarray, np.ndarray]], c: int, mix: np.ndarray, rng, classes) -> int:
     """A negative class for class `c`: a tier drawn by `mix`, then one of c's neighbours in it (random class if none)."""
     choices = by_class.get(int(c))
     if choices is not None:
@@ -174,11 +174,17 @@ def mined_batches(
     """
     rows_of = np.split(np.argsort(targets, kind="stable"), np.cumsum(np.bincount(targets))[:-1])
     index_of = {int(c): i for i, c in enumerate(class_ids)}
-    by_class: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     known = np.isin(tiers.neighbours, class_ids)
-    for c in np.unique(tiers.classes[known]):
-        sel = known & (tiers.classes == c)
-        by_class[int(c)] = (tiers.tiers[sel], tiers.neighbours[sel])
+    order = np.flatnonzero(known)[np.argsort(tiers.classes[known], kind="stable")]  # best neighbour first kept
+    owners, starts = np.unique(tiers.classes[order], return_index=True)
+    by_class = (
+        {
+            int(c): (tiers.tiers[rows], tiers.neighbours[rows])
+            for c, rows in zip(owners, np.split(order, starts[1:]), strict=True)
+        }
+        if len(owners)
+        else {}
+    )
     per_batch = batch // m
     n_neg = int(round(per_batch * cfg.negative_share))
 
@@ -188,9 +194,7 @@ def mined_batches(
         mix = tier_mix(cfg, epoch / max(epochs - 1, 1))
         for _ in range(steps):
             anchors = rng.choice(len(class_ids), per_batch - n_neg, replace=False)
-            negs = [
-                index_of[draw_negative(tiers, by_class, class_ids[a], mix, rng, class_ids)] for a in anchors[:n_neg]
-            ]
+            negs = [index_of[draw_negative(by_class, class_ids[a], mix, rng, class_ids)] for a in anchors[:n_neg]]
             chosen = list(dict.fromkeys([*anchors.tolist(), *negs]))
             while len(chosen) < per_batch:  # duplicates: fill with random classes
                 c = int(rng.integers(len(class_ids)))
