@@ -236,9 +236,15 @@ def _binary_size(name: str, size: Any, has_data: bool, count: int, element: int 
     return size
 
 
+def grpc_parameter_values(params: Any) -> dict[str, Any]:
+    """The values of a protobuf map of `InferParameter` (its oneof: bool, int64, uint64, double, string;
+    None when unset), so that gRPC parameters get the same checks as JSON ones."""
+    return {k: getattr(v, v.WhichOneof("parameter_choice") or "", None) for k, v in params.items()}
+
+
 def check_grpc_infer(spec: ModelSpec, request: Any, limits: RequestLimits) -> None:
     """A parsed `ModelInferRequest`, or Invalid."""
-    check_parameters(dict.fromkeys(request.parameters, 0), limits)
+    check_parameters(grpc_parameter_values(request.parameters), limits)
     if not 0 < len(request.inputs) <= len(spec.inputs):
         raise Invalid(f"inputs must be 1 to {len(spec.inputs)} of the model's inputs")
     raw = request.raw_input_contents
@@ -249,11 +255,11 @@ def check_grpc_infer(spec: ModelSpec, request: Any, limits: RequestLimits) -> No
         if tensor.name in seen:
             raise Invalid(f"input '{tensor.name}' is given twice")
         seen.add(tensor.name)
-        check_parameters(dict.fromkeys(tensor.parameters, 0), limits, f"input '{tensor.name}'")
+        check_parameters(grpc_parameter_values(tensor.parameters), limits, f"input '{tensor.name}'")
         count, size = check_shape(spec, tensor.name, tensor.datatype, list(tensor.shape), limits)
         if raw and size is not None and len(raw[i]) != count * size:
             raise Invalid(f"input '{tensor.name}': {len(raw[i])} bytes for {count} elements x {size} bytes")
         if raw and size is None and len(raw[i]) > count * (limits.max_image_bytes + 4):
             raise Invalid(f"input '{tensor.name}': over {limits.max_image_bytes} bytes per element")
     for out in request.outputs:
-        check_parameters(dict.fromkeys(out.parameters, 0), limits, "output")
+        check_parameters(grpc_parameter_values(out.parameters), limits, "output")

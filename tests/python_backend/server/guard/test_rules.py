@@ -194,3 +194,19 @@ def test_bracket_depth_is_counted_across_chunks_without_a_per_byte_loop() -> Non
     assert max_bracket_depth(b"") == 0 and max_bracket_depth(b"[" * 100_000 + b"]" * 100_000) == 100_000
     with pytest.raises(Invalid, match="nests deeper than 8 levels"):
         parse_json(b"x" * 1000 + b"[" * 33, LIMITS)
+
+
+def test_grpc_parameters_are_checked_by_their_protobuf_values() -> None:
+    """A gRPC sequence request (uint64 id, bool start/end, as tritonclient sends them) passes; the
+    same parameter with the wrong protobuf type is refused like its JSON form."""
+    request = service_pb2.ModelInferRequest(model_name="retriever")
+    request.inputs.add(name="EMBEDDING", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(bytes(64))
+    request.parameters["sequence_id"].uint64_param = 7
+    request.parameters["sequence_start"].bool_param = True
+    request.parameters["sequence_end"].bool_param = False
+    request.parameters["priority"].uint64_param = 1
+    check_grpc_infer(RETRIEVER, request, LIMITS)
+    request.parameters["sequence_start"].string_param = "yes"
+    with pytest.raises(Invalid, match="sequence_start"):
+        check_grpc_infer(RETRIEVER, request, LIMITS)
