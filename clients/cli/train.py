@@ -169,9 +169,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             report["softmax_head"] = softmax_head_metrics(ckpt, model, sets, args.tail_max)
     out = Path(args.out) if args.out else (ckpt_path.parent if ckpt_path else Path(cfg.work_dir)) / "eval"
     png = plot_prototypes_pca(arrays["prototypes"], arrays["clusters"], out / "prototypes_pca.png")
-    from megaclass.export.lifecycle.record import record_evaluate
-
-    record_evaluate(cfg, ckpt_path, report, out)
     for name, m in report["splits"].items():
         print(f"{name:>17}: " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
     try:
@@ -180,6 +177,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"megaclass evaluate: {e}", file=sys.stderr)
         return 1
     write_report(report, out / "report.json")
+    from megaclass.export.lifecycle.record import record_evaluate
+
+    record_evaluate(cfg, ckpt_path, report, out)  # after the report is written: it is stored with the run
     print(f"report: {out / 'report.json'}  plots: {png}, {severity_png}")
     return 0
 

@@ -63,6 +63,7 @@ def record_evaluate(cfg: MegaclassConfig, checkpoint: Path | None, report: dict[
             run.metrics({f"{split}.{k}": v for k, v in metrics.items()})
         run.artifact(Path(out) / "report.json", "evaluation")
         run.artifact(Path(out) / "prototypes_pca.png", "evaluation")
+        run.artifact(Path(out) / "severity.png", "evaluation")
 
 
 def record_index(

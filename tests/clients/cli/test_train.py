@@ -64,6 +64,16 @@ def test_train_evaluate_export_smoke(tmp_path, capsys):
     assert report["splits"]["held_out_classes"]["queries"] > 0
     assert (out / "eval" / "prototypes_pca.png").stat().st_size > 1000
     assert report["severity"]["source"].startswith("k-means")  # the fallback without --taxonomy
+    from megaclass.export.config import load_config
+    from megaclass.export.lifecycle import tracking
+
+    cfg = load_config(config)  # the tracked evaluate run stores the report as written, severity included
+    (evaluated,) = tracking.find_runs(cfg.tracking, cfg.work_dir, "tags.stage = 'evaluate'")
+    client = tracking.connect(cfg.tracking, cfg.work_dir)
+    stored = {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluation")}
+    assert {"evaluation/report.json", "evaluation/severity.png"} <= stored
+    local = client.download_artifacts(evaluated.info.run_id, "evaluation/report.json", str(tmp_path))
+    assert json.loads(open(local).read())["severity"] == report["severity"]
 
     # a taxonomy by Unicode block (code point // 128 -> block -> script half) gives the severity figures
     cps = torch.load(out / "checkpoint.pt", weights_only=True)["classes"].tolist()
