@@ -350,7 +350,9 @@ def _train_epoch(
     cfg, budget_s, losses, lr = run.cfg, run.budget_s, [], run.cfg.lr
     for x, y, *given in batches:
         now = elapsed + time.perf_counter() - t0
-        if budget_s is not None and now >= budget_s:
+        # a started epoch runs at least one step, so its record carries the stop (a slow first batch
+        # on a loaded machine would otherwise end the run with no record saying why)
+        if budget_s is not None and now >= budget_s and losses:
             return losses, lr, step, True
         frac = (step + 1) / run.total_steps
         if budget_s is not None:

@@ -16,6 +16,7 @@ from megaclass.export.train.training import (
     m_per_class_indices,
     retrieval_eval_fn,
     train_encoder,
+    train_on_batches,
 )
 from megaclass.python_backend.serving.encoder_model import load_encoder
 
@@ -150,6 +151,28 @@ def test_time_budget_stops_early(data, tmp_path):
     assert 1 <= len(result.history) < 1000
     assert result.history[-1]["stopped"] == "time budget"
     assert result.history[-1]["lr"] < 0.2 * cfg.lr  # the schedule followed the clock
+
+
+def test_time_budget_spent_before_an_epochs_first_batch_still_records_the_stop(tmp_path):
+    """A slow first batch (a loaded machine) spends the budget: the started epoch still runs a step and says why it stopped."""
+    import time
+
+    from megaclass.python_backend.serving.encoder_model import VectorEncoder
+
+    rng = np.random.default_rng(0)
+    xs, ys = torch.from_numpy(rng.normal(size=(16, 8)).astype(np.float32)), torch.arange(16) % 4
+
+    def batches(epoch):
+        if epoch == 1:
+            time.sleep(0.7)  # past the 0.6 s budget before the first batch arrives
+        for _ in range(3):
+            yield xs, ys
+
+    cfg = replace(CFG, loss="contrastive", mining="all", epochs=50, max_minutes=0.01)
+    result = train_on_batches(VectorEncoder(8, 8, 16), batches, 3, 4, cfg, tmp_path, progress=False)
+    assert len(result.history) == 2
+    assert result.history[-1]["stopped"] == "time budget"
+    assert result.history[-1]["steps"] >= 1
 
 
 def test_augment_is_called_with_seeded_generator(data, tmp_path):
