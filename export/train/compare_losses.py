@@ -97,12 +97,16 @@ def markdown_table(rows: list[dict[str, Any]], command: str, note: str = "") -> 
             f"| {r['method']} | {_fmt(p1)} | {_fmt(s['seen_classes'].get('map_at_r'))} | {_fmt(tail)} | "
             f"{new_cell} | {r['epochs']} | {r['train_s']:.1f} s |"
         )
-    foot = [
-        "",
+    legend = (
         "Precision@1 against one prototype per class (all classes enrolled in one gallery, as served); "
-        "MAP@R against every enrolment sample. The softmax baseline answers with its classifier head "
-        "(MAP@R: its embedding), so it has no answer for classes it was not trained on.",
-    ]
+        "MAP@R against every enrolment sample."
+    )
+    if any("softmax_head" in r for r in rows):
+        legend += (
+            " The softmax baseline answers with its classifier head (MAP@R: its embedding), so it has no "
+            "answer for classes it was not trained on."
+        )
+    foot = ["", legend]
     if note:
         foot.append(note)
     foot += ["", "Reproduce with:", "", "```", command, "```"]
