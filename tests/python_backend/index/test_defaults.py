@@ -33,7 +33,7 @@ def test_default_config_builds_the_fast_configuration() -> None:
     n = 2 * MIN_COMPRESSED_ROWS
     index = RoutedIndex.build(_unit(n, 64), np.arange(n), {i: str(i) for i in range(n)}, IndexConfig(kmeans_iters=4))
     cfg = index.cfg
-    assert (cfg.backend, cfg.storage, cfg.spill, cfg.pq_residual, cfg.pq_m) == ("native", "pq", 1, True, 16)
+    assert (cfg.backend, cfg.storage, cfg.spill, cfg.pq_residual, cfg.pq_m) == ("native", "pq", 1, True, 32)
     assert index.manifest["params"]["backend"] == "native"  # recorded concrete, not "auto"
 
 
@@ -46,11 +46,14 @@ def test_small_sets_are_stored_flat_and_explicit_settings_are_kept() -> None:
 @needs_native
 def test_explicit_native_fills_in_the_rest() -> None:
     cfg = resolve(IndexConfig(backend="native"), 5000, 128)
-    assert (cfg.storage, cfg.spill, cfg.pq_residual, cfg.pq_m) == ("pq", 1, True, 32)
+    assert (cfg.storage, cfg.spill, cfg.pq_residual, cfg.pq_m) == ("pq", 1, True, 64)
 
 
-@pytest.mark.parametrize(("dim", "expected"), [(128, 32), (384, 96), (768, 128), (96, 24), (100, 20), (7, None)])
-def test_native_pq_m_is_an_even_divisor_at_most_a_quarter_of_the_dimension(dim: int, expected: int | None) -> None:
+@pytest.mark.parametrize(
+    ("dim", "expected"),
+    [(128, 64), (256, 64), (384, 96), (768, 128), (96, 48), (100, 50), (64, 32), (7, None)],
+)
+def test_native_pq_m_is_64_or_a_quarter_of_the_dimension_within_half_and_128(dim: int, expected: int | None) -> None:
     assert native_pq_m(dim, None) == expected
 
 
