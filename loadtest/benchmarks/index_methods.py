@@ -37,6 +37,16 @@ from megaclass.python_backend.index.tuning import (
 HNSW_EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 HNSW_MS = (16, 32, 48)  # every HNSW peer built at each link count; the table keeps each
 HNSW_EF_CONSTRUCTION = 200  # every HNSW build (FAISS's own default is 40)
+
+
+def hnsw_ef_grid(w: Workload) -> list[int]:
+    """efSearch values to sweep, from the number of neighbours asked (top_k x prototypes per class):
+    below it FAISS, hnswlib and USearch search with ef = that number anyway, so a smaller value in the
+    table would not be what ran."""
+    floor = w.top_k * w.mult
+    return [floor, *(e for e in HNSW_EF_SEARCH if e > floor)]
+
+
 IVF_SCALES = (1, 2, 4, 8, 16)  # FAISS IVF-Flat built at these multiples of sqrt(N) clusters
 
 
@@ -161,7 +171,7 @@ def sweep_param(
     Returns (param, its evaluation recall, [(evaluation recall, QPS at batch)]); the largest param
     tried when none reaches the target."""
     chosen, seen = smallest_reaching(
-        lambda p: search_recall_at_k(search(w.xq_tune, w.top_k, p), w.truth_tune), params, target
+        lambda p: search_recall_at_k(search(w.xq_tune, w.top_k, p), w.truth_tune), params, target, lowest=params[0]
     )
     more = [p for p in params if chosen is not None and p > chosen][:extra]
     pts = []
@@ -222,8 +232,7 @@ def hnsw_run(w: Workload, m: int, target: float, plot_batch: int) -> Timed:
         h.hnsw.efSearch = p
 
     search = faiss_class_search(h, w.ids, w.mult, set_ef)
-    efs = [e for e in HNSW_EF_SEARCH if e >= w.top_k * w.mult]
-    chosen, recall, curve = sweep_param(search, efs, w, target, plot_batch)
+    chosen, recall, curve = sweep_param(search, hnsw_ef_grid(w), w, target, plot_batch)
     faiss.cvar.hnsw_stats.reset()
     search(w.xq[:256], w.top_k, chosen)
     ndis = faiss.cvar.hnsw_stats.ndis / 256

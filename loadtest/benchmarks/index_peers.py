@@ -18,10 +18,10 @@ import numpy as np
 
 from megaclass.loadtest.benchmarks.index_methods import (
     HNSW_EF_CONSTRUCTION,
-    HNSW_EF_SEARCH,
     MethodRun,
     Timed,
     Workload,
+    hnsw_ef_grid,
     sweep_param,
 )
 from megaclass.python_backend.index.aggregation import aggregate_classes
@@ -120,7 +120,7 @@ def usearch_run(w: Workload, m: int, target: float, plot_batch: int, threads: in
         valid = np.arange(keys.shape[1])[None, :] < counts
         return np.where(valid, 1.0 - dist, -np.inf), np.where(valid, keys, -1)
 
-    efs = [e for e in HNSW_EF_SEARCH if e >= w.top_k * w.mult]
+    efs = hnsw_ef_grid(w)
     return _run(f"USearch HNSW M={m}", "ef", w, _class_search(knn, w), efs, target, plot_batch, build_s,
                 float(index.memory_usage))  # fmt: skip
 
@@ -142,7 +142,7 @@ def hnswlib_run(w: Workload, m: int, target: float, plot_batch: int, threads: in
         rows, dist = index.knn_query(xq, k=k, num_threads=threads)
         return 1.0 - dist, rows
 
-    efs = [e for e in HNSW_EF_SEARCH if e >= w.top_k * w.mult]
+    efs = hnsw_ef_grid(w)
     nbytes = n * (4 * d + 8 * m + 16)  # vectors, level-0 links (2M), labels
     return _run(f"hnswlib HNSW M={m}", "ef", w, _class_search(knn, w), efs, target, plot_batch, build_s, nbytes)
 

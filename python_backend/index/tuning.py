@@ -34,11 +34,11 @@ def nprobe_grid(nlist: int) -> list[int]:
 
 
 def smallest_reaching(
-    recall_at: Callable[[int], float], grid: Sequence[int], target: float
+    recall_at: Callable[[int], float], grid: Sequence[int], target: float, lowest: int = 1
 ) -> tuple[int | None, dict[int, float]]:
-    """Smallest integer setting whose recall reaches `target`: walk `grid` (ascending), then bisect the
-    integers between the last miss and the first hit (recall is taken to grow with the setting).
-    Returns (setting or None, every recall evaluated)."""
+    """Smallest integer setting >= `lowest` whose recall reaches `target`: walk `grid` (ascending), then
+    bisect the integers between the last miss (or `lowest`) and the first hit (recall is taken to grow
+    with the setting). Returns (setting or None, every recall evaluated)."""
     seen: dict[int, float] = {}
     lo, hi = None, None
     for p in grid:
@@ -49,7 +49,7 @@ def smallest_reaching(
         lo = p
     if hi is None:
         return None, seen
-    lo = 0 if lo is None else lo
+    lo = lowest - 1 if lo is None else lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
         seen[mid] = recall_at(mid)

@@ -43,3 +43,11 @@ def test_peer_reaches_the_target_on_held_out_queries_and_names_its_setting(workl
     found = search(workload.xq)
     assert found.shape == (128, 10) and search(workload.xq[:1]).shape == (1, 10)  # batch 1 too
     assert np.mean(found[:, 0] == workload.truth[:, 0]) >= 0.85  # top-1 class agrees with exact search
+
+
+@pytest.mark.parametrize("make", [usearch_run, hnswlib_run], ids=["usearch", "hnswlib"])
+def test_hnsw_peers_report_an_ef_that_ran(workload: Workload, make) -> None:
+    """Below the neighbours asked (top_k x prototypes per class = 20) the libraries search with ef = 20
+    anyway: the setting in the table is never below it."""
+    run, _ = make(workload, 16, 0.5, 64, 2)
+    assert int(run.setting.split("=")[1]) >= workload.top_k * workload.mult

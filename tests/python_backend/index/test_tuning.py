@@ -33,6 +33,9 @@ def test_smallest_reaching_bisects_between_grid_points() -> None:
     assert sorted(seen) == sorted(set(calls)) and len(calls) < 7 + 6
     assert smallest_reaching(lambda p: 0.1, [1, 2], 0.95)[0] is None
     assert smallest_reaching(lambda p: 1.0, [3, 6], 0.95)[0] == 1
+    # never below `lowest`: an HNSW ef under the neighbours asked would not be what runs
+    assert smallest_reaching(lambda p: 1.0, [40, 48], 0.95, lowest=40) == (40, {40: 1.0})
+    assert smallest_reaching(lambda p: min(1.0, p / 44), [40, 48], 0.95, lowest=40)[0] == 42
 
 
 def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
