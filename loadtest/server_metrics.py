@@ -11,15 +11,18 @@ import contextlib
 import re
 import urllib.request
 
-_METRIC = re.compile(r"^(nv_inference_queue_duration_us|nv_inference_request_success)\{([^}]*)\}\s+([0-9.eE+-]+)")
+_METRIC = re.compile(r"^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)")
+REQUEST_COUNTERS = ("nv_inference_queue_duration_us", "nv_inference_request_success")
+# inferences (batch rows) and model executions: their ratio is the mean batch a model ran
+BATCH_COUNTERS = ("nv_inference_count", "nv_inference_exec_count")
 
 
-def parse_triton_counters(text: str) -> dict[tuple[str, str], float]:
-    """{(metric, model): value} for the two counters of Triton's /metrics page, summed over versions."""
+def parse_triton_counters(text: str, names: tuple[str, ...] = REQUEST_COUNTERS) -> dict[tuple[str, str], float]:
+    """{(metric, model): value} for the counters `names` of Triton's /metrics page, summed over versions."""
     out: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         m = _METRIC.match(line)
-        if m:
+        if m and m.group(1) in names:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
             key = (m.group(1), labels.get("model", ""))
             out[key] = out.get(key, 0.0) + float(m.group(3))

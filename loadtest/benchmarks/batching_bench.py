@@ -14,7 +14,16 @@ from pathlib import Path
 
 from megaclass.export.config import ExportConfig, ServingConfig
 from megaclass.export.repository.generate import ModelShapes, build_repository
-from megaclass.loadtest.benchmarks.cpu_budget import CpuBudget, encoder_us_per_image, measure_cpu_budget, ratio_ceiling
+from megaclass.loadtest.benchmarks.cpu_budget import (
+    FLOOR_MODELS,
+    CpuBudget,
+    compare_to_floor,
+    encoder_us_per_image,
+    floor_repository,
+    measure_cpu_budget,
+    ratio_ceiling,
+    search_us_per_query,
+)
 from megaclass.loadtest.benchmarks.cpu_budget import markdown_table as budget_table
 from megaclass.loadtest.perf import PerfPoint, run_perf, write_csv
 from megaclass.loadtest.reporting import copy_into_docs, pyplot, update_doc_section
@@ -89,8 +98,24 @@ def sweep(
                 budgets[f"batching {mode}"] = measure_cpu_budget(
                     server, "classify", budget_concurrency, input_data=inputs["classify"]
                 )
+    if budget_concurrency:
+        budgets |= floor_budgets(out_dir, shapes, serving, export, inputs["classify"], budget_concurrency)
     (out_dir / "batching.json").write_text(json.dumps(rows, indent=2))
     return rows, budgets
+
+
+def floor_budgets(
+    out_dir: Path, shapes: ModelShapes, serving: ServingConfig, export: ExportConfig, inputs: Path, concurrency: int
+) -> dict[str, CpuBudget]:
+    """The CPU budget of the two do-nothing floors (`cpu_budget.floor_repository`), batched and scaled
+    like `classify` (the encoder's settings, which the one-hop classify takes), measured the same way."""
+    repo = floor_repository(
+        out_dir / "repository-floor", shapes.image_size, serving.encoder.max_batch_size, serving.encoder.instances,
+        batching=True, top_k=serving.default_top_k,
+    )  # fmt: skip
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    with running_server(repo, work_dir=out_dir / "triton-floor", **ports) as server:
+        return {f"{m} (floor), on": measure_cpu_budget(server, m, concurrency, input_data=inputs) for m in FLOOR_MODELS}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -118,21 +143,59 @@ def _latencies(row: dict) -> str:
     return f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} / {row['p99_ms']:.1f}"
 
 
-def budget_section(budgets: dict[str, CpuBudget], onnx_path: Path, image_size: int, serving: ServingConfig) -> str:
-    """The CPU budget table of `classify` and the ratio ceiling it implies."""
+def budget_section(
+    budgets: dict[str, CpuBudget],
+    onnx_path: Path,
+    image_size: int,
+    serving: ServingConfig,
+    index_dir: Path | None = None,
+) -> str:
+    """The CPU budget table of `classify`, the ratio ceiling it implies and, where the floors were
+    measured, each process's per-request cost beyond its compute against the floor's."""
     on = budgets["batching on"]
-    batch = max(1, min(serving.encoder.max_batch_size, on.concurrency // max(1, serving.encoder.instances)))
+    batch = round(on.mean_batch) if on.mean_batch >= 1 else on.concurrency // max(1, serving.encoder.instances)
+    batch = max(1, min(serving.encoder.max_batch_size, batch))
     compute = encoder_us_per_image(onnx_path, batch, image_size)
     ceiling = ratio_ceiling(budgets["batching off"], on, compute)
-    return (
+    text = (
         f"**Where the CPU goes**, `classify` at concurrency {on.concurrency} (CPU time of each process over a "
         f"{on.window_s:.0f} s window ÷ requests the server completed; the load generator shares the {on.cores} cores):\n\n"
         + budget_table(budgets)
-        + f"\n\nThe encoder's own compute is {compute:.0f} µs per image (ONNX Runtime, one thread, batch {batch}). "
-        f"If both Python models cost nothing beyond it, the server core and the load generator at their batched "
+        + f"\n\nThe encoder's own compute is {compute:.0f} µs per image (ONNX Runtime, one thread, batch {batch}"
+        + (f", the mean batch `classify` ran with batching on: {on.mean_batch:.1f}" if on.mean_batch else "")
+        + "). If both Python models cost nothing beyond it, the server core and the load generator at their batched "
         f"cost would still cap the ratio at **{ceiling:.2f}×** (unbatched total ÷ (tritonserver + load generator "
         f"+ encoder compute)).\n"
     )
+    floor = budgets.get("classify_floor (floor), on")
+    if floor is None or index_dir is None:
+        return text
+    search = search_us_per_query(index_dir, _queries(onnx_path, image_size), batch, serving.default_top_k)
+    rows = [
+        [c.part, f"{c.model_us:.0f}", f"{c.compute_us:.0f}", f"{c.model_us - c.compute_us:.0f}", f"{c.floor_us:.0f}",
+         f"{c.ratio:.2f}×", "yes" if c.ratio <= 1.2 else "no"]
+        for c in compare_to_floor(on, floor, compute + search)
+    ]  # fmt: skip
+    return (
+        text + "\n**Against the floor** (batching on): each process's CPU per `classify` request less the model's own "
+        f"compute (encoder {compute:.0f} + search {search:.0f} µs per image at batch {batch}, one thread), against "
+        "the same process serving `classify_floor`, a Python-backend model with classify's input and four outputs "
+        "that returns a constant answer (`cpu_budget.floor_repository`), batched and scaled alike:\n\n"
+        + render_table(
+            ["process", "classify µs", "its compute µs", "beyond compute µs", "floor µs", "ratio", "within 20 %"], rows
+        )
+        + "\n"
+    )
+
+
+def _queries(onnx_path: Path, image_size: int, n: int = 64):
+    """Embeddings of the perf_analyzer-like images: realistic queries for timing the search."""
+    import numpy as np
+
+    from megaclass.python_backend.serving.encoder_runtime import OnnxEncoder
+
+    x = (np.random.default_rng(1).random((n, 1, image_size, image_size)) > 0.8).astype(np.float32)
+    return OnnxEncoder(onnx_path, 1).embed(x)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -184,7 +247,7 @@ def run_batching_bench(
     plot(rows, out_dir / "batching.png")
     table = markdown_table(rows)
     if budgets:
-        table += "\n" + budget_section(budgets, art.onnx_path, art.image_size, cfg.serving) + "\n"
+        table += "\n" + budget_section(budgets, art.onnx_path, art.image_size, cfg.serving, art.index_dir) + "\n"
     print(table)
     if doc is not None:
         image = copy_into_docs(out_dir / "batching.png", doc)

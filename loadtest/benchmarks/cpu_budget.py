@@ -19,7 +19,13 @@ from pathlib import Path
 
 from megaclass.loadtest.perf import perf_analyzer_binary, perf_environment
 from megaclass.loadtest.reporting import markdown_table as render_table
-from megaclass.loadtest.server_metrics import metrics_text, parse_triton_counters, process_cpu_seconds
+from megaclass.loadtest.server_metrics import (
+    BATCH_COUNTERS,
+    REQUEST_COUNTERS,
+    metrics_text,
+    parse_triton_counters,
+    process_cpu_seconds,
+)
 from megaclass.python_backend.server.watchdog import stub_identity
 
 
@@ -33,6 +39,7 @@ class CpuBudget:
     cores: int
     us_per_request: dict[str, float]  # "tritonserver", "stub:<model>", "load generator", "idle"
     window_s: float = 0.0  # the measured window
+    mean_batch: float = 0.0  # rows per model execution over the window (Triton's counters; 0: unknown)
 
     def busy_us(self, parts: tuple[str, ...]) -> float:
         return sum(self.us_per_request.get(p, 0.0) for p in parts)
@@ -56,6 +63,12 @@ def part_pids(server_pid: int, generator_pid: int) -> dict[str, list[int]]:
 def completed_requests(text: str, model: str) -> float:
     """The server's count of successful requests of `model` (all versions) in Prometheus text."""
     return parse_triton_counters(text).get(("nv_inference_request_success", model), 0.0)
+
+
+def model_counts(text: str, model: str) -> tuple[float, float, float]:
+    """(successful requests, inferences = batch rows, executions) of `model` in Prometheus text."""
+    c = parse_triton_counters(text, REQUEST_COUNTERS + BATCH_COUNTERS)
+    return tuple(c.get((name, model), 0.0) for name in ("nv_inference_request_success", *BATCH_COUNTERS))
 
 
 def measure_cpu_budget(
@@ -91,20 +104,20 @@ def measure_cpu_budget(
         time.sleep(warmup_s)
         parts = part_pids(server.process.pid, generator.pid)
         before = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
-        n0, t0 = completed_requests(metrics_text(server.metrics_url), model), time.monotonic()
+        c0, t0 = model_counts(metrics_text(server.metrics_url), model), time.monotonic()
         time.sleep(window_s)
         after = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
-        n1, t1 = completed_requests(metrics_text(server.metrics_url), model), time.monotonic()
+        c1, t1 = model_counts(metrics_text(server.metrics_url), model), time.monotonic()
     finally:
         generator.kill()
         generator.wait()
-    done = n1 - n0
+    done, rows, executions = (b - a for a, b in zip(c0, c1, strict=True))
     if done <= 0:
         raise RuntimeError(f"no {model} request completed in the {window_s:.0f} s window")
     wall = t1 - t0
     us = {name: (after[name] - before[name]) / done * 1e6 for name in parts}
     us["idle"] = max(0.0, cores * wall / done * 1e6 - sum(us.values()))
-    return CpuBudget(model, concurrency, done / wall, cores, us, wall)
+    return CpuBudget(model, concurrency, done / wall, cores, us, wall, rows / executions if executions > 0 else 0.0)
 
 
 def ratio_ceiling(unbatched: CpuBudget, batched: CpuBudget, model_compute_us: float) -> float:
@@ -162,17 +175,107 @@ class TritonPythonModel:
 '''
 
 
-def identity_repository(repo_dir: Path, image_size: int, max_batch_size: int, instances: int, batching: bool) -> Path:
-    """A repository holding only `identity` (IMAGE -> OUTPUT, Python backend), batched and scaled like
-    the model it is the floor of: what tritonserver and one stub cost per request doing nothing."""
-    model_dir = Path(repo_dir) / "identity"
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+CLASSIFY_FLOOR_MODEL = '''"""A Python-backend model with `classify`'s input and outputs that does no work: every request gets
+one answer built at load (the floor of tritonserver and one stub for that interface)."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        k = int(json.loads(args["model_config"])["parameters"]["default_top_k"]["string_value"])
+        self.outputs = [
+            ("CLASS_IDS", np.arange(k, dtype=np.int64)[None]),
+            ("LABELS", np.array([[b"label"] * k], dtype=np.object_)),
+            ("SCORES", np.linspace(1.0, 0.5, k, dtype=np.float32)[None]),
+            ("INDEX_VERSION", np.array([[b"1"]], dtype=np.object_)),
+        ]
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            rows = pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy().shape[0]
+            tensors = [pb_utils.Tensor(name, np.repeat(value, rows, axis=0)) for name, value in self.outputs]
+            responses.append(pb_utils.InferenceResponse(tensors))
+        return responses
+'''
+
+FLOOR_MODELS = ("identity", "classify_floor")
+
+
+def floor_repository(
+    repo_dir: Path, image_size: int, max_batch_size: int, instances: int, batching: bool, top_k: int = 5
+) -> Path:
+    """A repository of the two floors of a Python-backend `classify`, batched and scaled like it: what
+    tritonserver and one stub cost per request doing nothing. `identity` returns its IMAGE (one output);
+    `classify_floor` has classify's input and four outputs (two of them BYTES) filled with a constant answer."""
     dims = f"[1, {image_size}, {image_size}]"
-    (model_dir / "config.pbtxt").write_text(
-        f'name: "identity"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
-        f'input {{ name: "IMAGE" data_type: TYPE_FP32 dims: {dims} }}\n'
-        f'output {{ name: "OUTPUT" data_type: TYPE_FP32 dims: {dims} }}\n'
-        f"instance_group {{ kind: KIND_CPU count: {instances} }}\n" + ("dynamic_batching { }\n" if batching else "")
-    )
-    (model_dir / "1" / "model.py").write_text(IDENTITY_MODEL)
+    head = f'backend: "python"\nmax_batch_size: {max_batch_size}\ninput {{ name: "IMAGE" data_type: TYPE_FP32 dims: {dims} }}\n'
+    tail = f"instance_group {{ kind: KIND_CPU count: {instances} }}\n" + ("dynamic_batching { }\n" if batching else "")
+    outputs = {
+        "identity": f'output {{ name: "OUTPUT" data_type: TYPE_FP32 dims: {dims} }}\n',
+        "classify_floor": (
+            'output { name: "CLASS_IDS" data_type: TYPE_INT64 dims: [-1] }\n'
+            'output { name: "LABELS" data_type: TYPE_STRING dims: [-1] }\n'
+            'output { name: "SCORES" data_type: TYPE_FP32 dims: [-1] }\n'
+            'output { name: "INDEX_VERSION" data_type: TYPE_STRING dims: [1] }\n'
+            f'parameters {{ key: "default_top_k" value {{ string_value: "{top_k}" }} }}\n'
+        ),
+    }
+    sources = {"identity": IDENTITY_MODEL, "classify_floor": CLASSIFY_FLOOR_MODEL}
+    for name in FLOOR_MODELS:
+        model_dir = Path(repo_dir) / name
+        (model_dir / "1").mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.pbtxt").write_text(f'name: "{name}"\n' + head + outputs[name] + tail)
+        (model_dir / "1" / "model.py").write_text(sources[name])
     return Path(repo_dir)
+
+
+def search_us_per_query(
+    index_dir: Path, queries, batch: int, top_k: int, threads: int = 1, seconds: float = 2.0
+) -> float:
+    """The routed index's own time per query at `batch` queries per call, with the threads one
+    instance gets (the retriever's compute, as `encoder_us_per_image` is the encoder's)."""
+    import numpy as np
+
+    from megaclass.python_backend.index.routed_index import RoutedIndex
+    from megaclass.python_backend.serving.thread_budget import size_index_threads
+
+    index = size_index_threads(RoutedIndex.load(index_dir), threads)
+    x = np.ascontiguousarray(np.resize(np.asarray(queries, dtype=np.float32), (batch, index.dim)))
+    for _ in range(3):
+        index.search(x, top_k)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        index.search(x, top_k)
+        n += 1
+    return (time.perf_counter() - start) / (n * batch) * 1e6
+
+
+@dataclass(frozen=True)
+class FloorComparison:
+    """One process's CPU per request for the model (less its own compute) against the floor's."""
+
+    part: str
+    model_us: float  # measured
+    compute_us: float  # the model's own compute taken out of `model_us` (encoder + search; 0 for the server)
+    floor_us: float
+
+    @property
+    def ratio(self) -> float:
+        return (self.model_us - self.compute_us) / self.floor_us if self.floor_us > 0 else float("inf")
+
+
+def compare_to_floor(model: CpuBudget, floor: CpuBudget, compute_us: float) -> list[FloorComparison]:
+    """tritonserver against tritonserver, and the model's stub less `compute_us` against the floor's stub."""
+    stub = f"stub:{model.model}"
+    floor_stub = f"stub:{floor.model}"
+    return [
+        FloorComparison(
+            "tritonserver", model.us_per_request["tritonserver"], 0.0, floor.us_per_request["tritonserver"]
+        ),
+        FloorComparison("the model's stub", model.us_per_request[stub], compute_us, floor.us_per_request[floor_stub]),
+    ]

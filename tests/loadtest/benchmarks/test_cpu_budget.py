@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import pytest
 
-from megaclass.loadtest.benchmarks.cpu_budget import CpuBudget, completed_requests, markdown_table, ratio_ceiling
+from megaclass.loadtest.benchmarks.cpu_budget import (
+    CpuBudget,
+    compare_to_floor,
+    completed_requests,
+    markdown_table,
+    model_counts,
+    ratio_ceiling,
+)
 
 METRICS = """# HELP nv_inference_request_success Number of successful inference requests
 nv_inference_request_success{model="classify",version="1"} 120
 nv_inference_request_success{model="classify",version="2"} 30
 nv_inference_request_success{model="encoder",version="1"} 150
 nv_inference_request_failure{model="classify",reason="BACKEND",version="1"} 7
+nv_inference_count{model="classify",version="1"} 600
+nv_inference_exec_count{model="classify",version="1"} 100
+nv_inference_exec_count{model="encoder",version="1"} 40
 """
 
 
@@ -19,6 +29,21 @@ def test_completed_requests_sums_versions_of_one_model_only():
     assert completed_requests(METRICS, "classify") == 150
     assert completed_requests(METRICS, "encoder") == 150
     assert completed_requests(METRICS, "retriever") == 0
+
+
+def test_model_counts_give_requests_rows_and_executions():
+    assert model_counts(METRICS, "classify") == (150, 600, 100)  # mean batch 6
+    assert model_counts(METRICS, "encoder") == (150, 0, 40)
+    assert model_counts(METRICS, "retriever") == (0, 0, 0)
+
+
+def test_compare_to_floor_takes_the_compute_out_of_the_stub_only():
+    model = CpuBudget("classify", 32, 2000.0, 2, {"tritonserver": 180, "stub:classify": 300, "load generator": 130})
+    floor = CpuBudget("classify_floor", 32, 4000.0, 2, {"tritonserver": 150, "stub:classify_floor": 60})
+    server, stub = compare_to_floor(model, floor, compute_us=230)
+    assert (server.part, server.ratio) == ("tritonserver", pytest.approx(180 / 150))
+    assert (stub.part, stub.model_us, stub.compute_us, stub.floor_us) == ("the model's stub", 300, 230, 60)
+    assert stub.ratio == pytest.approx(70 / 60)
 
 
 def _budget(**us):
