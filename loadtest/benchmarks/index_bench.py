@@ -46,8 +46,9 @@ from megaclass.python_backend.index.layout import default_nlist
 from megaclass.python_backend.index.tuning import time_interleaved
 
 # Every method is tuned to the target plus this on the tuning half: recall on 2,048 other queries
-# differs by a few thousandths (seen: 0.950 tuned, 0.946 held out), and the target is for the held-out half.
-TUNE_MARGIN = 0.005
+# differs by several thousandths (seen: 0.950 tuned, 0.946 held out; 0.955 tuned, 0.949 held out at
+# 1M, twice), and the target is for the held-out half.
+TUNE_MARGIN = 0.01
 # Final timing: passes per method (best counts), interleaved round-robin over all methods. On a shared
 # VM the machine's speed drifts by 10-20 % over seconds; five rounds give every method its quiet pass.
 FINAL_ROUNDS = 5
