@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from megaclass.loadtest.benchmarks.index_bench import bench_index
+from megaclass.loadtest.benchmarks.index_bench import TUNE_MARGIN, bench_index
 
 
 def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
@@ -26,8 +26,8 @@ def test_tiny_benchmark_writes_table_plot_and_doc(tmp_path: Path) -> None:
     # Every peer at its own best build: IVF-Flat swept over sqrt(N)..16 sqrt(N) clusters, HNSW at M 16/32/48.
     assert {f"FAISS IndexIVFFlat C={round(f * 3000**0.5)}" for f in (1, 2, 4, 8, 16)} <= set(names)
     assert {f"FAISS IndexHNSWFlat M={m}" for m in (16, 32, 48)} <= set(names)
-    assert report["tune_target"] == pytest.approx(0.905)  # every method tuned with the same margin
-    # Tuned on one half to 0.905, measured on the other (64 queries here): close to the target, not exactly on it.
+    assert report["tune_target"] == pytest.approx(0.9 + TUNE_MARGIN)  # every method tuned with the same margin
+    # Tuned on one half to 0.91, measured on the other (64 queries here): close to the target, not exactly on it.
     assert all(r["recall"] >= 0.85 for r in report["runs"])
     assert (tmp_path / "out" / "tiny.png").stat().st_size > 1000
     text = doc.read_text()
