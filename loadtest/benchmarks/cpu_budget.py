@@ -212,17 +212,21 @@ def floor_repository(
     """A repository of the two floors of a Python-backend `classify`, batched and scaled like it: what
     tritonserver and one stub cost per request doing nothing. `identity` returns its IMAGE (one output);
     `classify_floor` has classify's input and four outputs (two of them BYTES) filled with a constant answer."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from megaclass.export.repository.generate import RETRIEVER_OUTPUTS  # classify's outputs, as generated
+
     dims = f"[1, {image_size}, {image_size}]"
     head = f'backend: "python"\nmax_batch_size: {max_batch_size}\ninput {{ name: "IMAGE" data_type: TYPE_FP32 dims: {dims} }}\n'
     tail = f"instance_group {{ kind: KIND_CPU count: {instances} }}\n" + ("dynamic_batching { }\n" if batching else "")
     outputs = {
         "identity": f'output {{ name: "OUTPUT" data_type: TYPE_FP32 dims: {dims} }}\n',
         "classify_floor": (
-            'output { name: "CLASS_IDS" data_type: TYPE_INT64 dims: [-1] }\n'
-            'output { name: "LABELS" data_type: TYPE_STRING dims: [-1] }\n'
-            'output { name: "SCORES" data_type: TYPE_FP32 dims: [-1] }\n'
-            'output { name: "INDEX_VERSION" data_type: TYPE_STRING dims: [1] }\n'
-            f'parameters {{ key: "default_top_k" value {{ string_value: "{top_k}" }} }}\n'
+            "".join(
+                f'output {{ name: "{name}" data_type: {mc.DataType.Name(dtype)} dims: {dims} }}\n'
+                for name, dtype, dims in RETRIEVER_OUTPUTS
+            )
+            + f'parameters {{ key: "default_top_k" value {{ string_value: "{top_k}" }} }}\n'
         ),
     }
     sources = {"identity": IDENTITY_MODEL, "classify_floor": CLASSIFY_FLOOR_MODEL}
