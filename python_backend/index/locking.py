@@ -14,7 +14,8 @@ class RWLock:
     Not re-entrant: a reader must not take the lock again."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # taken directly by readers: Condition's own `with` is Python code
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
@@ -49,14 +50,14 @@ class _ReadSide:
 
     def __enter__(self) -> None:
         rw = self._rw
-        with rw._cond:
+        with rw._mutex:
             while rw._writer or rw._writers_waiting:  # writers first: steady searches would starve them
                 rw._cond.wait()
             rw._readers += 1
 
     def __exit__(self, *exc: object) -> None:
         rw = self._rw
-        with rw._cond:
+        with rw._mutex:
             rw._readers -= 1
             if not rw._readers and rw._writers_waiting:
                 rw._cond.notify_all()

@@ -41,7 +41,7 @@ from megaclass.python_backend.index.scan import (
     search_batch,
 )
 from megaclass.python_backend.index.validation import check_prototypes, validate_queries
-from megaclass.python_backend.serving.device_arrays import is_torch_tensor, to_numpy
+from megaclass.python_backend.serving.device_arrays import to_numpy
 
 
 class RoutedIndex:
@@ -244,8 +244,8 @@ class RoutedIndex:
         device without a host copy (the GPU serving path); otherwise it is copied to numpy first.
         """
         t0 = time.perf_counter()
-        xq = validate_queries(queries, self.dim)
-        if is_torch_tensor(xq) and not (self.cfg.backend == "torch" and self.cfg.storage == "flat"):
+        xq = validate_queries(queries, self.dim, check_finite=self.cfg.backend != "native")  # native: the kernel checks
+        if type(xq) is not np.ndarray and not (self.cfg.backend == "torch" and self.cfg.storage == "flat"):
             xq = to_numpy(xq)  # only the torch backend scanning exact vectors keeps queries on the device
         if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")

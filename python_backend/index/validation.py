@@ -12,11 +12,21 @@ import numpy as np
 from megaclass.python_backend.serving.device_arrays import is_torch_tensor
 
 
-def validate_queries(queries: Any, dim: int) -> np.ndarray:
+def validate_queries(queries: Any, dim: int, check_finite: bool = True) -> np.ndarray:
     """Return `queries` as a C-contiguous float32 [Q, dim] array or raise ValueError saying why.
 
     A torch tensor is checked where it lives and returned as a float32 tensor on its device.
+    `check_finite=False` leaves the NaN / infinity check to the caller (the native kernel does it in
+    its own pass over the batch).
     """
+    if type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2 and queries.flags.c_contiguous:
+        # The usual batch, taken as it is: a search is called per batch, and each numpy call here costs
+        # a few microseconds with the caches cold from the search before it.
+        if queries.shape[1] != dim:
+            raise ValueError(f"queries have dimension {queries.shape[1]}, the index has {dim}")
+        if check_finite:
+            _check_finite(queries)
+        return queries
     if is_torch_tensor(queries):
         return _validate_tensor(queries, dim)
     try:
@@ -30,10 +40,15 @@ def validate_queries(queries: Any, dim: int) -> np.ndarray:
     if xq.dtype.kind not in "fiu":
         raise ValueError(f"queries must be numeric (float32-convertible), got dtype {xq.dtype}")
     xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if check_finite:
+        _check_finite(xq)
+    return xq
+
+
+def _check_finite(xq: np.ndarray) -> None:
     if not np.isfinite(xq).all():
         bad = int(np.flatnonzero(~np.isfinite(xq).all(axis=1))[0])
         raise ValueError(f"queries contain NaN or infinity (first in row {bad})")
-    return xq
 
 
 def _validate_tensor(x: Any, dim: int) -> Any:

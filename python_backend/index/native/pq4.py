@@ -267,6 +267,8 @@ class Pq4Search:
         a.xq_lut = a.xq if xl is xq else _addr(xl)
         a.out_class, a.out_counts, a.out_score = base, base + 8 * n * top_k, base + 8 * n * (top_k + 4)
         rc = self.lib.mc_pq4_search(ctypes.byref(a))
+        if rc <= -2:  # the kernel checks the values (RoutedIndex.search leaves it to it)
+            raise ValueError(f"queries contain NaN or infinity (first in row {-2 - rc})")
         if rc != 0:
             raise ValueError(f"native search refused its arguments (code {rc})")
         return out_class, out_score, counts

@@ -11,7 +11,7 @@ from megaclass.python_backend.index.config import IndexConfig
 from megaclass.python_backend.index.defaults import FAISS_FLAT
 from megaclass.python_backend.index.file_ops import read_label_file
 from megaclass.python_backend.index.routed_index import RoutedIndex
-from megaclass.python_backend.index.tuning import nprobe_grid, search_recall_at_k, smallest_reaching, tune
+from megaclass.python_backend.index.tuning import nprobe_grid, rerank_grid, search_recall_at_k, smallest_reaching, tune
 
 
 def test_search_recall_at_k() -> None:
@@ -82,3 +82,23 @@ def test_tune_picks_a_rerank_depth_for_compressed_storage(files: dict) -> None:
     result = tune(index, files["xq"], target_recall=0.9, top_k=5, reranks=[10, 40, 160], repeats=1)
     assert result.reached and result.rerank in (10, 40, 160)
     assert {p["rerank"] for p in result.curve} <= {10, 40, 160}
+
+
+def test_rerank_grid_has_half_steps_up_to_four_times_k() -> None:
+    assert rerank_grid(10) == [10, 15, 20, 25, 30, 35, 40, 50, 60, 80, 160, 320]
+    assert rerank_grid(1) == [1, 2, 3, 4, 5, 6, 8, 16, 32]  # whole and distinct (1.5 and 2.5 round to 2)
+    assert rerank_grid(5)[:4] == [5, 8, 10, 12]
+
+
+def test_tune_tries_the_default_rerank_grid(files: dict) -> None:
+    ids, names = read_label_file(files["dir"] / "L.txt")
+    index = RoutedIndex.build(
+        files["xb"],
+        ids,
+        names,
+        IndexConfig(**{**FAISS_FLAT, "nlist": 40, "storage": "pq", "pq_m": 4, "kmeans_iters": 8}),
+    )
+    result = tune(index, files["xq"], target_recall=0.75, top_k=4, repeats=1, adaptive=False)
+    tried = {p["rerank"] for p in result.curve}
+    assert tried <= set(rerank_grid(4)) and {6, 10, 14} <= tried  # the half steps (1.5, 2.5, 3.5 x k) too
+    assert result.reached and result.rerank in tried

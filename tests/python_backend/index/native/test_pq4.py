@@ -93,6 +93,23 @@ def test_every_build_target_gives_the_same_answers(data: dict) -> None:
             np.testing.assert_array_equal(a[2], b[2], err_msg=name)
 
 
+def test_the_kernel_refuses_nan_and_infinity_naming_the_first_row(data: dict) -> None:
+    """RoutedIndex.search leaves the check of the values to the kernel (every build target does it)."""
+    index = _build(data, pq_residual=True)
+    targets = [index._native, index._native_search(target="portable")]
+    for bad, row in ((np.nan, 5), (np.inf, 0), (-np.inf, 69)):
+        xq = np.array(data["xq"], dtype=np.float32)
+        xq[row, 3] = bad
+        for kernel in targets:
+            with pytest.raises(ValueError, match=f"NaN or infinity \\(first in row {row}\\)"):
+                kernel.search(xq, nprobe=4, fetch=20, top_k=5, threads=2)
+        with pytest.raises(ValueError, match=f"first in row {row}"):
+            index.search(xq, top_k=5)  # float32, C-contiguous: validate_queries' fast path
+    # the largest finite values are searched, not refused
+    big = np.full_like(np.asarray(data["xq"][:2], dtype=np.float32), np.finfo(np.float32).max)
+    assert index.search(big, top_k=5).class_ids.shape == (2, 5)
+
+
 def test_route_table_holds_each_centroid_in_int8_within_half_a_step() -> None:
     rng = np.random.default_rng(3)
     cent = rng.standard_normal((37, 30)).astype(np.float32)  # 37: a partial last block; 30: dim padded to 32
