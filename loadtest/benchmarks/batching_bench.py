@@ -176,11 +176,18 @@ def budget_section(
          f"{c.ratio:.2f}×", "yes" if c.ratio <= 1.2 else "no"]
         for c in compare_to_floor(on, floor, compute + search)
     ]  # fmt: skip
+    in_stub = (
+        f", and as the stub measured it while serving: {on.compute_us:.0f} µs per image (its thread's CPU time in "
+        "the encoder run and the search, the `megaclass_compute_seconds_total` metric)"
+        if on.compute_us > 0
+        else ""
+    )
     return (
         text + "\n**Against the floor** (batching on): each process's CPU per `classify` request less the model's own "
-        f"compute (encoder {compute:.0f} + search {search:.0f} µs per image at batch {batch}, one thread), against "
-        "the same process serving `classify_floor`, a Python-backend model with classify's input and four outputs "
-        "that returns a constant answer (`cpu_budget.floor_repository`), batched and scaled alike:\n\n"
+        f"compute, timed alone (encoder {compute:.0f} + search {search:.0f} µs per image at batch {batch}, one "
+        f"thread){in_stub}, against the same process serving `classify_floor`, a Python-backend model with "
+        "classify's input and four outputs that returns a constant answer (`cpu_budget.floor_repository`), "
+        "batched and scaled alike:\n\n"
         + render_table(
             ["process", "classify µs", "its compute µs", "beyond compute µs", "floor µs", "ratio", "within 20 %"], rows
         )

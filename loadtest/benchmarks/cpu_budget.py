@@ -40,6 +40,10 @@ class CpuBudget:
     us_per_request: dict[str, float]  # "tritonserver", "stub:<model>", "load generator", "idle"
     window_s: float = 0.0  # the measured window
     mean_batch: float = 0.0  # rows per model execution over the window (Triton's counters; 0: unknown)
+    # The model's own compute per request as its stubs measured it while serving (thread CPU time in the
+    # encoder run and the index search, megaclass_compute_seconds_total per megaclass_retriever_queries_total,
+    # one image per request); 0: the model does not report it.
+    compute_us: float = 0.0
 
     def busy_us(self, parts: tuple[str, ...]) -> float:
         return sum(self.us_per_request.get(p, 0.0) for p in parts)
@@ -63,6 +67,16 @@ def part_pids(server_pid: int, generator_pid: int) -> dict[str, list[int]]:
 def completed_requests(text: str, model: str) -> float:
     """The server's count of successful requests of `model` (all versions) in Prometheus text."""
     return parse_triton_counters(text).get(("nv_inference_request_success", model), 0.0)
+
+
+COMPUTE_COUNTERS = ("megaclass_compute_seconds_total", "megaclass_retriever_queries_total")
+
+
+def compute_counts(text: str, model: str) -> tuple[float, float]:
+    """(CPU seconds of the model's own compute, queries it searched) as its stubs report them. Both are
+    sent together (SearchTally), so their ratio holds whenever they are read."""
+    c = parse_triton_counters(text, COMPUTE_COUNTERS)
+    return tuple(c.get((name, model), 0.0) for name in COMPUTE_COUNTERS)
 
 
 def model_counts(text: str, model: str) -> tuple[float, float, float]:
@@ -104,20 +118,23 @@ def measure_cpu_budget(
         time.sleep(warmup_s)
         parts = part_pids(server.process.pid, generator.pid)
         before = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
-        c0, t0 = model_counts(metrics_text(server.metrics_url), model), time.monotonic()
+        m0, t0 = metrics_text(server.metrics_url), time.monotonic()
         time.sleep(window_s)
         after = {name: sum(map(process_cpu_seconds, pids)) for name, pids in parts.items()}
-        c1, t1 = model_counts(metrics_text(server.metrics_url), model), time.monotonic()
+        m1, t1 = metrics_text(server.metrics_url), time.monotonic()
     finally:
         generator.kill()
         generator.wait()
-    done, rows, executions = (b - a for a, b in zip(c0, c1, strict=True))
+    done, rows, executions = (b - a for a, b in zip(model_counts(m0, model), model_counts(m1, model), strict=True))
+    compute_s, queries = (b - a for a, b in zip(compute_counts(m0, model), compute_counts(m1, model), strict=True))
     if done <= 0:
         raise RuntimeError(f"no {model} request completed in the {window_s:.0f} s window")
     wall = t1 - t0
     us = {name: (after[name] - before[name]) / done * 1e6 for name in parts}
     us["idle"] = max(0.0, cores * wall / done * 1e6 - sum(us.values()))
-    return CpuBudget(model, concurrency, done / wall, cores, us, wall, rows / executions if executions > 0 else 0.0)
+    mean = rows / executions if executions > 0 else 0.0
+    compute_us = compute_s / queries * 1e6 if queries > 0 else 0.0
+    return CpuBudget(model, concurrency, done / wall, cores, us, wall, mean, compute_us)
 
 
 def ratio_ceiling(unbatched: CpuBudget, batched: CpuBudget, model_compute_us: float) -> float:
@@ -274,12 +291,30 @@ class FloorComparison:
 
 
 def compare_to_floor(model: CpuBudget, floor: CpuBudget, compute_us: float) -> list[FloorComparison]:
-    """tritonserver against tritonserver, and the model's stub less `compute_us` against the floor's stub."""
+    """tritonserver against tritonserver, and the model's stub less its compute against the floor's stub:
+    once with `compute_us` (the compute timed alone, one thread) and, where the stub reported it
+    (`model.compute_us`), once with the compute it measured while serving (with the machine's other
+    load on the same cores, the same work takes longer than alone)."""
     stub = f"stub:{model.model}"
     floor_stub = f"stub:{floor.model}"
-    return [
+    rows = [
         FloorComparison(
             "tritonserver", model.us_per_request["tritonserver"], 0.0, floor.us_per_request["tritonserver"]
         ),
-        FloorComparison("the model's stub", model.us_per_request[stub], compute_us, floor.us_per_request[floor_stub]),
+        FloorComparison(
+            "the model's stub, compute timed alone",
+            model.us_per_request[stub],
+            compute_us,
+            floor.us_per_request[floor_stub],
+        ),
     ]
+    if model.compute_us > 0:
+        rows.append(
+            FloorComparison(
+                "the model's stub, compute timed in it",
+                model.us_per_request[stub],
+                model.compute_us,
+                floor.us_per_request[floor_stub],
+            )
+        )
+    return rows

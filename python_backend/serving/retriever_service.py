@@ -165,7 +165,8 @@ def answer_requests(
     (with compressed storage the re-rank depth grows with it, so its answer would depend on who it
     was batched with). Every output is built once per search and each request gets row views of
     it. Labels are bytes (`labels`, default: the index's, encoded once). Returns the per-request
-    answers (or errors) and the searches' statistics (queries, nprobe, candidates scanned).
+    answers (or errors) and the searches' statistics (queries, nprobe, candidates scanned, and
+    compute_s: the calling thread's CPU seconds inside the index's search).
     """
     answers: list[RetrieverAnswer | Exception] = list(requests)
     groups: dict[int, list[int]] = {}
@@ -175,7 +176,7 @@ def answer_requests(
     if not groups:
         return answers, {}
     labels = labels if labels is not None else EncodedLabels.of_index(index)
-    stats: dict = {"queries": 0, "candidates_scanned": 0}
+    stats: dict = {"queries": 0, "candidates_scanned": 0, "compute_s": 0.0}
     for k, members in groups.items():
         batch = [requests[i] for i in members]
         try:
@@ -186,6 +187,7 @@ def answer_requests(
             answers[i] = answer
         stats["queries"] += group_stats.get("queries", 0)
         stats["candidates_scanned"] += int(group_stats.get("candidates_scanned", 0))
+        stats["compute_s"] += group_stats.get("compute_s", 0.0)
         for key in ("nprobe", "backend"):
             if key in group_stats:
                 stats[key] = group_stats[key]
@@ -197,7 +199,9 @@ def _answer_group(
 ) -> tuple[list[RetrieverAnswer], dict]:
     """One search for requests that all ask for `k`; answers are row views of the batch's outputs."""
     queries = concat_rows([r.embeddings for r in batch])
+    started = time.thread_time()
     result = index.search(queries, top_k=k)
+    compute_s = time.thread_time() - started
     ids = np.asarray(result.class_ids, dtype=np.int64)
     scores = np.asarray(result.scores, dtype=np.float32)
     sizes = [r.embeddings.shape[0] for r in batch]
@@ -207,7 +211,7 @@ def _answer_group(
     names = labels.take(ids, scores)
     bounds = np.cumsum([0, *sizes])
     split = [RetrieverAnswer(ids[a:b], names[a:b], scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return split, {"queries": len(queries), **getattr(result, "stats", {})}
+    return split, {"queries": len(queries), **getattr(result, "stats", {}), "compute_s": compute_s}
 
 
 class SearchTally:
@@ -219,7 +223,8 @@ class SearchTally:
     latency. So the sums are sent at most once every `interval_s`, whatever the batch size: a
     request after a quiet spell sends at once; under traffic the metrics lag by at most
     `interval_s`, and after a burst until the next request. The nprobe gauge is sent only when it
-    changes.
+    changes. `compute_s` sums the CPU seconds the model spent in its own compute (searches, and the
+    encoder's runs where the model has one), for the megaclass_compute_seconds_total counter.
     """
 
     def __init__(self, interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic):
@@ -227,6 +232,7 @@ class SearchTally:
         self.clock = clock
         self.queries = 0
         self.candidates = 0
+        self.compute_s = 0.0
         self.nprobe: int | None = None
         self._nprobe_sent: int | None = None
         self._sent_at = -math.inf
@@ -238,12 +244,14 @@ class SearchTally:
             self.queries += int(stats.get("queries", 0))
             self.candidates += int(stats.get("candidates_scanned", stats.get("fetched_per_query", 0)))
             self.nprobe = stats.get("nprobe", self.nprobe)
+            self.compute_s += float(stats.get("compute_s", 0.0))
         now = self.clock()
         if not self.queries or now - self._sent_at < self.interval_s:
             return None
         changed = self.nprobe if self.nprobe != self._nprobe_sent else None
-        due = {"queries": self.queries, "candidates": self.candidates, "nprobe": changed}
+        due = {"queries": self.queries, "candidates": self.candidates, "nprobe": changed, "compute_s": self.compute_s}
         self.queries = self.candidates = 0
+        self.compute_s = 0.0
         self._nprobe_sent = self.nprobe
         self._sent_at = now
         return due

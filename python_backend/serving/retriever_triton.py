@@ -4,12 +4,14 @@
 share of the cores), reads each request's options, searches the batch (`answer_requests`) and
 builds the responses: only the outputs the request asked for (Triton's requested-output list),
 each a row view of arrays built once per search, the index-version column a view of one array
-built at load, and the search statistics sent to Triton's metrics at most twice a second.
+built at load, and the search statistics (with the CPU seconds of the model's own compute, which
+`bench batching` takes out of the stub's CPU) sent to Triton's metrics at most twice a second.
 `pb_utils` (triton_python_backend_utils) is passed in: this module imports without a server.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,12 @@ class TritonRetriever:
                 "megaclass_retriever_candidates_scanned_total", "Prototype candidates scored", counter
             ),
             "nprobe": pb.MetricFamily("megaclass_retriever_nprobe", "Clusters probed per query", gauge),
+            "compute": pb.MetricFamily(
+                "megaclass_compute_seconds_total",
+                "CPU seconds of the model's own compute (index search; encoder run in one-hop classify), "
+                "measured in the calling thread",
+                counter,
+            ),
             "index": pb.MetricFamily("megaclass_retriever_index_info", "Loaded index (value: classes)", gauge),
         }
         self.metrics = {k: f.Metric(labels=labels) for k, f in self.metric_families.items() if k != "index"}
@@ -150,6 +158,16 @@ class TritonRetriever:
             self.metrics["candidates"].increment(due["candidates"])
         if due["nprobe"] is not None:
             self.metrics["nprobe"].set(due["nprobe"])
+        if due["compute_s"] > 0:
+            self.metrics["compute"].increment(due["compute_s"])
+
+    def timed(self, fn, *args):
+        """`fn(*args)`, its thread CPU time counted as the model's compute (the one-hop model's encoder)."""
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            self.tally.compute_s += time.thread_time() - started
 
 
 def tensor_to_array(tensor):

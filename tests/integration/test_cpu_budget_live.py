@@ -3,6 +3,8 @@ model on the cpu target: its stub does the work the encoder and retriever stubs 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 
@@ -19,6 +21,8 @@ def test_cpu_budget_accounts_for_server_stubs_and_generator(tiny_stack):
     assert us["tritonserver"] > 0 and us["stub:classify"] > 0
     assert us["stub:encoder"] < us["stub:classify"] / 10  # idle: the one hop does not call them
     assert all(v >= 0 for v in us.values())
+    # The stub's own compute (encoder run + search, its thread's CPU time, sent as a metric): part of its CPU.
+    assert 0 < budget.compute_us < us["stub:classify"]
     # The parts and the idle time add up to the machine's core time per request (idle is clamped at 0).
     total = sum(us.values())
     assert total >= budget.cores / budget.requests_per_s * 1e6 * 0.9
@@ -82,6 +86,14 @@ def test_budget_section_compares_with_the_floor(tiny_stack):
     assert "batch 6, the mean batch `classify` ran with batching on: 6.0" in text
     server_row = next(line for line in text.splitlines() if line.startswith("| tritonserver | 200 | 0 |"))
     assert server_row.endswith("| 150 | 1.33× | no |")
-    stub_row = next(line for line in text.splitlines() if line.startswith("| the model's stub | 400 |"))
+    stub_row = next(
+        line for line in text.splitlines() if line.startswith("| the model's stub, compute timed alone | 400 |")
+    )
     compute = float(stub_row.split("|")[3])
     assert compute > 0 and float(stub_row.split("|")[4]) == pytest.approx(400 - compute, abs=1)
+    assert "timed in it" not in text  # the budget has no compute reported by the stub
+    # with it: a row that takes the compute the stub measured while serving out of its CPU
+    budgets["batching on"] = dataclasses.replace(on, compute_us=350.0)
+    text = budget_section(budgets, onnx, tiny_stack.images.shape[-1], tiny_stack.serving, index_dir)
+    assert "as the stub measured it while serving: 350 µs per image" in text
+    assert "| the model's stub, compute timed in it | 400 | 350 | 50 | 60 | 0.83× | yes |" in text

@@ -218,3 +218,5 @@ def test_retriever_custom_metrics(tiny_stack):
     queries = [ln for ln in text.splitlines() if ln.startswith("megaclass_retriever_queries_total")]
     assert queries and float(queries[0].split()[-1]) >= 3
     assert "megaclass_retriever_nprobe" in text and "megaclass_retriever_index_info" in text
+    compute = [ln for ln in text.splitlines() if ln.startswith("megaclass_compute_seconds_total")]
+    assert compute and float(compute[0].split()[-1]) > 0  # the searches' CPU time

@@ -40,7 +40,9 @@ class TritonPythonModel:
         tensors = [pb_utils.get_input_tensor_by_name(request, self.spec.name) for request in requests]
         images = check_inputs(self.spec, [None if t is None else t.as_numpy() for t in tensors], self.max_rows)
         parsed = []
-        for request, embedded in zip(requests, run_batched(images, lambda x: [self.encoder.embed(x)]), strict=True):
+        for request, embedded in zip(
+            requests, run_batched(images, lambda x: [self.retriever.timed(self.encoder.embed, x)]), strict=True
+        ):
             try:
                 parsed.append(
                     embedded if isinstance(embedded, Exception) else self.retriever.request(request, embedded[0])

@@ -3,12 +3,15 @@ tests/integration/test_cpu_budget_live.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from megaclass.loadtest.benchmarks.cpu_budget import (
     CpuBudget,
     compare_to_floor,
     completed_requests,
+    compute_counts,
     markdown_table,
     model_counts,
     ratio_ceiling,
@@ -22,6 +25,10 @@ nv_inference_request_failure{model="classify",reason="BACKEND",version="1"} 7
 nv_inference_count{model="classify",version="1"} 600
 nv_inference_exec_count{model="classify",version="1"} 100
 nv_inference_exec_count{model="encoder",version="1"} 40
+megaclass_compute_seconds_total{model="classify",version="1"} 0.375
+megaclass_compute_seconds_total{model="classify",version="2"} 0.125
+megaclass_retriever_queries_total{model="classify",version="1"} 4000
+megaclass_retriever_queries_total{model="classify",version="2"} 1000
 """
 
 
@@ -37,13 +44,23 @@ def test_model_counts_give_requests_rows_and_executions():
     assert model_counts(METRICS, "retriever") == (0, 0, 0)
 
 
+def test_compute_counts_give_the_stubs_compute_seconds_and_queries():
+    assert compute_counts(METRICS, "classify") == (0.5, 5000)  # 100 µs per query
+    assert compute_counts(METRICS, "encoder") == (0, 0)
+
+
 def test_compare_to_floor_takes_the_compute_out_of_the_stub_only():
     model = CpuBudget("classify", 32, 2000.0, 2, {"tritonserver": 180, "stub:classify": 300, "load generator": 130})
     floor = CpuBudget("classify_floor", 32, 4000.0, 2, {"tritonserver": 150, "stub:classify_floor": 60})
-    server, stub = compare_to_floor(model, floor, compute_us=230)
+    server, stub = compare_to_floor(model, floor, compute_us=230)  # no compute reported by the stub: two rows
     assert (server.part, server.ratio) == ("tritonserver", pytest.approx(180 / 150))
-    assert (stub.part, stub.model_us, stub.compute_us, stub.floor_us) == ("the model's stub", 300, 230, 60)
-    assert stub.ratio == pytest.approx(70 / 60)
+    assert (stub.model_us, stub.compute_us, stub.floor_us) == (300, 230, 60)
+    assert stub.part == "the model's stub, compute timed alone" and stub.ratio == pytest.approx(70 / 60)
+    # the compute the stub measured while serving: a third row with it
+    served = dataclasses.replace(model, compute_us=250.0)
+    _, alone, in_stub = compare_to_floor(served, floor, compute_us=230)
+    assert alone.ratio == pytest.approx(70 / 60)
+    assert in_stub.part == "the model's stub, compute timed in it" and in_stub.ratio == pytest.approx(50 / 60)
 
 
 def _budget(**us):

@@ -126,19 +126,43 @@ def test_search_tally_sends_at_most_once_per_interval():
     now = [0.0]
     tally = SearchTally(interval_s=0.5, clock=lambda: now[0])
     # After a quiet spell: sent at once.
-    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4}) == {
-        "queries": 1, "candidates": 10, "nprobe": 4}  # fmt: skip
+    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4, "compute_s": 0.25}) == {
+        "queries": 1, "candidates": 10, "nprobe": 4, "compute_s": 0.25}  # fmt: skip
     # Within the interval: summed, whatever the batch size.
-    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4}) is None
+    assert tally.add({"queries": 1, "candidates_scanned": 10, "nprobe": 4, "compute_s": 0.5}) is None
+    tally.compute_s += 0.25  # the one-hop model's encoder run (TritonRetriever.timed)
     now[0] = 0.4
     assert tally.add({"queries": 8, "candidates_scanned": 80, "nprobe": 5}) is None
     now[0] = 0.6
     assert tally.add({"queries": 4, "candidates_scanned": 40, "nprobe": 5}) == {
-        "queries": 13, "candidates": 130, "nprobe": 5}  # fmt: skip
+        "queries": 13, "candidates": 130, "nprobe": 5, "compute_s": 0.75}  # fmt: skip
     # Nothing summed: nothing to send (all requests were rejected).
     now[0] = 2.0
     assert tally.add({}) is None
     assert tally.add({"queries": 1, "candidates_scanned": 1})["queries"] == 1
+
+
+def test_answer_requests_counts_the_search_threads_cpu_time():
+    """compute_s: the calling thread's CPU seconds in the index's searches (one per distinct top_k)."""
+    import time
+
+    class SlowIndex:
+        dim = 4
+
+        def search(self, queries, top_k):
+            end = time.thread_time() + 0.02  # CPU work, not a sleep: a sleep takes no CPU time
+            while time.thread_time() < end:
+                pass
+            n = len(queries)
+            return type(
+                "R", (), {"class_ids": np.zeros((n, top_k), np.int64), "scores": np.zeros((n, top_k), np.float32)}
+            )()
+
+    labels = EncodedLabels(np.arange(3), ["a", "b", "c"])
+    requests = [RetrieverRequest(np.ones((1, 4), np.float32), k, None) for k in (2, 2, 3)]
+    answers, stats = answer_requests(SlowIndex(), requests, labels)
+    assert len(answers) == 3 and stats["queries"] == 3
+    assert 0.04 <= stats["compute_s"] < 0.5  # two searches of >= 20 ms CPU each
 
 
 def test_search_tally_sends_nprobe_only_when_it_changes():
