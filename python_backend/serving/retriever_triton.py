@@ -65,6 +65,9 @@ class TritonRetriever:
         self.labels = EncodedLabels.of_index(self.index)
         self.plan = plan
         self.spec = TensorSpec("EMBEDDING", np.float32, (self.index.dim,))
+        # The option inputs this model has (the retriever: TOP_K and THRESHOLD; one-hop classify: none).
+        declared = {inp["name"] for inp in config.get("input", [])}
+        self.option_inputs = tuple(name for name in ("TOP_K", "THRESHOLD") if name in declared)
         self.max_rows = int(config.get("max_batch_size", 0)) or None
         self.default_top_k = int(params.get("default_top_k", "5"))
         self.max_top_k = int(params.get("max_top_k", "100"))
@@ -110,8 +113,10 @@ class TritonRetriever:
 
     def request(self, request, embeddings) -> RetrieverRequest:
         """`embeddings` with the request's options (TOP_K / THRESHOLD inputs or request parameters)."""
-        top_k = self.pb.get_input_tensor_by_name(request, "TOP_K")
-        threshold = self.pb.get_input_tensor_by_name(request, "THRESHOLD")
+        top_k = threshold = None
+        if self.option_inputs:  # one pass over the inputs (pb_utils' lookup by name makes a list per call)
+            given = {t.name(): t for t in request.inputs()}
+            top_k, threshold = given.get("TOP_K"), given.get("THRESHOLD")
         parameters = request.parameters()
         if no_options(top_k, threshold, parameters):
             return RetrieverRequest(embeddings, self.default_top_k, None)
