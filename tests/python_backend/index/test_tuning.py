@@ -71,14 +71,15 @@ def test_tune_reaches_the_target_with_the_fewest_probes(files: dict) -> None:
     assert not impossible.reached and impossible.nprobe == 2
 
 
-def test_tune_picks_a_rerank_depth_for_compressed_storage(files: dict) -> None:
+def _pq_index(files: dict) -> RoutedIndex:
+    """The test files' index with 4-bit PQ storage (a re-rank depth to tune)."""
     ids, names = read_label_file(files["dir"] / "L.txt")
-    index = RoutedIndex.build(
-        files["xb"],
-        ids,
-        names,
-        IndexConfig(**{**FAISS_FLAT, "nlist": 40, "storage": "pq", "pq_m": 4, "kmeans_iters": 8}),
-    )
+    cfg = IndexConfig(**{**FAISS_FLAT, "nlist": 40, "storage": "pq", "pq_m": 4, "kmeans_iters": 8})
+    return RoutedIndex.build(files["xb"], ids, names, cfg)
+
+
+def test_tune_picks_a_rerank_depth_for_compressed_storage(files: dict) -> None:
+    index = _pq_index(files)
     result = tune(index, files["xq"], target_recall=0.9, top_k=5, reranks=[10, 40, 160], repeats=1)
     assert result.reached and result.rerank in (10, 40, 160)
     assert {p["rerank"] for p in result.curve} <= {10, 40, 160}
@@ -91,13 +92,7 @@ def test_rerank_grid_has_half_steps_up_to_four_times_k() -> None:
 
 
 def test_tune_tries_the_default_rerank_grid(files: dict) -> None:
-    ids, names = read_label_file(files["dir"] / "L.txt")
-    index = RoutedIndex.build(
-        files["xb"],
-        ids,
-        names,
-        IndexConfig(**{**FAISS_FLAT, "nlist": 40, "storage": "pq", "pq_m": 4, "kmeans_iters": 8}),
-    )
+    index = _pq_index(files)
     result = tune(index, files["xq"], target_recall=0.75, top_k=4, repeats=1, adaptive=False)
     tried = {p["rerank"] for p in result.curve}
     assert tried <= set(rerank_grid(4)) and {6, 10, 14} <= tried  # the half steps (1.5, 2.5, 3.5 x k) too
