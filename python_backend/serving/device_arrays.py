@@ -23,6 +23,8 @@ def concat_rows(arrays: Sequence[Any]) -> Any:
     `classify` requests (embeddings on the GPU, through DLPack) with direct retriever calls (numpy)."""
     if len(arrays) == 1:
         return arrays[0]
+    if all(type(a) is np.ndarray for a in arrays):  # the CPU path: no per-array tensor check
+        return np.concatenate(arrays)
     tensors = [a for a in arrays if is_torch_tensor(a)]
     if not tensors:
         return np.concatenate(arrays)

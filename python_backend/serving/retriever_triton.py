@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from megaclass.python_backend.serving import bytes_tensors
 from megaclass.python_backend.serving.error_reporting import error_message
 from megaclass.python_backend.serving.request_batching import TensorSpec, check_input
 from megaclass.python_backend.serving.retriever_service import (
@@ -55,6 +56,7 @@ class TritonRetriever:
         does not import the index package, which imports it), or its GPU retriever (`plan`: how it
         searches, index/gpu_retrieval.py, exported as the megaclass_retriever_search_info metric)."""
         self.pb = pb_utils
+        bytes_tensors.install(pb_utils)  # LABELS and INDEX_VERSION serialised without a per-element loop
         self.model = model
         params = model_parameters(config)
         self.index = index
@@ -141,17 +143,18 @@ class TritonRetriever:
         pb = self.pb
         if isinstance(answer, Exception):
             return pb.InferenceResponse(error=triton_error(pb, self.model, answer))
-        wanted = request.requested_output_names() or OUTPUTS
         n = answer.class_ids.shape[0]
-        arrays = {
-            "CLASS_IDS": answer.class_ids,
-            "LABELS": answer.labels,
-            "SCORES": answer.scores,
-            "INDEX_VERSION": self.version_column[:n] if n <= len(self.version_column) else None,
-        }
-        if arrays["INDEX_VERSION"] is None:
-            arrays["INDEX_VERSION"] = np.full((n, 1), self.version_column[0, 0], dtype=np.object_)
-        return pb.InferenceResponse([pb.Tensor(name, arrays[name]) for name in OUTPUTS if name in wanted])
+        version = self.version_column[:n] if n <= len(self.version_column) else self._version_rows(n)
+        arrays = (answer.class_ids, answer.labels, answer.scores, version)  # in OUTPUTS' order
+        wanted = request.requested_output_names()
+        if not wanted or len(wanted) == len(OUTPUTS):  # all of them (what Triton asks when the client names none)
+            return pb.InferenceResponse([pb.Tensor(name, a) for name, a in zip(OUTPUTS, arrays, strict=True)])
+        return pb.InferenceResponse(
+            [pb.Tensor(name, a) for name, a in zip(OUTPUTS, arrays, strict=True) if name in wanted]
+        )
+
+    def _version_rows(self, n: int) -> np.ndarray:
+        return np.full((n, 1), self.version_column[0, 0], dtype=np.object_)
 
     def _record(self, stats: dict) -> None:
         # Metric calls are round trips to the server process: sent in sums (see SearchTally).

@@ -60,3 +60,26 @@ def test_check_inputs_answers_each_request_with_its_array_or_its_error():
     assert out[0] is not None and np.array_equal(out[0], good)
     assert isinstance(out[1], InputError) and "missing" in str(out[1])
     assert isinstance(out[2], InputError) and "shape" in str(out[2])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_check_inputs_refuses_only_the_requests_holding_nan_or_infinity(bad):
+    from megaclass.python_backend.serving.request_batching import check_inputs
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.random((n, 4), dtype=np.float32) for n in (1, 3, 2, 1)]
+    arrays[1][2, 3] = bad
+    arrays[3][0, 0] = -bad if bad == bad else bad  # NaN, or the other infinity (inf + -inf is NaN)
+    out = check_inputs(SPEC, arrays, max_rows=8)
+    assert [isinstance(o, InputError) for o in out] == [False, True, False, True]
+    assert "NaN or Inf" in str(out[1]) and "NaN or Inf" in str(out[3])
+    assert np.array_equal(out[0], arrays[0]) and np.array_equal(out[2], arrays[2])
+
+
+def test_check_inputs_keeps_the_largest_finite_float32_values():
+    """Finite extremes are not NaN or infinity, alone or in a batch."""
+    from megaclass.python_backend.serving.request_batching import check_inputs
+
+    big = np.full((8, 4), np.finfo(np.float32).max, np.float32)
+    out = check_inputs(SPEC, [big, big.copy(), -big], max_rows=8)
+    assert not any(isinstance(o, Exception) for o in out)
