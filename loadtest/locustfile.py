@@ -162,9 +162,13 @@ TRITON_INPUT = {"classify": "IMAGE", "retriever": "EMBEDDING"}
 
 
 def _triton_shapes(config_of) -> tuple[int, int]:
-    """(image size, embedding dim) from the served models' configs."""
+    """(image size, embedding dim) from the served models' configs; dim 0 where no retriever is served
+    (a repository of `classify` alone, as the head-to-head's floor): only classify requests can be made."""
     image = next(i for i in config_of("classify")["input"])
-    emb = next(i for i in config_of("retriever")["input"] if i["name"] == "EMBEDDING")
+    try:
+        emb = next(i for i in config_of("retriever")["input"] if i["name"] == "EMBEDDING")
+    except Exception:  # gRPC: model not found; HTTP: an error body without "input"
+        return int(image["dims"][-1]), 0
     return int(image["dims"][-1]), int(emb["dims"][-1])
 
 

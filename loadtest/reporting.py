@@ -183,7 +183,18 @@ def machine_description() -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} CPU cores ({cpu_model()}), Python {platform.python_version()}, load average at start {load}"
+        + _autogroup()
     )
+
+
+def _autogroup() -> str:
+    """The kernel's scheduler autogroup (each session one scheduling group), which decides how servers
+    in their own session share the cores with a load generator: ', sched autogroup on/off' or ''."""
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return ""
+    return f", sched autogroup {'on' if on else 'off'}"
 
 
 def hardware_description() -> str:

@@ -193,16 +193,20 @@ class TritonPythonModel:
 
 
 CLASSIFY_FLOOR_MODEL = '''"""A Python-backend model with `classify`'s input and outputs that does no work: every request gets
-one answer built at load (the floor of tritonserver and one stub for that interface)."""
+one answer built at load (the floor of tritonserver and one stub for that interface). Its BYTES outputs
+are serialised as classify's are (bytes_tensors), so the floor is the cheapest way to answer like it."""
 
 import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from megaclass.python_backend.serving import bytes_tensors
+
 
 class TritonPythonModel:
     def initialize(self, args):
+        bytes_tensors.install(pb_utils)
         k = int(json.loads(args["model_config"])["parameters"]["default_top_k"]["string_value"])
         self.outputs = [
             ("CLASS_IDS", np.arange(k, dtype=np.int64)[None]),
@@ -224,11 +228,19 @@ FLOOR_MODELS = ("identity", "classify_floor")
 
 
 def floor_repository(
-    repo_dir: Path, image_size: int, max_batch_size: int, instances: int, batching: bool, top_k: int = 5
+    repo_dir: Path,
+    image_size: int,
+    max_batch_size: int,
+    instances: int,
+    batching: bool,
+    top_k: int = 5,
+    names: dict[str, str] | None = None,
 ) -> Path:
     """A repository of the two floors of a Python-backend `classify`, batched and scaled like it: what
     tritonserver and one stub cost per request doing nothing. `identity` returns its IMAGE (one output);
-    `classify_floor` has classify's input and four outputs (two of them BYTES) filled with a constant answer."""
+    `classify_floor` has classify's input and four outputs (two of them BYTES) filled with a constant answer.
+    `names`: which floors to write, under which model names (default: both, under their own names; the
+    head-to-head serves `classify_floor` as `classify`, so that the same clients load it)."""
     from tritonclient.grpc import model_config_pb2 as mc
 
     from megaclass.export.repository.generate import RETRIEVER_OUTPUTS  # classify's outputs, as generated
@@ -247,11 +259,11 @@ def floor_repository(
         ),
     }
     sources = {"identity": IDENTITY_MODEL, "classify_floor": CLASSIFY_FLOOR_MODEL}
-    for name in FLOOR_MODELS:
+    for floor, name in (names or {m: m for m in FLOOR_MODELS}).items():
         model_dir = Path(repo_dir) / name
         (model_dir / "1").mkdir(parents=True, exist_ok=True)
-        (model_dir / "config.pbtxt").write_text(f'name: "{name}"\n' + head + outputs[name] + tail)
-        (model_dir / "1" / "model.py").write_text(sources[name])
+        (model_dir / "config.pbtxt").write_text(f'name: "{name}"\n' + head + outputs[floor] + tail)
+        (model_dir / "1" / "model.py").write_text(sources[floor])
     return Path(repo_dir)
 
 

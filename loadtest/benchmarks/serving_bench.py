@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from megaclass.export.config import MegaclassConfig
+from megaclass.loadtest.benchmarks.cpu_split import CpuWindow
 from megaclass.loadtest.benchmarks.serving_artifacts import BenchArtifacts, prepare_artifacts
 from megaclass.loadtest.benchmarks.serving_config import (
     BASELINES,
+    FLOORS,
     TARGET_LABELS,
     TARGETS,
     HeadToHeadConfig,
@@ -29,6 +32,7 @@ from megaclass.loadtest.benchmarks.serving_config import (
 )
 from megaclass.loadtest.benchmarks.serving_targets import (
     encoder_batch_counts,
+    floor_repository_for,
     mean_batch,
     serve_baseline,
     serve_triton,
@@ -51,6 +55,10 @@ class H2HPoint:
     p90_ms: float
     p99_ms: float
     mean_encoder_batch: float  # Triton only (NaN for the baseline)
+    # CPU µs per request over a window of the measured part (cpu_split): the server's process tree, and
+    # the load generator's (NaN: not measured)
+    server_cpu_us: float = math.nan
+    generator_cpu_us: float = math.nan
 
 
 @dataclass
@@ -85,6 +93,8 @@ def run_head_to_head(
     for target in bench.targets:
         if target in BASELINES:
             server = serve_baseline(art, bench, work, *baseline_settings(bench, target))
+        elif target in FLOORS:
+            server = serve_triton(art, cfg, work, floor_repository_for(art, cfg, work))
         else:
             server = serve_triton(art, cfg, work)
         with server as endpoint:
@@ -104,24 +114,29 @@ def run_head_to_head(
                     processes=min(bench.locust_processes, c),
                 )
                 before = encoder_batch_counts(endpoint.grpc) if endpoint.grpc else {}
-                result = run_locust(settings, out_dir / "locust", f"{target}-c{c}")
+                # Locust starts its clock after its imports (~2 s); the window stays inside the measured part.
+                with CpuWindow(endpoint.pid, bench.warmup_s + 2.5, max(1.0, bench.duration_s - 4.0)) as window:
+                    result = run_locust(settings, out_dir / "locust", f"{target}-c{c}")
                 after = encoder_batch_counts(endpoint.grpc) if endpoint.grpc else {}
                 t, m = result.total, result.measured()
                 if m is None or m.requests == 0 or result.returncode not in (0, 1):
                     log(f"locust exit {result.returncode}, measured {m}; its output:\n{result.output_tail}")
                 p50, p90, p99 = result.percentiles_ms((50, 90, 99))
+                cpu = window.per_request(m.rps if m else t.rps) if endpoint.pid else None
                 point = H2HPoint(
                     target, c,
                     m.requests if m else t.requests, m.failures if m else t.failures,
                     m.rps if m else t.rps, m.rows_per_s if m else result.images_per_s,
                     p50, p90, p99,
                     mean_batch(before, after) if endpoint.grpc else float("nan"),
+                    cpu.server_us if cpu else math.nan, cpu.generator_us if cpu else math.nan,
                 )  # fmt: skip
                 run.points.append(point)
                 log(
                     f"{target:<12} c={c:<3} {point.rps:8.1f} req/s  p50 {point.p50_ms:6.1f} ms  "
                     f"p99 {point.p99_ms:6.1f} ms  failures {point.failures}"
                     + (f"  mean encoder batch {point.mean_encoder_batch:.1f}" if endpoint.grpc else "")
+                    + (f"  CPU/request: server {point.server_cpu_us:.0f} µs, load generator {point.generator_cpu_us:.0f} µs" if cpu else "")
                 )
     return run
 
@@ -158,7 +173,7 @@ def verdict(
     base = best_baseline(points, high)
     if best_p50 is None or base is None:
         return False, f"no baseline points at concurrency {low} and {high}"
-    for t in dict.fromkeys(p.target for p in points if p.target not in BASELINES):
+    for t in dict.fromkeys(p.target for p in points if p.target not in BASELINES + FLOORS):
         at = {p.concurrency: p for p in points if p.target == t}
         if low not in at or high not in at:
             ok = False

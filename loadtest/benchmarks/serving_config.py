@@ -19,6 +19,8 @@ TARGETS = {
     "baseline": "BaselineHttpUser",
     "baseline-tuned": "BaselineHttpUser",
     "baseline-tuned-workers": "BaselineHttpUser",
+    "floor-grpc": "TritonGrpcUser",
+    "floor-http": "TritonHttpUser",
 }
 TARGET_LABELS = {
     "triton-grpc": "Triton classify (gRPC)",
@@ -26,8 +28,13 @@ TARGET_LABELS = {
     "baseline": "FastAPI baseline (HTTP)",
     "baseline-tuned": "FastAPI baseline, 1 ORT thread (HTTP)",
     "baseline-tuned-workers": "FastAPI baseline, 1 ORT thread, N uvicorn workers (HTTP)",
+    "floor-grpc": "Triton floor: a do-nothing classify (gRPC)",
+    "floor-http": "Triton floor: a do-nothing classify (HTTP)",
 }
 BASELINES = ("baseline", "baseline-tuned", "baseline-tuned-workers")
+# Triton serving a `classify` that does no work (cpu_budget's classify_floor: the same input and outputs,
+# batched and scaled like it): the most any Python-backend classify could serve with this load generator.
+FLOORS = ("floor-grpc", "floor-http")
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,9 @@ class HeadToHeadConfig:
     batch_size: int = 1
     classes: int = 20000
     image_count: int = 256
-    targets: tuple[str, ...] = ("triton-grpc", "triton-http", "baseline", "baseline-tuned", "baseline-tuned-workers")
+    targets: tuple[str, ...] = (
+        "triton-grpc", "triton-http", "baseline", "baseline-tuned", "baseline-tuned-workers", "floor-grpc", "floor-http",
+    )  # fmt: skip
     baseline_handler: str = "threadpool"
     baseline_threads: int = 0  # "baseline": ONNX Runtime's default, as a user writes it
     tuned_baseline_threads: int = 1  # "baseline-tuned": the one option that closes most of the gap

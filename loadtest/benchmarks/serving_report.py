@@ -4,11 +4,13 @@ section for docs/benchmarks.md (what was compared, how, the table and the verdic
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from megaclass.loadtest.benchmarks.cpu_split import generator_ceiling
 from megaclass.loadtest.benchmarks.serving_bench import H2HPoint, H2HRun, best_baseline, verdict
-from megaclass.loadtest.benchmarks.serving_config import TARGET_LABELS
+from megaclass.loadtest.benchmarks.serving_config import BASELINES, FLOORS, TARGET_LABELS
 from megaclass.loadtest.reporting import (
     Block,
     Figure,
@@ -91,6 +93,74 @@ def result_rows(points: Sequence[H2HPoint]) -> list[list[str]]:
     return rows
 
 
+CPU_HEADER = [
+    "target", "req/s", "server µs", "load generator µs", "total µs", "load generator's ceiling req/s", "÷ best FastAPI",
+]  # fmt: skip
+
+
+def cpu_rows(points: Sequence[H2HPoint], concurrency: int, cores: int | None = None) -> list[list[str]]:
+    """CPU per request at `concurrency` for each target measured: the server's, the load generator's, and
+    the ceiling the load generator alone sets on these cores (cpu_split.generator_ceiling), also as a
+    multiple of the best FastAPI configuration's throughput there."""
+    base = best_baseline(points, concurrency)
+    rows = []
+    for p in points:
+        if p.concurrency != concurrency or math.isnan(p.generator_cpu_us):
+            continue
+        ceiling = generator_ceiling(p.generator_cpu_us, cores)
+        ratio = f"{ceiling / base.rps:.2f}x" if base and base.rps else "–"
+        rows.append([TARGET_LABELS[p.target], f"{p.rps:.0f}", f"{p.server_cpu_us:.0f}", f"{p.generator_cpu_us:.0f}",
+                     f"{p.server_cpu_us + p.generator_cpu_us:.0f}", f"{ceiling:.0f}", ratio])  # fmt: skip
+    return rows
+
+
+def floor_of(target: str) -> str:
+    """The floor target served over the same protocol as a Triton target (triton-http -> floor-http)."""
+    return "floor-" + target.split("-", 1)[1]
+
+
+def ceiling_paragraph(points: Sequence[H2HPoint], concurrency: int, factor: float = 3.0, cores: int | None = None) -> str:
+    """What bounds each Triton protocol at `concurrency`, against the `factor` x target: the load generator's
+    own CPU (cpu_split.generator_ceiling) and what Triton serves when `classify` does no work (its floor)."""
+    base = best_baseline(points, concurrency)
+    at = {p.target: p for p in points if p.concurrency == concurrency}
+    triton = [t for t in at if t not in BASELINES + FLOORS]
+    if base is None or not base.rps or not triton:
+        return ""
+    parts, reachable = [], False
+    for t in triton:
+        bounds, why = [], []
+        if not math.isnan(at[t].generator_cpu_us):
+            ceiling = generator_ceiling(at[t].generator_cpu_us, cores)
+            bounds.append(ceiling)
+            why.append(f"the load generator alone spends {at[t].generator_cpu_us:.0f} µs per request: {ceiling:.0f} req/s")
+        floor = at.get(floor_of(t))
+        if floor is not None:
+            bounds.append(floor.rps)
+            why.append(f"a do-nothing classify served {floor.rps:.0f} req/s")
+        if not bounds:
+            reachable = True
+            continue
+        best = min(bounds)
+        reachable = reachable or best >= factor * base.rps
+        parts.append(f"{TARGET_LABELS[t]}: at most {best:.0f} req/s = {best / base.rps:.2f}x ({'; '.join(why)})")
+    if not parts:
+        return ""
+    verdict_text = (
+        f"so these bounds do not rule {factor:g}x out"
+        if reachable
+        else f"so {factor:g}x cannot be reached on this machine with this load generator, whatever the model costs"
+    )
+    return (
+        f"**What bounds Triton here** (concurrency {concurrency}, against the best FastAPI's {base.rps:.0f} req/s; "
+        "the server and Locust share the cores, so every request costs both): "
+        + "; ".join(parts)
+        + f" — {verdict_text}. CPU: each process tree's CPU time over a window inside the measured part, divided "
+        "by the requests served in it (`cpu_split`); the floor: Triton serving a `classify` with the same input "
+        "and outputs that returns a constant answer, batched and scaled alike (`cpu_budget.floor_repository`)."
+    )
+
+
 def method_paragraphs(run: H2HRun) -> list[Block]:
     """How the run was made: the shared setup, the baseline, and Triton's repository."""
     b, art = run.bench, run.artifacts
@@ -161,6 +231,7 @@ def section_markdown(run: H2HRun, plot_paths: Sequence[str], command: str) -> st
         *method_paragraphs(run),
         Table(RESULT_HEADER, result_rows(run.points)),
         *(Figure(p, cap) for p, cap in zip(plot_paths, captions, strict=False)),
+        *_cpu_blocks(run.points),
         Paragraph(
             "Caveats: a small CPU machine, client and server on the same cores, so absolute numbers are low and "
             "noisy; on a GPU the gap from batching is much larger. Each point's Locust CSV/HTML and exact "
@@ -169,6 +240,20 @@ def section_markdown(run: H2HRun, plot_paths: Sequence[str], command: str) -> st
         ),
     ]
     return to_markdown(blocks)
+
+
+def _cpu_blocks(points: Sequence[H2HPoint], concurrency: int = 32) -> list[Block]:
+    rows = cpu_rows(points, concurrency)
+    if not rows:
+        return []
+    return [
+        Paragraph(
+            f"**CPU per request at concurrency {concurrency}** (µs; server and load generator share the machine's "
+            f"{len(os.sched_getaffinity(0))} cores):"
+        ),
+        Table(CPU_HEADER, rows),
+        Paragraph(ceiling_paragraph(points, concurrency)),
+    ]
 
 
 def write_outputs(run: H2HRun, out_dir: Path, doc: Path | None, command: str) -> dict[str, Path]:

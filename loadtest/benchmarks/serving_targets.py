@@ -25,13 +25,16 @@ class Endpoint:
 
     http: str  # http://host:port
     grpc: str  # host:port ("" for the baseline)
+    pid: int = 0  # the server's process (its CPU: it and its descendants)
 
 
 @contextlib.contextmanager
-def serve_triton(art: BenchArtifacts, cfg: MegaclassConfig, work: Path) -> Iterator[Endpoint]:
-    """tritonserver on the benchmark's repository, for the duration of the `with` block."""
+def serve_triton(
+    art: BenchArtifacts, cfg: MegaclassConfig, work: Path, repository: Path | None = None
+) -> Iterator[Endpoint]:
+    """tritonserver on the benchmark's repository (or `repository`), for the duration of the `with` block."""
     server = start_server(
-        art.repository,
+        repository or art.repository,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
@@ -40,7 +43,7 @@ def serve_triton(art: BenchArtifacts, cfg: MegaclassConfig, work: Path) -> Itera
         shm_default_byte_size=cfg.serving.shm_default_byte_size,
     )
     try:
-        yield Endpoint(f"http://{server.http_url}", server.grpc_url)
+        yield Endpoint(f"http://{server.http_url}", server.grpc_url, server.process.pid)
     finally:
         server.stop()
 
@@ -58,7 +61,10 @@ def serve_baseline(
         "--onnx", str(art.onnx), "--index", str(art.index), "--port", str(port),
         "--handler", bench.baseline_handler, "--threads", str(threads), "--workers", str(workers),
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # Its own session, as tritonserver gets (triton_server.start_server): with the kernel's scheduler
+    # autogroup on, a session is one scheduling group, so both servers share the cores with the load
+    # generator on the same terms.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -73,7 +79,7 @@ def serve_baseline(
                 if time.monotonic() > deadline:
                     raise RuntimeError("the baseline did not answer /info in time") from None
                 time.sleep(0.3)
-        yield Endpoint(f"http://127.0.0.1:{port}", "")
+        yield Endpoint(f"http://127.0.0.1:{port}", "", proc.pid)
     finally:
         proc.terminate()
         try:
@@ -82,6 +88,19 @@ def serve_baseline(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def floor_repository_for(art: BenchArtifacts, cfg: MegaclassConfig, work: Path) -> Path:
+    """A repository whose `classify` does no work (cpu_budget's classify_floor: classify's input and four
+    outputs, a constant answer), batched and scaled like the benchmark's `classify` (its encoder settings)."""
+    from megaclass.loadtest.benchmarks.cpu_budget import floor_repository
+
+    enc = cfg.serving.encoder
+    return floor_repository(
+        work / "floor-repository", art.image_size, enc.max_batch_size, enc.instances, batching=True,
+        top_k=cfg.serving.default_top_k,
+        names={"classify_floor": "classify"},
+    )  # fmt: skip
 
 
 def encoder_batch_counts(grpc_url: str) -> dict[int, int]:
