@@ -115,7 +115,7 @@ def run_head_to_head(
                 )
                 before = encoder_batch_counts(endpoint.grpc) if endpoint.grpc else {}
                 # Locust starts its clock after its imports (~2 s); the window stays inside the measured part.
-                with CpuWindow(endpoint.pid, bench.warmup_s + 2.5, max(1.0, bench.duration_s - 4.0)) as window:
+                with CpuWindow(endpoint.pid, bench.warmup_s + 2.5, max(0.5, bench.duration_s - 4.0)) as window:
                     result = run_locust(settings, out_dir / "locust", f"{target}-c{c}")
                 after = encoder_batch_counts(endpoint.grpc) if endpoint.grpc else {}
                 t, m = result.total, result.measured()

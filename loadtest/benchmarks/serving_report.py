@@ -242,7 +242,11 @@ def section_markdown(run: H2HRun, plot_paths: Sequence[str], command: str) -> st
     return to_markdown(blocks)
 
 
-def _cpu_blocks(points: Sequence[H2HPoint], concurrency: int = 32) -> list[Block]:
+def _cpu_blocks(points: Sequence[H2HPoint]) -> list[Block]:
+    """The CPU table and the bounds at the highest concurrency measured."""
+    if not points:
+        return []
+    concurrency = max(p.concurrency for p in points)
     rows = cpu_rows(points, concurrency)
     if not rows:
         return []
