@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from megaclass.loadtest.server_metrics import process_cpu_seconds
+from megaclass.loadtest.server_metrics import process_cpu_seconds, tree_cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -29,21 +29,15 @@ class CpuSample:
 
 
 def sample(server_pid: int, generator_pids: list[int] | None = None) -> CpuSample:
-    """The server's tree is `server_pid` and its descendants; the load generator is `generator_pids`,
+    """The server's tree is `server_pid` and its descendants; the load generator is `generator_pids`' trees,
     by default every other descendant of this process (the Locust processes the benchmark started)."""
-    import psutil
-
-    try:
-        server = {server_pid, *(c.pid for c in psutil.Process(server_pid).children(recursive=True))}
-    except psutil.Error:
-        server = {server_pid}
+    server = tree_cpu_seconds(server_pid)
     if generator_pids is None:
-        generator = [c.pid for c in psutil.Process().children(recursive=True) if c.pid not in server]
+        me = os.getpid()
+        generator = tree_cpu_seconds(me) - process_cpu_seconds(me) - server
     else:
-        generator = list(generator_pids)
-    return CpuSample(
-        sum(map(process_cpu_seconds, server)), sum(map(process_cpu_seconds, generator)), time.monotonic()
-    )
+        generator = sum(map(tree_cpu_seconds, generator_pids))
+    return CpuSample(server, generator, time.monotonic())
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,11 @@ def run_head_to_head(
                     f"{target:<12} c={c:<3} {point.rps:8.1f} req/s  p50 {point.p50_ms:6.1f} ms  "
                     f"p99 {point.p99_ms:6.1f} ms  failures {point.failures}"
                     + (f"  mean encoder batch {point.mean_encoder_batch:.1f}" if endpoint.grpc else "")
-                    + (f"  CPU/request: server {point.server_cpu_us:.0f} µs, load generator {point.generator_cpu_us:.0f} µs" if cpu else "")
+                    + (
+                        f"  CPU/request: server {point.server_cpu_us:.0f} µs, load generator {point.generator_cpu_us:.0f} µs"
+                        if cpu
+                        else ""
+                    )
                 )
     return run
 

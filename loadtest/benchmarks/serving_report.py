@@ -119,7 +119,9 @@ def floor_of(target: str) -> str:
     return "floor-" + target.split("-", 1)[1]
 
 
-def ceiling_paragraph(points: Sequence[H2HPoint], concurrency: int, factor: float = 3.0, cores: int | None = None) -> str:
+def ceiling_paragraph(
+    points: Sequence[H2HPoint], concurrency: int, factor: float = 3.0, cores: int | None = None
+) -> str:
     """What bounds each Triton protocol at `concurrency`, against the `factor` x target: the load generator's
     own CPU (cpu_split.generator_ceiling) and what Triton serves when `classify` does no work (its floor)."""
     base = best_baseline(points, concurrency)
@@ -133,7 +135,9 @@ def ceiling_paragraph(points: Sequence[H2HPoint], concurrency: int, factor: floa
         if not math.isnan(at[t].generator_cpu_us):
             ceiling = generator_ceiling(at[t].generator_cpu_us, cores)
             bounds.append(ceiling)
-            why.append(f"the load generator alone spends {at[t].generator_cpu_us:.0f} µs per request: {ceiling:.0f} req/s")
+            why.append(
+                f"the load generator alone spends {at[t].generator_cpu_us:.0f} µs per request: {ceiling:.0f} req/s"
+            )
         floor = at.get(floor_of(t))
         if floor is not None:
             bounds.append(floor.rps)

@@ -37,7 +37,8 @@ def check_input(
     spec: TensorSpec, array: np.ndarray | None, max_rows: int | None = None, check_finite: bool = True
 ) -> np.ndarray:
     """Validate one request's batch for `spec`; returns it as a C-contiguous array. `check_finite`:
-    refuse NaN and infinity (`check_inputs` checks a whole batch at once instead).
+    refuse NaN and infinity in a host array here (False: the caller checks them, as `check_inputs` does
+    over a whole batch at once); a device tensor is always checked here, where it lives.
 
     A torch tensor (a GPU input taken through DLPack) is checked where it lives and stays a tensor.
     """
@@ -57,7 +58,11 @@ def check_input(
         raise InputError(f"input {spec.name} is an empty batch")
     if max_rows is not None and array.shape[0] > max_rows:
         raise InputError(f"input {spec.name} has {array.shape[0]} rows, more than the limit {max_rows}")
-    if check_finite and dtype.kind == "f" and not (all_finite(array) if on_device else np.isfinite(array).all()):
+    if (
+        dtype.kind == "f"
+        and (on_device or check_finite)
+        and not (all_finite(array) if on_device else np.isfinite(array).all())
+    ):
         raise InputError(f"input {spec.name} contains NaN or Inf values")
     if on_device:
         return array.contiguous()
@@ -74,10 +79,7 @@ def check_inputs(
     checked: list[np.ndarray | Exception] = []
     for array in arrays:
         try:
-            array = check_input(spec, array, max_rows, check_finite=not one_pass)
-            if one_pass and type(array) is not np.ndarray:
-                array = check_input(spec, array, max_rows)  # a device tensor: checked where it lives
-            checked.append(array)
+            checked.append(check_input(spec, array, max_rows, check_finite=not one_pass))
         except Exception as exc:
             checked.append(exc)
     if one_pass:

@@ -147,10 +147,9 @@ class TritonRetriever:
         version = self.version_column[:n] if n <= len(self.version_column) else self._version_rows(n)
         arrays = (answer.class_ids, answer.labels, answer.scores, version)  # in OUTPUTS' order
         wanted = request.requested_output_names()
-        if not wanted or len(wanted) == len(OUTPUTS):  # all of them (what Triton asks when the client names none)
-            return pb.InferenceResponse([pb.Tensor(name, a) for name, a in zip(OUTPUTS, arrays, strict=True)])
+        every = not wanted or len(wanted) == len(OUTPUTS)  # what Triton asks when the client names none
         return pb.InferenceResponse(
-            [pb.Tensor(name, a) for name, a in zip(OUTPUTS, arrays, strict=True) if name in wanted]
+            [pb.Tensor(name, a) for name, a in zip(OUTPUTS, arrays, strict=True) if every or name in wanted]
         )
 
     def _version_rows(self, n: int) -> np.ndarray:

@@ -46,12 +46,17 @@ def test_the_cpu_table_gives_the_load_generators_ceiling_against_the_best_baseli
 
     rows = cpu_rows(_points(450, 60), 32, cores=2)
     # the baseline point and the Triton point carry CPU figures; 2 cores / 2500 µs = 800 req/s = 5.33x 150
-    assert [r[0] for r in rows] == ["FastAPI baseline, 1 ORT thread, N uvicorn workers (HTTP)", "Triton classify (gRPC)"]
+    assert [r[0] for r in rows] == [
+        "FastAPI baseline, 1 ORT thread, N uvicorn workers (HTTP)",
+        "Triton classify (gRPC)",
+    ]
     assert rows[1][2:] == ["1500", "2500", "4000", "800", "5.33x"]
     assert "do not rule 3x out" in ceiling_paragraph(_points(450, 60), 32, cores=2)
     # a load generator that alone costs more than a third of the best baseline's share: 3x is out of reach
-    slow = [p if p.target != "triton-grpc" or p.concurrency != 32 else replace(p, generator_cpu_us=5000.0)
-            for p in _points(450, 60)]
+    slow = [
+        p if p.target != "triton-grpc" or p.concurrency != 32 else replace(p, generator_cpu_us=5000.0)
+        for p in _points(450, 60)
+    ]
     text = ceiling_paragraph(slow, 32, cores=2)
     assert "at most 400 req/s = 2.67x" in text and "cannot be reached" in text
     assert cpu_rows(_points(450, 60), 1) == []  # nothing measured there

@@ -83,3 +83,15 @@ def test_check_inputs_keeps_the_largest_finite_float32_values():
     big = np.full((8, 4), np.finfo(np.float32).max, np.float32)
     out = check_inputs(SPEC, [big, big.copy(), -big], max_rows=8)
     assert not any(isinstance(o, Exception) for o in out)
+
+
+def test_check_inputs_checks_a_tensor_where_it_lives_beside_host_arrays():
+    """A torch tensor (the DLPack path) is checked for NaN by itself; the host arrays in one pass."""
+    torch = pytest.importorskip("torch")
+    from megaclass.python_backend.serving.request_batching import check_inputs
+
+    good, bad = torch.ones(2, 4), torch.ones(1, 4)
+    bad[0, 1] = float("nan")
+    out = check_inputs(SPEC, [good, bad, np.ones((1, 4), np.float32)], max_rows=8)
+    assert isinstance(out[0], torch.Tensor) and isinstance(out[2], np.ndarray)
+    assert isinstance(out[1], InputError) and "NaN or Inf" in str(out[1])
